@@ -1,0 +1,87 @@
+"""Self-describing checkpoints: a directory that loads without Ray.
+
+::
+
+    model.pt         the model's state dict (unwrapped, CPU)
+    train_state.pt   optimizer state, epoch, history, early-stopping state (for resume)
+    animalclf.json   arch, classes, preprocessing, unfreeze, dropout, metrics, resolved config
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from animalclf.errors import UserError
+from animalclf.model import Preprocess, build_model
+
+__all__ = ["META_FILE", "save_checkpoint", "read_meta", "load_model", "load_train_state", "unwrap"]
+
+META_FILE = "animalclf.json"
+MODEL_FILE = "model.pt"
+STATE_FILE = "train_state.pt"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DDP (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    meta: dict[str, Any],
+    train_state: Optional[dict[str, Any]] = None,
+) -> Path:
+    """Write a checkpoint into ``directory`` (created); files appear whole or not at all."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    _atomic(d / MODEL_FILE, lambda p: torch.save(state, p))
+    if train_state is not None:
+        _atomic(d / STATE_FILE, lambda p: torch.save(train_state, p))
+    _atomic(d / META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2, default=str)))
+    return d
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    """The checkpoint's JSON description; a clear error when ``directory`` is not a checkpoint."""
+    p = Path(directory) / META_FILE
+    if not p.is_file():
+        raise UserError(f"{str(directory)!r} is not an animalclf checkpoint (no {META_FILE}): pass a checkpoint directory.")
+    return json.loads(p.read_text())
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from a checkpoint (no download needed) in eval mode, with its meta."""
+    meta = read_meta(directory)
+    model = build_model(meta["arch"], len(meta["classes"]), meta["unfreeze"], weights="none", dropout=meta.get("dropout", 0.2))
+    model.load_state_dict(torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True))
+    return model.to(device).eval(), meta
+
+
+def load_train_state(directory: str | Path) -> Optional[dict[str, Any]]:
+    """Optimizer/epoch state for resuming, or ``None`` for an export-only checkpoint."""
+    p = Path(directory) / STATE_FILE
+    return torch.load(p, map_location="cpu", weights_only=False) if p.is_file() else None
+
+
+def preprocess_of(meta: dict[str, Any]) -> Preprocess:
+    return Preprocess.from_dict(meta["preprocess"])

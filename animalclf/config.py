@@ -1,0 +1,174 @@
+"""One typed configuration for training (and, per trial, for tuning).
+
+The config travels to Ray workers as a plain dict (``asdict``) and is saved beside every
+checkpoint and MLflow run, so a result always says how it was produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from animalclf.errors import UserError
+
+ARCHS = ("efficientnet_b0", "efficientnet_lite0")
+METRICS = ("val_accuracy", "val_f1", "val_loss")
+
+
+def project_dir() -> Path:
+    """Where run outputs go by default: ``$ANIMALCLF_HOME`` or the current directory."""
+    return Path(os.environ.get("ANIMALCLF_HOME", ".")).resolve()
+
+
+@dataclass
+class TrainConfig:
+    """Everything one fine-tuning run needs; defaults follow the original notebook."""
+
+    # data
+    data: Optional[str] = None
+    train_dir: Optional[str] = None
+    val_dir: Optional[str] = None
+    val_ratio: float = 0.2
+    seed: int = 42
+    image_size: Optional[int] = None  # crop size; None = the weights' own (224)
+    loader_workers: int = 0
+    # model
+    arch: str = "efficientnet_b0"
+    weights: str = "imagenet"
+    unfreeze: int = 10
+    dropout: float = 0.2
+    # optimisation
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    batch_size: int = 64  # global batch, split over workers
+    epochs: int = 10
+    patience: int = 3
+    max_steps_per_epoch: Optional[int] = None
+    channels_last: bool = True
+    amp: bool = True  # only takes effect on GPU
+    # scale
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0
+    keep_checkpoints: int = 2
+    metric: str = "val_accuracy"
+    # outputs and tracking
+    name: str = "animalclf"
+    storage_path: Optional[str] = None
+    experiment: str = "animalclf"
+    model_name: Optional[str] = "animalclf"
+    track: bool = True
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.metric.endswith("loss") else "max"
+
+    def resolved_storage(self) -> str:
+        """``storage_path`` or ``<project>/runs/ray``."""
+        return self.storage_path or str(project_dir() / "runs" / "ray")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> "TrainConfig":
+        """Check values that do not need the data or the model; raise :class:`UserError`."""
+        from animalclf.model import num_layers
+
+        if self.arch not in ARCHS:
+            raise UserError(f"Unknown arch {self.arch!r}: choose one of {', '.join(ARCHS)}.")
+        n = num_layers(self.arch)
+        if not 0 <= self.unfreeze <= n:
+            raise UserError(
+                f"--unfreeze {self.unfreeze} is out of range for {self.arch}: use 0 (head only) to {n} (all)."
+            )
+        if not (self.data or (self.train_dir and self.val_dir)):
+            raise UserError("No data given: pass --data DIR (class folders) or both --train-dir and --val-dir.")
+        if self.data and (self.train_dir or self.val_dir):
+            raise UserError("Pass either --data or --train-dir/--val-dir, not both.")
+        if not 0.0 < self.val_ratio < 1.0:
+            raise UserError(f"--val-ratio {self.val_ratio} must be between 0 and 1 (exclusive), e.g. 0.2.")
+        for name in ("lr", "batch_size", "epochs", "num_workers"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}.")
+        if self.batch_size < self.num_workers:
+            raise UserError(f"--batch-size {self.batch_size} is smaller than --num-workers {self.num_workers}.")
+        if self.metric not in METRICS:
+            raise UserError(f"Unknown metric {self.metric!r}: choose one of {', '.join(METRICS)}.")
+        if self.image_size is not None and self.image_size < 32:
+            raise UserError(f"--image-size {self.image_size} is too small: use 32 or more.")
+        return self
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the :class:`TrainConfig` flags (kebab-case, defaults shown) to ``parser``."""
+    d = TrainConfig()
+    g = parser.add_argument_group("Data")
+    g.add_argument("--data", help="folder (or s3:// URI) of class folders, split train/val by --val-ratio")
+    g.add_argument("--train-dir", help="explicit training folder of class folders")
+    g.add_argument("--val-dir", help="explicit validation folder of class folders")
+    g.add_argument("--val-ratio", type=float, default=d.val_ratio, help=f"(default: {d.val_ratio})")
+    g.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
+    g.add_argument("--image-size", type=int, default=d.image_size, help="crop size (default: the weights')")
+    g.add_argument("--loader-workers", type=int, default=d.loader_workers, help="DataLoader processes (default: 0)")
+    g = parser.add_argument_group("Model")
+    g.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)} (default: {d.arch})")
+    g.add_argument("--weights", default=d.weights, help="imagenet, none, or a state-dict file (default: imagenet)")
+    g.add_argument("--unfreeze", type=int, default=d.unfreeze, help=f"trainable trailing layers (default: {d.unfreeze})")
+    g.add_argument("--dropout", type=float, default=d.dropout, help=f"(default: {d.dropout})")
+    g = parser.add_argument_group("Optimisation")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default: {d.lr})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: 0)")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default: 0)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"global batch (default: {d.batch_size})")
+    g.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
+    g.add_argument("--patience", type=int, default=d.patience, help="early-stop after N epochs without improvement, 0 = off (default: 3)")
+    g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap batches per epoch (default: all)")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="use NCHW memory format")
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on GPU")
+    g = parser.add_argument_group("Scale")
+    g.add_argument("--num-workers", type=int, default=d.num_workers, help="Ray Train workers (default: 1)")
+    g.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    g.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker, help="(default: 1)")
+    g.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts (default: 0)")
+    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="best k kept (default: 2)")
+    g.add_argument("--metric", default=d.metric, help=f"checkpoint/early-stop metric (default: {d.metric})")
+    g = parser.add_argument_group("Outputs and tracking")
+    g.add_argument("--name", default=d.name, help="run name; same name + storage resumes (default: animalclf)")
+    g.add_argument("--storage-path", default=None, help="Ray storage (local dir or s3://; default: ./runs/ray)")
+    g.add_argument("--experiment", default=d.experiment, help="MLflow experiment (default: animalclf)")
+    g.add_argument("--model-name", default=d.model_name, help="MLflow registered model name (default: animalclf)")
+    g.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    """Build a :class:`TrainConfig` from parsed args (unknown attributes are ignored)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def smoke(cfg: TrainConfig) -> TrainConfig:
+    """Shrink a config so the whole path finishes in seconds (``--smoke-test``)."""
+    return cfg.replace(
+        epochs=min(cfg.epochs, 2), image_size=64, max_steps_per_epoch=2, batch_size=min(cfg.batch_size, 8),
+        unfreeze=min(cfg.unfreeze, 1), patience=0,
+    )
+
+
+__all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "ARCHS", "METRICS"]

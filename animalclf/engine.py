@@ -1,0 +1,128 @@
+"""Train and evaluate one epoch. No Ray here: the Ray worker loop wraps these.
+
+Metrics are torchmetrics objects, which all-reduce their state on ``compute()`` when a process
+group is up, so every number is over the whole split, not one worker's shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterable, Optional
+
+import torch
+import torchmetrics
+from torch import nn
+
+__all__ = ["EpochMetrics", "train_one_epoch", "evaluate", "autocast_for"]
+
+
+class EpochMetrics:
+    """Loss, accuracy, macro F1 and the image count of one pass over a split."""
+
+    def __init__(self, num_classes: int, device: torch.device):
+        self.loss = torchmetrics.MeanMetric().to(device)
+        self.acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro").to(device)
+        self.f1 = torchmetrics.classification.MulticlassF1Score(num_classes, average="macro").to(device)
+        self.images = torchmetrics.SumMetric().to(device)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss.update(loss.detach().float(), weight=y.numel())
+        preds = logits.detach().argmax(dim=1)
+        self.acc.update(preds, y)
+        self.f1.update(preds, y)
+        self.images.update(torch.tensor(float(y.numel()), device=y.device))
+
+    def compute(self, prefix: str) -> dict[str, float]:
+        return {
+            f"{prefix}_loss": self.loss.compute().item(),
+            f"{prefix}_accuracy": self.acc.compute().item(),
+            f"{prefix}_f1": self.f1.compute().item(),
+            f"{prefix}_images": int(self.images.compute().item()),
+        }
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when ``amp``; a no-op elsewhere (CPU autocast does not pay here)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    num_classes: int,
+    *,
+    frozen: Iterable[nn.Module] = (),
+    channels_last: bool = True,
+    amp: bool = False,
+    max_steps: Optional[int] = None,
+) -> dict[str, float]:
+    """One pass of training; returns ``train_loss/accuracy/f1/images``, ``train_seconds`` and
+    ``train_images_per_sec`` (over all workers). ``frozen`` modules stay in eval mode."""
+    model.train()
+    for m in frozen:
+        m.eval()
+    metrics = EpochMetrics(num_classes, device)
+    start = time.perf_counter()
+    for step, batch in enumerate(loader):
+        if max_steps is not None and step >= max_steps:
+            break
+        if batch is None:
+            continue
+        x, y = _to(batch[0], device, channels_last), batch[1].to(device, non_blocking=True)
+        with autocast_for(device, amp):
+            logits = model(x)
+            loss = criterion(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        metrics.update(loss, logits, y)
+    out = metrics.compute("train")
+    out["train_seconds"] = time.perf_counter() - start
+    out["train_images_per_sec"] = out["train_images"] / max(out["train_seconds"], 1e-9)
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    criterion: nn.Module,
+    device: torch.device,
+    num_classes: int,
+    *,
+    channels_last: bool = True,
+    amp: bool = False,
+    collect: bool = False,
+) -> tuple[dict[str, float], Optional[tuple[torch.Tensor, torch.Tensor]]]:
+    """One pass without gradients; returns ``val_*`` metrics and, with ``collect``, this process's
+    ``(probabilities, targets)`` on CPU for reports."""
+    model.eval()
+    metrics = EpochMetrics(num_classes, device)
+    probs, targets = [], []
+    start = time.perf_counter()
+    for batch in loader:
+        if batch is None:
+            continue
+        x, y = _to(batch[0], device, channels_last), batch[1].to(device, non_blocking=True)
+        with autocast_for(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        metrics.update(criterion(logits, y), logits, y)
+        if collect:
+            probs.append(logits.softmax(dim=1).cpu())
+            targets.append(y.cpu())
+    out = metrics.compute("val")
+    out["val_seconds"] = time.perf_counter() - start
+    collected = (torch.cat(probs), torch.cat(targets)) if collect and probs else None
+    return out, collected

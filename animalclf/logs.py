@@ -1,0 +1,23 @@
+"""Logging set-up for entry points and Ray workers (the library only logs)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def setup_logging(level: str | int | None = None) -> None:
+    """Log ``animalclf`` messages to stderr once per process (``ANIMALCLF_LOG_LEVEL``, default INFO)."""
+    logger = logging.getLogger("animalclf")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(level or os.environ.get("ANIMALCLF_LOG_LEVEL", "INFO"))
+    logger.propagate = False
+
+
+def fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -1,0 +1,193 @@
+"""MLflow tracking: where runs go, a preflight check, and what a run records.
+
+Where: ``MLFLOW_TRACKING_URI`` when set (with ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` for a
+server with basic auth); DagsHub's hosted MLflow when ``DAGSHUB_REPO_OWNER``,
+``DAGSHUB_REPO_NAME`` and ``DAGSHUB_USER_TOKEN`` are set; otherwise a local sqlite store at
+``<project>/runs/mlflow.db``. Credentials live only in environment variables: never in params,
+tags, artifacts or logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional
+from urllib.parse import urlparse
+
+import requests
+
+from animalclf.config import project_dir
+from animalclf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "resolve_tracking", "configure", "worker_env", "check_tracking", "Tracker", "flatten_params", "redact",
+]
+
+SECRET_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DAGSHUB_USER_TOKEN")
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def resolve_tracking(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The MLflow variables this environment means: URI plus credentials, if any."""
+    owner, repo, token = (environ.get(k) for k in ("DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USER_TOKEN"))
+    if any((owner, repo, token)) and not environ.get("MLFLOW_TRACKING_URI"):
+        if not all((owner, repo, token)):
+            raise UserError("DagsHub tracking needs DAGSHUB_REPO_OWNER, DAGSHUB_REPO_NAME and DAGSHUB_USER_TOKEN all set.")
+        return {
+            "MLFLOW_TRACKING_URI": f"https://dagshub.com/{owner}/{repo}.mlflow",
+            "MLFLOW_TRACKING_USERNAME": environ.get("DAGSHUB_USERNAME", owner),
+            "MLFLOW_TRACKING_PASSWORD": token,
+        }
+    if environ.get("MLFLOW_TRACKING_URI"):
+        return {k: environ[k] for k in CREDENTIAL_VARS if environ.get(k)}
+    db = project_dir() / "runs" / "mlflow.db"
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+
+
+def configure(environ: Mapping[str, str] = os.environ) -> str:
+    """Point this process's MLflow at :func:`resolve_tracking`'s store; return the URI."""
+    import mlflow
+
+    env = resolve_tracking(environ)
+    os.environ.update(env)
+    uri = env["MLFLOW_TRACKING_URI"]
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def worker_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Variables Ray workers need to log to the same store (sent through the runtime env)."""
+    return resolve_tracking(environ)
+
+
+def redact(text: str, environ: Mapping[str, str] = os.environ) -> str:
+    """``text`` with every secret value replaced by ``***``."""
+    for k in SECRET_VARS:
+        v = environ.get(k)
+        if v:
+            text = text.replace(v, "***")
+    return text
+
+
+def check_tracking(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast, before training, when the tracking store cannot be used."""
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        user, pwd = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            r = requests.get(
+                f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                auth=(user, pwd or "") if user else None, headers=headers, timeout=timeout,
+            )
+        except requests.RequestException as e:
+            raise UserError(
+                f"MLflow tracking server {uri} is unreachable ({type(e).__name__}): start it, fix "
+                f"MLFLOW_TRACKING_URI, or unset it to use the local store."
+            ) from None
+        if r.status_code in (401, 403):
+            raise UserError(
+                f"MLflow tracking server {uri} rejected the credentials (HTTP {r.status_code}): check "
+                f"MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or DAGSHUB_USER_TOKEN)."
+            )
+        if r.status_code >= 400:
+            raise UserError(f"MLflow tracking server {uri} answered HTTP {r.status_code}: is it an MLflow server?")
+    elif scheme == "sqlite":
+        db = Path(uri[len("sqlite:///"):])
+        if not os.access(db.parent if db.parent.exists() else db.parent.parent, os.W_OK):
+            raise UserError(f"MLflow store {db} is not writable: fix permissions or set MLFLOW_TRACKING_URI.")
+    elif scheme in ("", "file"):
+        pass
+    else:
+        log.info("Not preflighting tracking URI scheme %r", scheme)
+
+
+def flatten_params(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping to MLflow params (strings, max 6000 chars); ``None`` values dropped."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_params(v, f"{key}."))
+        elif v is not None:
+            out[key] = str(v)[:6000]
+    return out
+
+
+class Tracker:
+    """One MLflow run, addressed by id, so any process (driver or rank-0 worker) can log to it."""
+
+    def __init__(self, run_id: str):
+        from mlflow import MlflowClient
+
+        self.run_id = run_id
+        self.client = MlflowClient()
+
+    @classmethod
+    def start(cls, experiment: str, run_name: str, params: Mapping[str, Any] = (),
+              tags: Optional[Mapping[str, str]] = None, parent_run_id: Optional[str] = None) -> "Tracker":
+        """Create a run (nested under ``parent_run_id`` if given) and log ``params``."""
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        client = MlflowClient()
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+        params = flatten_params(dict(params))
+        if params:
+            client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        return cls(run.info.run_id)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+        self.client.log_batch(self.run_id, metrics=ms)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+    def log_model(self, model, meta_file: str | Path, example, registered_name: Optional[str]) -> Optional[str]:
+        """Log ``model`` with ``mlflow.pytorch`` (signature from ``example``) and register it.
+
+        Returns the registered version (as a string) or ``None`` when not registering.
+        """
+        import mlflow
+        import mlflow.pytorch
+        import timm
+        import torch
+        import torchvision
+        from mlflow.models import infer_signature
+
+        model = model.cpu().eval()
+        with torch.no_grad():
+            out = model(example).softmax(1)
+        signature = infer_signature(example.numpy(), out.numpy())
+        reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.pytorch.log_model(
+                model, name="model", signature=signature, registered_model_name=registered_name,
+                extra_files=[str(meta_file)], pip_requirements=reqs, await_registration_for=60,
+                serialization_format="pickle",
+            )
+        version = getattr(info, "registered_model_version", None)
+        return str(version) if version is not None else None

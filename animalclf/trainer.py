@@ -1,0 +1,273 @@
+"""The Ray Train side: the per-worker loop around the engine, the TorchTrainer, and the driver
+that validates inputs, tracks the run in MLflow and writes the final report.
+
+``run_training`` is what ``ray_jobs/train.py`` calls and what each Tune trial calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from animalclf.checkpoint import load_model, load_train_state, save_checkpoint, unwrap, META_FILE
+from animalclf.config import TrainConfig, project_dir
+from animalclf.data import ImageList, ShardSampler, Split, eval_transform, load_split, make_loader, train_transform
+from animalclf.engine import evaluate, train_one_epoch
+from animalclf.errors import UserError
+from animalclf.logs import fmt_seconds, setup_logging
+from animalclf.model import build_model, frozen_modules, preprocess_for
+from animalclf.report import build_report, format_table, write_report
+from animalclf import tracking
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainOutcome", "train_loop_per_worker", "make_trainer", "run_training", "evaluate_checkpoint", "checkpoint_meta"]
+
+
+def _better(value: float, best: Optional[float], mode: str) -> bool:
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def checkpoint_meta(cfg: TrainConfig, classes: Sequence[str], metrics: dict[str, Any], epoch: int) -> dict[str, Any]:
+    """The JSON that makes a checkpoint self-describing."""
+    return {
+        "format": 1, "arch": cfg.arch, "classes": list(classes), "unfreeze": cfg.unfreeze, "dropout": cfg.dropout,
+        "preprocess": preprocess_for(cfg.arch, cfg.image_size).to_dict(), "epoch": epoch,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "config": cfg.to_dict(),
+    }
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: build, resume, train, evaluate, report a checkpoint every epoch."""
+    import ray.train
+    import ray.train.torch
+    from torch.utils.data.distributed import DistributedSampler
+
+    setup_logging()
+    cfg = TrainConfig.from_dict(config["cfg"])
+    split = Split(**config["split"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+    pre = preprocess_for(cfg.arch, cfg.image_size)
+    n_classes = len(split.classes)
+
+    model = build_model(cfg.arch, n_classes, cfg.unfreeze, cfg.weights, cfg.dropout)
+    frozen = frozen_modules(model)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "bad_epochs": 0}
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as d:
+            model.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
+            saved = load_train_state(d)
+        optimizer.load_state_dict(saved.pop("optimizer"))
+        state.update(saved)
+        if rank == 0:
+            log.info("Resumed from checkpoint after epoch %d", state["epoch"])
+    model = ray.train.torch.prepare_model(model)
+
+    train_ds = ImageList(split.train, train_transform(pre))
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    per_worker = max(1, cfg.batch_size // world)
+    pin = device.type == "cuda"
+    train_loader = make_loader(train_ds, per_worker, sampler=sampler, workers=cfg.loader_workers, seed=cfg.seed + rank, pin_memory=pin)
+    val_loader = make_loader(ImageList(split.val, eval_transform(pre)), per_worker, sampler=ShardSampler(len(split.val), rank, world),
+                             workers=cfg.loader_workers, pin_memory=pin)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    tracker = tracking.Tracker(config["run_id"]) if rank == 0 and config.get("run_id") else None
+    amp = cfg.amp and device.type == "cuda"
+
+    epoch_times: list[float] = []
+    for epoch in range(state["epoch"], cfg.epochs):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        tm = train_one_epoch(model, train_loader, criterion, optimizer, device, n_classes, frozen=frozen,
+                             channels_last=cfg.channels_last, amp=amp, max_steps=cfg.max_steps_per_epoch)
+        vm, _ = evaluate(unwrap(model), val_loader, criterion, device, n_classes, channels_last=cfg.channels_last, amp=amp)
+        metrics: dict[str, Any] = {**tm, **vm, "epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0}
+        value = metrics[cfg.metric]
+        if _better(value, state["best"], cfg.mode):
+            state["best"], state["bad_epochs"] = value, 0
+        else:
+            state["bad_epochs"] += 1
+        stop = cfg.patience > 0 and state["bad_epochs"] >= cfg.patience and epoch + 1 < cfg.epochs
+        metrics[f"best_{cfg.metric}"] = state["best"]
+        metrics["early_stopped"] = int(stop)
+        state["epoch"] = epoch + 1
+        state["history"].append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        epoch_times.append(metrics["epoch_seconds"])
+        if rank == 0:
+            eta = sum(epoch_times) / len(epoch_times) * (cfg.epochs - epoch - 1)
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.4f f1 %.4f | val loss %.4f acc %.4f f1 %.4f | %.1f img/s | %s | ETA %s",
+                epoch + 1, cfg.epochs, tm["train_loss"], tm["train_accuracy"], tm["train_f1"], vm["val_loss"],
+                vm["val_accuracy"], vm["val_f1"], tm["train_images_per_sec"], fmt_seconds(metrics["epoch_seconds"]),
+                fmt_seconds(0 if stop else eta),
+            )
+            if tracker:
+                tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                train_state = {**state, "optimizer": optimizer.state_dict()}
+                save_checkpoint(tmp, model, checkpoint_meta(cfg, split.classes, metrics, epoch + 1), train_state)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if stop:
+            if rank == 0:
+                log.info("Early stop: %s did not improve for %d epochs (best %.4f)", cfg.metric, cfg.patience, state["best"])
+            break
+
+
+def make_trainer(cfg: TrainConfig, split: Split, run_id: Optional[str], *, name: Optional[str] = None,
+                 callbacks: Sequence[Any] = ()):
+    """A ``TorchTrainer`` for ``cfg``: scaling, storage, best-k checkpoints, failure budget."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "split": asdict(split), "run_id": run_id},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(
+            name=name or cfg.name,
+            storage_path=cfg.resolved_storage(),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=cfg.metric,
+                                               checkpoint_score_order=cfg.mode),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished run produced and where it is."""
+
+    checkpoint: str
+    metrics: dict[str, Any]
+    run_id: Optional[str]
+    report_dir: str
+    report: dict[str, Any] = field(repr=False)
+    model_version: Optional[str] = None
+    epochs_run: int = 0
+
+
+def evaluate_checkpoint(checkpoint_dir: str | Path, samples, classes: Sequence[str], batch_size: int = 32,
+                        device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a checkpoint on ``samples`` in this process; return the full report dict."""
+    model, meta = load_model(checkpoint_dir, device)
+    if list(meta["classes"]) != list(classes):
+        raise UserError(f"Checkpoint classes {meta['classes']} differ from the data's {list(classes)}.")
+    from animalclf.model import Preprocess
+
+    loader = make_loader(ImageList(samples, eval_transform(Preprocess.from_dict(meta["preprocess"]))), batch_size)
+    _, collected = evaluate(model, loader, nn.CrossEntropyLoss(), torch.device(device), len(classes), collect=True)
+    probs, targets = collected
+    return build_report(probs, targets, classes)
+
+
+def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy the inference part (weights + JSON) of a checkpoint to ``dst``."""
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in ("model.pt", META_FILE):
+        shutil.copy2(Path(src) / f, tmp / f)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst
+
+
+def init_ray() -> None:
+    """Join the running Ray (``RAY_ADDRESS``, ``ray job submit``, a local ``ray start``) or start one.
+
+    Tracking variables (including credentials) reach the workers through the runtime env.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: v for k, v in tracking.worker_env().items()}
+    env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
+    ray.init(runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+
+
+def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
+    """Everything that can fail on user input, before any Ray work: config, data, tracking."""
+    cfg.validate()
+    if cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():
+        raise UserError(f"--weights {cfg.weights!r} is not a file: pass imagenet, none, or a state-dict file path.")
+    if cfg.weights == "imagenet":
+        build_model(cfg.arch, 2, 0, "imagenet")  # fail now, not on a worker, when weights can't be had
+    split = load_split(cfg.data, cfg.train_dir, cfg.val_dir, cfg.val_ratio, cfg.seed)
+    uri = None
+    if cfg.track:
+        uri = tracking.configure()
+        tracking.check_tracking(uri)
+    return split, uri
+
+
+def run_training(cfg: TrainConfig, *, split: Optional[Split] = None, parent_run_id: Optional[str] = None,
+                 callbacks: Sequence[Any] = (), register: bool = True, run_name: Optional[str] = None) -> TrainOutcome:
+    """Validate, train on Ray, evaluate the best checkpoint, track and register it."""
+    if split is None:
+        split, _ = prepare(cfg)
+    name = run_name or cfg.name
+    tracker = None
+    if cfg.track:
+        params = {**cfg.to_dict(), "num_classes": len(split.classes), "train_images": len(split.train), "val_images": len(split.val)}
+        tracker = tracking.Tracker.start(cfg.experiment, name, params, tags={"animalclf.kind": "train"}, parent_run_id=parent_run_id)
+        log.info("MLflow run %s in experiment %r", tracker.run_id, cfg.experiment)
+    init_ray()
+    log.info("Training %s (unfreeze %d) on %d workers: %d train / %d val images, %d classes",
+             cfg.arch, cfg.unfreeze, cfg.num_workers, len(split.train), len(split.val), len(split.classes))
+    try:
+        result = make_trainer(cfg, split, tracker.run_id if tracker else None, name=name, callbacks=callbacks).fit()
+    except BaseException:
+        if tracker:
+            tracker.end("FAILED")
+        raise
+    best = result.get_best_checkpoint(cfg.metric, cfg.mode) or result.checkpoint
+    if best is None:
+        raise RuntimeError("Training finished without a checkpoint")
+    out_root = project_dir() / "runs"
+    key = tracker.run_id if tracker else name
+    with best.as_directory() as d:
+        ckpt = export_checkpoint(d, out_root / "models" / key)
+    meta = load_model(ckpt)[1]
+    report = evaluate_checkpoint(ckpt, split.val, split.classes)
+    with (result.checkpoint or best).as_directory() as d:  # the latest holds the whole history
+        report["history"] = (load_train_state(d) or {}).get("history", [])
+    report_dir = out_root / "reports" / key
+    write_report(report_dir, report)
+    log.info("Validation report of the best checkpoint (epoch %s):\n%s", meta["epoch"], format_table(report))
+    version = None
+    if tracker:
+        tracker.log_metrics({"best_val_accuracy": report["accuracy"], "best_val_f1": report["macro_avg"]["f1"],
+                             "best_epoch": meta["epoch"]}, step=meta["epoch"])
+        tracker.log_artifacts(report_dir, "report")
+        tracker.log_artifacts(ckpt, "checkpoint")
+        model, _ = load_model(ckpt)
+        size = meta["preprocess"]["crop_size"]
+        version = tracker.log_model(model, ckpt / META_FILE, torch.zeros(1, 3, size, size), cfg.model_name if register else None)
+        tracker.set_tags({"animalclf.checkpoint": str(ckpt), "animalclf.model_version": version or ""})
+        tracker.end("FINISHED")
+    return TrainOutcome(
+        checkpoint=str(ckpt), metrics=meta["metrics"], run_id=tracker.run_id if tracker else None,
+        report_dir=str(report_dir), report=report, model_version=version, epochs_run=int(result.metrics.get("epoch", 0)),
+    )
