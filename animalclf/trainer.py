@@ -86,7 +86,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_loader = make_loader(ImageList(split.val, eval_transform(pre)), per_worker, sampler=ShardSampler(len(split.val), rank, world),
                              workers=cfg.loader_workers, pin_memory=pin)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    tracker = tracking.Tracker(config["run_id"]) if rank == 0 and config.get("run_id") else None
+    tracker = None
+    if rank == 0 and config.get("run_id"):
+        import mlflow
+
+        mlflow.set_tracking_uri(config["tracking_uri"])  # credentials, if any, come from the runtime env
+        tracker = tracking.Tracker(config["run_id"])
     amp = cfg.amp and device.type == "cuda"
 
     epoch_times: list[float] = []
@@ -132,14 +137,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def make_trainer(cfg: TrainConfig, split: Split, run_id: Optional[str], *, name: Optional[str] = None,
-                 callbacks: Sequence[Any] = ()):
+                 callbacks: Sequence[Any] = (), tracking_uri: Optional[str] = None):
     """A ``TorchTrainer`` for ``cfg``: scaling, storage, best-k checkpoints, failure budget."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "split": asdict(split), "run_id": run_id},
+        train_loop_config={"cfg": cfg.to_dict(), "split": asdict(split), "run_id": run_id, "tracking_uri": tracking_uri},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(
@@ -237,7 +242,11 @@ def run_training(cfg: TrainConfig, *, split: Optional[Split] = None, parent_run_
     log.info("Training %s (unfreeze %d) on %d workers: %d train / %d val images, %d classes",
              cfg.arch, cfg.unfreeze, cfg.num_workers, len(split.train), len(split.val), len(split.classes))
     try:
-        result = make_trainer(cfg, split, tracker.run_id if tracker else None, name=name, callbacks=callbacks).fit()
+        import mlflow
+
+        trainer = make_trainer(cfg, split, tracker.run_id if tracker else None, name=name, callbacks=callbacks,
+                               tracking_uri=mlflow.get_tracking_uri() if tracker else None)
+        result = trainer.fit()
     except BaseException:
         if tracker:
             tracker.end("FAILED")

@@ -1,0 +1,30 @@
+# Two commands a new machine needs: `make test` and `make demo`. Both install first
+# (a venv in .venv, idempotent: reinstalls only when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA ?= $(wildcard ../shared/data/animals15)
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast demo clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+demo: install
+	$(PY) ray_jobs/demo.py --data "$(DATA)"
+
+clean:
+	rm -rf runs .pytest_cache

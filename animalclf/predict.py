@@ -1,0 +1,140 @@
+"""Inference: one :class:`Predictor` used by Serve, the benchmarks and tests, with the exact
+evaluation preprocessing stored in the checkpoint; plus safe decoding of untrusted image bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from animalclf.checkpoint import META_FILE, load_model
+from animalclf.data import eval_transform, to_rgb
+from animalclf.errors import InvalidImage, UserError
+from animalclf.model import Preprocess
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Predictor", "decode_image", "MAX_BYTES", "MAX_PIXELS"]
+
+MAX_BYTES = 10 * 1024 * 1024  # 10 MiB per image
+MAX_PIXELS = 40_000_000  # well under Pillow's ~179 MP bomb error; a 8000x5000 photo fits
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
+
+
+def decode_image(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Bytes from a client to an upright RGB image, or :class:`InvalidImage` with an HTTP status."""
+    if not data:
+        raise InvalidImage("empty body: send the image bytes (multipart field 'file' or the raw body)", 400)
+    if len(data) > max_bytes:
+        raise InvalidImage(f"image is {len(data)} bytes; the limit is {max_bytes} bytes", 413)
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise InvalidImage("not an image: send a JPEG, PNG, WebP, BMP, GIF or TIFF file", 415) from None
+    except Exception as e:
+        raise InvalidImage(f"unreadable image ({e})", 400) from None
+    if im.format not in SUPPORTED_FORMATS:
+        raise InvalidImage(f"unsupported image format {im.format}: send JPEG, PNG, WebP, BMP, GIF or TIFF", 415)
+    w, h = im.size
+    if w * h > max_pixels:
+        raise InvalidImage(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels", 413)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im.load()
+        return to_rgb(im)
+    except Exception as e:  # truncated data, bad Huffman tables, ...
+        raise InvalidImage(f"corrupt or truncated image ({e})", 400) from None
+
+
+class Predictor:
+    """A loaded model plus its classes and preprocessing; thread-compatible, no Ray needed."""
+
+    def __init__(self, model: torch.nn.Module, meta: dict[str, Any], version: str, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.meta = meta
+        self.classes: list[str] = list(meta["classes"])
+        self.preprocess = Preprocess.from_dict(meta["preprocess"])
+        self.transform = eval_transform(self.preprocess)
+        self.version = version
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, device: str = "cpu") -> "Predictor":
+        model, meta = load_model(directory, device)
+        return cls(model, meta, version=f"checkpoint:{Path(directory).resolve()}", device=device)
+
+    @classmethod
+    def from_mlflow(cls, uri: str, device: str = "cpu") -> "Predictor":
+        """Load ``models:/NAME@alias``, ``models:/NAME/VERSION`` or ``runs:/ID/model``."""
+        import mlflow
+        import mlflow.pytorch
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        except Exception as e:
+            raise UserError(f"Could not fetch model {uri} from MLflow ({type(e).__name__}: {e}); check the name/alias and MLFLOW_TRACKING_URI.") from None
+        metas = list(local.rglob(META_FILE))
+        if not metas:
+            raise UserError(f"Model {uri} has no {META_FILE}: it was not logged by animalclf.")
+        meta = json.loads(metas[0].read_text())
+        model = mlflow.pytorch.load_model(str(local), map_location=device)
+        version = uri
+        if uri.startswith("models:/"):
+            version = cls._registry_version(uri) or uri
+        return cls(model, meta, version=version, device=device)
+
+    @staticmethod
+    def _registry_version(uri: str) -> Optional[str]:
+        from mlflow import MlflowClient
+
+        ref = uri[len("models:/"):]
+        try:
+            if "@" in ref:
+                name, alias = ref.split("@", 1)
+                return f"{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"
+            return ref
+        except Exception:
+            return None
+
+    @classmethod
+    def load(cls, ref: str, device: str = "cpu") -> "Predictor":
+        """A checkpoint directory or an MLflow model URI."""
+        if ref.startswith(("models:/", "runs:/")):
+            return cls.from_mlflow(ref, device)
+        return cls.from_checkpoint(ref, device)
+
+    def tensor(self, image: Image.Image) -> torch.Tensor:
+        """Preprocess one RGB image to a CHW tensor."""
+        return self.transform(image)
+
+    @torch.no_grad()
+    def predict_tensors(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for a preprocessed NCHW batch."""
+        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self.model(x).float().softmax(dim=1).cpu()
+
+    def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[dict[str, Any]]]:
+        """Top-k ``{"class", "probability"}`` per image."""
+        if not images:
+            return []
+        probs = self.predict_tensors(torch.stack([self.tensor(im) for im in images]))
+        return [self.top_k(p, top_k) for p in probs]
+
+    def top_k(self, probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
+        values, idx = probs.topk(min(k, len(self.classes)))
+        return [{"class": self.classes[i], "probability": round(float(v), 6)} for v, i in zip(values, idx)]
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "classes": self.classes, "arch": self.meta["arch"], "model_version": self.version,
+            "metrics": self.meta.get("metrics", {}), "preprocess": self.preprocess.to_dict(),
+            "unfreeze": self.meta.get("unfreeze"), "epoch": self.meta.get("epoch"),
+        }

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny real ImageFolders, one in-process Ray for the session, a per-test
+project directory (so MLflow's sqlite store and run outputs land in tmp)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "animals15"
+COLOURS = {"Red": (200, 40, 40), "Green": (40, 180, 60), "Blue": (40, 60, 200)}
+
+
+def make_image_folder(root: Path, per_class: int = 8, size: int = 48, seed: int = 0, classes=COLOURS) -> Path:
+    """Class folders of noisy solid-colour JPEGs: learnable in an epoch or two."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in classes.items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = np.clip(np.array(rgb)[None, None, :] + rng.normal(0, 25, (size, size, 3)), 0, 255).astype("uint8")
+            Image.fromarray(arr).save(d / f"{name.lower()}_{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A fresh project dir: outputs under it, local sqlite MLflow, no remote tracking vars."""
+    monkeypatch.setenv("ANIMALCLF_HOME", str(tmp_path))
+    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+              "DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USER_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for all in-process tests (dashboard on: Train V2 needs it)."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", "local")  # never join a `ray start` head another test owns
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
