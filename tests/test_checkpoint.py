@@ -1,0 +1,26 @@
+import pytest
+import torch
+
+from animalclf.checkpoint import load_model, load_train_state, read_meta, save_checkpoint
+from animalclf.config import TrainConfig
+from animalclf.errors import UserError
+from animalclf.model import build_model
+from animalclf.trainer import checkpoint_meta
+
+
+def test_checkpoint_round_trip_without_ray(tmp_path):
+    cfg = TrainConfig(arch="efficientnet_lite0", weights="none", unfreeze=2, image_size=64)
+    model = build_model(cfg.arch, 3, cfg.unfreeze, "none").eval()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
+    meta = checkpoint_meta(cfg, ["x", "y", "z"], {"val_accuracy": 0.5, "note": "dropped"}, epoch=3)
+    save_checkpoint(tmp_path / "ck", model, meta, {"epoch": 3, "optimizer": opt.state_dict()})
+    loaded, m = load_model(tmp_path / "ck")
+    assert m["classes"] == ["x", "y", "z"] and m["epoch"] == 3 and m["metrics"] == {"val_accuracy": 0.5}
+    assert m["preprocess"]["crop_size"] == 64 and m["config"]["unfreeze"] == 2
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x))
+    assert load_train_state(tmp_path / "ck")["epoch"] == 3
+    assert not list((tmp_path / "ck").glob(".*"))  # no temp files left behind
+    with pytest.raises(UserError, match="not an animalclf checkpoint"):
+        read_meta(tmp_path)

@@ -1,0 +1,32 @@
+import argparse
+
+import pytest
+
+from animalclf.config import TrainConfig, add_train_args, config_from_args, smoke
+from animalclf.errors import UserError
+
+
+def parse(*argv):
+    return config_from_args(add_train_args(argparse.ArgumentParser()).parse_args(list(argv)))
+
+
+def test_defaults_follow_the_original():
+    cfg = parse("--data", "d")
+    assert (cfg.arch, cfg.lr, cfg.batch_size, cfg.epochs, cfg.val_ratio) == ("efficientnet_b0", 1e-3, 64, 10, 0.2)
+    assert TrainConfig.from_dict({**cfg.to_dict(), "unknown": 1}) == cfg
+    assert smoke(cfg).epochs == 2 and smoke(cfg).image_size == 64
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--data", "d", "--arch", "vgg"], "Unknown arch 'vgg'"),
+    (["--data", "d", "--unfreeze", "19"], "out of range"),
+    (["--data", "d", "--unfreeze", "-1"], "out of range"),
+    ([], "No data given"),
+    (["--data", "d", "--train-dir", "t"], "either --data"),
+    (["--data", "d", "--val-ratio", "1.5"], "val-ratio"),
+    (["--data", "d", "--lr", "0"], "--lr must be positive"),
+    (["--data", "d", "--metric", "auc"], "Unknown metric"),
+])
+def test_validation_errors(argv, match):
+    with pytest.raises(UserError, match=match):
+        parse(*argv).validate()

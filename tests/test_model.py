@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from animalclf.data import eval_transform, to_rgb
+from animalclf.errors import UserError
+from animalclf.model import build_model, feature_layers, lite0_imagenet_state, num_layers, preprocess_for
+
+
+def trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("arch", ["efficientnet_b0", "efficientnet_lite0"])
+def test_unfreeze_counts(arch):
+    assert num_layers(arch) == 18
+    head_only = trainable(build_model(arch, 15, 0, "none"))
+    assert head_only == {"classifier.1.weight", "classifier.1.bias"}
+    one = build_model(arch, 15, 1, "none")
+    last = feature_layers(one)[-1]
+    assert trainable(one) == head_only | {n for n, p in one.named_parameters() if any(p is q for q in last.parameters())}
+    assert len(trainable(one)) > len(head_only)
+    full = build_model(arch, 15, 18, "none")
+    assert trainable(full) == {n for n, _ in full.named_parameters()}
+    two = trainable(build_model(arch, 15, 2, "none"))
+    assert trainable(one) < two < trainable(full)
+
+
+def test_bad_arch_and_unfreeze_are_user_errors():
+    with pytest.raises(UserError, match="Unknown arch 'resnet9'"):
+        build_model("resnet9", 15, 0, "none")
+    with pytest.raises(UserError, match="out of range.*0 \\(head only\\) to 18"):
+        build_model("efficientnet_lite0", 15, 19, "none")
+
+
+def test_b0_imagenet_offline_names_the_alternatives(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty cache; no internet here
+    try:
+        build_model("efficientnet_b0", 15, 0, "imagenet")
+    except UserError as e:
+        msg = str(e)
+        assert "--weights" in msg and "efficientnet_lite0" in msg and "\n" not in msg
+    else:  # a machine with internet downloaded them: fine too
+        assert (tmp_path / "hub" / "checkpoints").exists()
+
+
+def test_lite0_imagenet_weights_recognise_a_zebra(shared_data):
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model.load_state_dict(lite0_imagenet_state(model))
+    model.eval()
+    from PIL import Image
+
+    photo = sorted((shared_data / "Zebra").iterdir())[0]
+    x = eval_transform(preprocess_for("efficientnet_lite0"))(to_rgb(Image.open(photo)))[None]
+    with torch.no_grad():
+        assert model(x).argmax().item() == 340  # ImageNet class 340: zebra
+
+
+def test_weights_file_roundtrip(tmp_path):
+    a = build_model("efficientnet_lite0", 3, 0, "none")
+    torch.save(a.state_dict(), tmp_path / "w.pt")
+    b = build_model("efficientnet_lite0", 3, 0, str(tmp_path / "w.pt"))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = build_model("efficientnet_lite0", 5, 0, str(tmp_path / "w.pt"))  # other head size: backbone only
+    assert torch.equal(c.conv_stem.weight, a.conv_stem.weight) and c.classifier[1].out_features == 5
+    with pytest.raises(UserError, match="not a file"):
+        build_model("efficientnet_lite0", 3, 0, str(tmp_path / "missing.pt"))
+    with pytest.raises(UserError, match="does not fit"):
+        build_model("efficientnet_b0", 3, 0, str(tmp_path / "w.pt"))
+
+
+def test_preprocess_scales_with_image_size():
+    p = preprocess_for("efficientnet_b0", 112)
+    assert (p.crop_size, p.resize_size) == (112, 128)
+    assert preprocess_for("efficientnet_lite0").mean == (0.5, 0.5, 0.5)
