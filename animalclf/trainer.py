@@ -217,9 +217,9 @@ def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
     cfg.validate()
     if cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():
         raise UserError(f"--weights {cfg.weights!r} is not a file: pass imagenet, none, or a state-dict file path.")
+    split = load_split(cfg.data, cfg.train_dir, cfg.val_dir, cfg.val_ratio, cfg.seed)
     if cfg.weights == "imagenet":
         build_model(cfg.arch, 2, 0, "imagenet")  # fail now, not on a worker, when weights can't be had
-    split = load_split(cfg.data, cfg.train_dir, cfg.val_dir, cfg.val_ratio, cfg.seed)
     uri = None
     if cfg.track:
         uri = tracking.configure()

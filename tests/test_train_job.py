@@ -1,0 +1,88 @@
+"""The train job end to end on a real local Ray (2 gloo workers) and a real sqlite MLflow store."""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from animalclf.config import TrainConfig
+from animalclf.predict import Predictor, decode_image
+from animalclf.trainer import run_training
+from conftest import make_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_job():
+    spec = importlib.util.spec_from_file_location("train_job", ROOT / "ray_jobs" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_two_worker_training_is_tracked_registered_and_loadable(ray_session, project, tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=8)
+    good = next((data / "Red").glob("*.jpg")).read_bytes()
+    (data / "Red" / "broken.jpg").write_bytes(good[:200])  # corrupt JPEG among good ones
+    cfg = TrainConfig(data=str(data), arch="efficientnet_lite0", unfreeze=1, image_size=64, batch_size=8, epochs=2,
+                      num_workers=2, lr=3e-3, name="t2w", model_name="tiny", patience=0)
+    out = run_training(cfg)
+
+    assert out.epochs_run == 2
+    pred = Predictor.from_checkpoint(out.checkpoint)
+    top = pred.predict([decode_image((data / "Green" / "green_0.jpg").read_bytes())], top_k=3)[0]
+    assert [t["class"] for t in top][:1] and set(t["class"] for t in top) == {"Blue", "Green", "Red"}
+    assert abs(sum(t["probability"] for t in top) - 1) < 1e-4
+
+    client = MlflowClient()
+    run = client.get_run(out.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["arch"] == "efficientnet_lite0" and run.data.params["num_workers"] == "2"
+    assert run.data.params["train_images"] == "18" and run.data.params["val_images"] == "6"  # broken.jpg skipped
+    history = client.get_metric_history(out.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [1, 2]
+    # the report is over the whole validation split (6 images), not one worker's shard of 3
+    assert out.report["support"] == 6
+    assert client.get_metric_history(out.run_id, "val_images")[0].value == 6
+    artifacts = {a.path for a in client.list_artifacts(out.run_id, "report")}
+    assert {"report/report.json", "report/confusion_matrix.html", "report/roc_curves.html"} <= artifacts
+    assert {a.path for a in client.list_artifacts(out.run_id, "checkpoint")} >= {"checkpoint/model.pt", "checkpoint/animalclf.json"}
+    version = client.get_model_version("tiny", out.model_version)
+    assert version.run_id == out.run_id
+    from_registry = Predictor.load(f"models:/tiny/{out.model_version}")
+    assert from_registry.classes == ["Blue", "Green", "Red"]
+
+
+@pytest.mark.parametrize("argv,env,match", [
+    (["--data", "{tmp}/missing"], {}, "does not exist"),
+    (["--data", "{empty_class}"], {}, "no readable image"),
+    (["--data", "{data}", "--arch", "resnet9"], {}, "Unknown arch"),
+    (["--data", "{data}", "--unfreeze", "40"], {}, "out of range"),
+    (["--data", "{data}", "--arch", "efficientnet_lite0"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "unreachable"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, env, match, project, tmp_path, tiny_folder, monkeypatch, capsys):
+    empty_class = tmp_path / "ec"
+    shutil.copytree(tiny_folder, empty_class)
+    (empty_class / "Void").mkdir()
+    argv = [a.format(tmp=tmp_path, data=tiny_folder, empty_class=empty_class) for a in argv]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    job = load_job()
+    code = job.run_main(job.main, job.get_args_parser(), argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and match in err[0]
+    assert not (project / "runs" / "ray").exists()  # nothing started, nothing half-written
+
+
+def test_cli_exit_code_in_a_real_process(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "ray_jobs" / "train.py"), "--data", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin", "ANIMALCLF_HOME": str(tmp_path)})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: Data folder")
+    assert "Traceback" not in r.stderr
