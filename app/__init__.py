@@ -1,0 +1,1 @@
+"""Streamlit UI for the classifier endpoint; HTTP logic in app.client."""

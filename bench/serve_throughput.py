@@ -1,0 +1,116 @@
+"""Throughput of the Serve endpoint at concurrency 1, 8 and 32, with and without dynamic
+batching, in one run (Lite0 at 224 px, one real JPEG, raw-body POST /predict).
+
+    python bench/serve_throughput.py [--model CKPT_OR_URI] [--seconds 8] [--smoke-test]
+
+Targets: with batching >= 1.5x the unbatched throughput at concurrency 32; p99 <= 3x p50.
+Batching on/off is switched in place (``deploy.reconfigure``), so both runs share one replica.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+import torch
+
+from serve_latency import free_port, make_model, pct, photo_bytes
+
+
+def run_level(url: str, data: bytes, concurrency: int, seconds: float) -> dict:
+    """``concurrency`` clients sending back to back for ``seconds``; images/s and latencies."""
+    lat: list[float] = []
+    errors: dict[int, int] = {}
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def client(_):
+        s = requests.Session()
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            r = s.post(f"{url}/predict", data=data, timeout=60)
+            dt = (time.perf_counter() - t0) * 1000
+            with lock:
+                if r.status_code == 200:
+                    lat.append(dt)
+                else:
+                    errors[r.status_code] = errors.get(r.status_code, 0) + 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as ex:
+        list(ex.map(client, range(concurrency)))
+    wall = time.perf_counter() - t0
+    return {"rps": len(lat) / wall, "p50": statistics.median(lat), "p99": pct(lat, 99), "n": len(lat), "errors": errors}
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Serve throughput with and without dynamic batching", add_help=add_help)
+    p.add_argument("--model", default=None, help="checkpoint or MLflow URI (default: a fresh Lite0 224 px checkpoint)")
+    p.add_argument("--image", default=None, help="JPEG to send (default: the first shared Cat photo)")
+    p.add_argument("--seconds", type=float, default=8.0, help="seconds per concurrency level (default: 8.0)")
+    p.add_argument("--levels", default="1,8,32", help="concurrency levels (default: 1,8,32)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="batching run's max batch size (default: 16)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="batching run's wait (default: 10.0)")
+    p.add_argument("--smoke-test", action="store_true", help="2 s per level")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    import ray
+
+    from serve import deploy
+
+    if args.smoke_test:
+        args.seconds = 2.0
+    levels = [int(x) for x in args.levels.split(",")]
+    data = photo_bytes(args.image)
+    threads = torch.get_num_threads()
+    results: dict[str, dict[int, dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model or make_model(os.path.join(tmp, "lite0"))
+        os.environ.setdefault("RAY_ADDRESS", "local")
+        ray.init(num_cpus=4, logging_level="ERROR")
+        try:
+            url = deploy.start(model, port=free_port(), num_threads=threads, max_ongoing_requests=max(levels),
+                               max_queued_requests=4 * max(levels), max_batch_size=args.max_batch_size,
+                               batch_wait_timeout_s=args.batch_wait_ms / 1000)
+            run_level(url, data, 4, 2.0)  # warm up
+            for name, cfg in [("batching", {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000}),
+                              ("no batching", {"max_batch_size": 1, "batch_wait_timeout_s": 0.0})]:
+                deploy.reconfigure(**cfg)
+                results[name] = {c: run_level(url, data, c, args.seconds) for c in levels}
+        finally:
+            deploy.stop()
+            ray.shutdown()
+    print(f"\nLite0 224 px, {len(data)}-byte JPEG, 1 replica, torch threads {threads}, {os.cpu_count()} CPUs, {args.seconds:.0f} s per level")
+    print(f"batching = max batch {args.max_batch_size}, wait {args.batch_wait_ms:.0f} ms")
+    print(f"{'mode':12s} {'conc':>5s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99/p50':>8s} {'ok':>6s}  errors")
+    for name, rows in results.items():
+        for c, r in rows.items():
+            print(f"{name:12s} {c:5d} {r['rps']:8.1f} {r['p50']:8.1f} {r['p99']:8.1f} {r['p99'] / r['p50']:8.2f} {r['n']:6d}  {r['errors'] or '-'}")
+    for c in levels:
+        print(f"concurrency {c:2d}: batching / no batching throughput = {results['batching'][c]['rps'] / results['no batching'][c]['rps']:.2f}")
+    top = max(levels)
+    ratio = results["batching"][top]["rps"] / results["no batching"][top]["rps"]
+    tail = results["batching"][top]["p99"] / results["batching"][top]["p50"]
+    load = os.getloadavg()
+    print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    print(f"target batching >= 1.5x at {top}: {ratio:.2f} {'met' if ratio >= 1.5 else 'MISSED'}; "
+          f"p99 <= 3x p50 with batching at {top}: {tail:.2f} {'met' if tail <= 3 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,1 @@
+"""Ray Serve entry points: the deployment (serve.app) and a Python launcher (serve.deploy)."""

@@ -1,0 +1,140 @@
+"""decode_image on every bad input and every valid mode; Predictor top-k on a real Lite0 model."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from animalclf.checkpoint import save_checkpoint
+from animalclf.config import TrainConfig
+from animalclf.errors import InvalidImage
+from animalclf.model import build_model
+from animalclf.predict import MAX_BYTES, Predictor, decode_image
+from animalclf.trainer import checkpoint_meta
+
+CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "Giraffe", "Horse",
+           "Kangaroo", "Lion", "Panda", "Tiger", "Zebra"]
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def photo(w: int = 60, h: int = 40) -> Image.Image:
+    """Left half red, right half blue: orientation is visible in the pixels."""
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 2] = (220, 20, 20)
+    arr[:, w // 2:] = (20, 20, 220)
+    return Image.fromarray(arr)
+
+
+def _truncated() -> bytes:
+    data = encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)), "JPEG")
+    return data[: len(data) // 2]
+
+
+def _corrupt() -> bytes:
+    data = bytearray(encode(Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)), "JPEG"))
+    data[200:] = bytes(len(data) - 200)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name,data,status,word", [
+    ("empty", b"", 400, "empty"),
+    ("text", b"definitely not a picture", 415, "not an image"),
+    ("pdf", b"%PDF-1.4\n1 0 obj<<>>endobj\n", 415, "not an image"),
+    ("ppm", encode(photo(), "PPM"), 415, "unsupported"),
+    ("ico", encode(photo(32, 32), "ICO"), 415, "unsupported"),
+    ("truncated", _truncated(), 400, "truncated"),
+    ("corrupt", _corrupt(), 400, "corrupt"),
+    ("too_many_pixels", encode(Image.new("1", (8000, 6000)), "PNG"), 413, "pixels"),
+])
+def test_bad_inputs(name, data, status, word):
+    with pytest.raises(InvalidImage) as e:
+        decode_image(data)
+    assert e.value.status == status, (name, str(e.value))
+    assert word in str(e.value).lower()
+
+
+def test_too_many_bytes_and_custom_limits():
+    with pytest.raises(InvalidImage) as e:
+        decode_image(b"\xff\xd8" + bytes(MAX_BYTES))
+    assert e.value.status == 413 and str(MAX_BYTES) in str(e.value)
+    small = encode(photo(), "PNG")
+    with pytest.raises(InvalidImage) as e:
+        decode_image(small, max_bytes=len(small) - 1)
+    assert e.value.status == 413
+    with pytest.raises(InvalidImage) as e:
+        decode_image(small, max_pixels=60 * 40 - 1)
+    assert e.value.status == 413 and "2400 pixels" in str(e.value)
+
+
+@pytest.mark.parametrize("mode,fmt", [
+    ("RGB", "JPEG"), ("L", "PNG"), ("RGBA", "PNG"), ("P", "GIF"), ("P", "PNG"), ("CMYK", "JPEG"),
+    ("RGB", "WEBP"), ("RGB", "BMP"), ("RGB", "TIFF"),
+])
+def test_valid_modes_become_rgb(mode, fmt):
+    im = decode_image(encode(photo().convert(mode), fmt))
+    assert im.mode == "RGB" and im.size == (60, 40)
+    left, right = np.asarray(im)[20, 5].astype(int), np.asarray(im)[20, 55].astype(int)
+    if mode != "L":
+        assert left[0] > left[2] + 80 and right[2] > right[0] + 80, (left, right)  # colours survive
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped():
+    arr = np.full((40, 60), 40000, np.uint16)
+    im = decode_image(encode(Image.fromarray(arr), "PNG"))
+    assert im.mode == "RGB" and 150 < np.asarray(im)[0, 0, 0] < 160  # 40000/65535*255 ≈ 156
+
+
+def test_transparent_rgba_goes_on_white():
+    im = decode_image(encode(Image.new("RGBA", (10, 10), (0, 0, 0, 0)), "PNG"))
+    assert tuple(np.asarray(im)[5, 5]) == (255, 255, 255)
+
+
+def test_exif_rotation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: display rotated 90° clockwise
+    im = decode_image(encode(photo(), "JPEG", exif=exif))
+    assert im.size == (40, 60)
+    top, bottom = np.asarray(im)[5, 20].astype(int), np.asarray(im)[55, 20].astype(int)
+    assert top[0] > top[2] + 80 and bottom[2] > bottom[0] + 80  # red (left) is now on top
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory) -> Predictor:
+    torch.manual_seed(0)
+    cfg = TrainConfig(arch="efficientnet_lite0", weights="imagenet", unfreeze=0, image_size=64)
+    d = save_checkpoint(tmp_path_factory.mktemp("pred") / "ck", build_model(cfg.arch, 15, 0, "imagenet"),
+                        checkpoint_meta(cfg, CLASSES, {"val_accuracy": 0.5}, 1))
+    return Predictor.load(str(d))
+
+
+def test_predictor_top_k(predictor):
+    ims = [photo(), photo(80, 80).convert("L").convert("RGB")]
+    assert predictor.tensor(ims[0]).shape == (3, 64, 64)
+    out = predictor.predict(ims, top_k=3)
+    assert len(out) == 2 and all(len(o) == 3 for o in out)
+    probs = predictor.predict_tensors(torch.stack([predictor.tensor(im) for im in ims]))
+    assert probs.shape == (2, 15) and torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
+    order = probs[0].argsort(descending=True)[:3].tolist()
+    assert [o["class"] for o in out[0]] == [CLASSES[i] for i in order]
+    assert [o["probability"] for o in out[0]] == sorted((o["probability"] for o in out[0]), reverse=True)
+    assert len(predictor.top_k(probs[0], 99)) == 15  # k clipped to the number of classes
+    assert predictor.predict([]) == []
+    meta = predictor.metadata()
+    assert meta["classes"] == CLASSES and meta["arch"] == "efficientnet_lite0" and meta["preprocess"]["crop_size"] == 64
+    assert predictor.version.startswith("checkpoint:")
+
+
+def test_load_bad_ref_is_a_user_error(tmp_path):
+    from animalclf.errors import UserError
+
+    with pytest.raises(UserError, match="not an animalclf checkpoint"):
+        Predictor.load(str(tmp_path))

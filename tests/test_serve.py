@@ -1,0 +1,295 @@
+"""Ray Serve for real: one local Serve app (Lite0, 64 px) on a free loopback port, real HTTP,
+real photos. Bad uploads are 4xx JSON and never hurt the replica; overload is 503; a model swap
+under traffic fails no request; our metrics reach Ray's Prometheus endpoint."""
+
+from __future__ import annotations
+
+import io
+import re
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from animalclf.checkpoint import save_checkpoint
+from animalclf.config import TrainConfig
+from animalclf.model import build_model
+from animalclf.predict import MAX_BYTES, Predictor
+from animalclf.trainer import checkpoint_meta
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "Giraffe", "Horse",
+           "Kangaroo", "Lion", "Panda", "Tiger", "Zebra"]
+
+
+def make_checkpoint(d: Path, image_size: int, seed: int) -> Path:
+    import torch
+
+    torch.manual_seed(seed)  # a different random head per checkpoint: different answers
+    cfg = TrainConfig(arch="efficientnet_lite0", weights="imagenet", unfreeze=0, image_size=image_size)
+    model = build_model(cfg.arch, len(CLASSES), 0, "imagenet")
+    return save_checkpoint(d, model, checkpoint_meta(cfg, CLASSES, {"val_accuracy": 0.5}, 1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve_ckpt")
+    return make_checkpoint(root / "a", 64, 0), make_checkpoint(root / "b", 80, 1)
+
+
+@pytest.fixture(scope="module")
+def photos(shared_data) -> list[Path]:
+    return [sorted((shared_data / c).iterdir())[0] for c in ("Cat", "Elephant", "Zebra")]
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_session, checkpoints):
+    """Tiny queue limits so the overload test can fill them; everything else is sequential."""
+    from serve import deploy
+
+    url = deploy.start(str(checkpoints[0]), port=free_port(), max_ongoing_requests=2, max_queued_requests=2,
+                       max_batch_size=4, batch_wait_timeout_s=0.01)
+    yield url
+    deploy.stop()
+
+
+@pytest.fixture(scope="module")
+def local(checkpoints) -> dict[str, Predictor]:
+    return {str(c.resolve()): Predictor.from_checkpoint(c) for c in checkpoints}
+
+
+def expected(local: dict[str, Predictor], version: str, path: Path, k: int = 5) -> list[dict]:
+    from animalclf.predict import decode_image
+
+    p = local[version[len("checkpoint:"):]]
+    return p.predict([decode_image(path.read_bytes())], k)[0]
+
+
+def same(a: list[dict], b: list[dict]) -> bool:
+    return [x["class"] for x in a] == [x["class"] for x in b] and all(
+        abs(x["probability"] - y["probability"]) < 1e-4 for x, y in zip(a, b))
+
+
+def health(url: str) -> dict:
+    r = requests.get(f"{url}/healthz", timeout=10)
+    assert r.status_code == 200
+    return r.json()
+
+
+# ---------------------------------------------------------------------------------------------
+def test_predict_multipart_and_raw_match_in_process(endpoint, photos, local):
+    for path in photos:
+        r = requests.post(f"{endpoint}/predict", files={"file": (path.name, path.read_bytes(), "image/jpeg")}, timeout=30)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_version"].startswith("checkpoint:") and body["latency_ms"] > 0
+        assert len(body["predictions"]) == 5
+        probs = [p["probability"] for p in body["predictions"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+        assert same(body["predictions"], expected(local, body["model_version"], path))
+        raw = requests.post(f"{endpoint}/predict?top_k=2", data=path.read_bytes(), timeout=30)
+        assert raw.status_code == 200, raw.text
+        assert same(raw.json()["predictions"], expected(local, body["model_version"], path, 2))
+
+
+def test_batch_endpoint(endpoint, photos, local):
+    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+    r = requests.post(f"{endpoint}/predict/batch?top_k=3", files=files, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["results"]) == len(photos)
+    for res, path in zip(body["results"], photos):
+        assert same(res["predictions"], expected(local, body["model_version"], path, 3))
+
+
+def test_metadata_and_health(endpoint, checkpoints):
+    meta = requests.get(f"{endpoint}/metadata", timeout=10).json()
+    assert meta["classes"] == CLASSES and meta["arch"] == "efficientnet_lite0"
+    assert meta["preprocess"]["crop_size"] == 64 and meta["metrics"] == {"val_accuracy": 0.5}
+    assert meta["model_version"] == f"checkpoint:{checkpoints[0].resolve()}"
+    assert meta["limits"]["max_bytes"] == MAX_BYTES and meta["last_load_error"] is None
+    h = health(endpoint)
+    assert h["status"] == "ok" and h["pid"] > 0 and h["replica"]
+
+
+# ---------------------------------------------------------------------------------------------
+def _jpeg(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def _bad_inputs(photo: Path) -> dict[str, tuple[str, dict, int, str]]:
+    """name → (path+query, requests kwargs, expected status, a word the error must contain)."""
+    good = photo.read_bytes()
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    corrupt = bytearray(_jpeg(Image.fromarray(noise)))
+    corrupt[200:] = bytes(len(corrupt) - 200)  # valid header, zeroed scan data
+    ppm = io.BytesIO()
+    Image.fromarray(noise).save(ppm, "PPM")
+    bomb = io.BytesIO()
+    Image.new("1", (8000, 6000)).save(bomb, "PNG")  # 48 MP in a few kB
+    big = b"\xff\xd8" + bytes(MAX_BYTES)
+    return {
+        "empty": ("/predict", {"data": b""}, 400, "empty"),
+        "empty_multipart": ("/predict", {"files": {"file": ("a.jpg", b"", "image/jpeg")}}, 400, "empty"),
+        "not_an_image": ("/predict", {"files": {"file": ("a.txt", b"hello, not a photo", "text/plain")}}, 415, "not an image"),
+        "truncated": ("/predict", {"data": good[: len(good) // 3]}, 400, "truncated"),
+        "corrupt": ("/predict", {"data": bytes(corrupt)}, 400, "corrupt"),
+        "unsupported": ("/predict", {"data": ppm.getvalue()}, 415, "unsupported"),
+        "too_many_bytes": ("/predict", {"data": big}, 413, "limit"),
+        "too_many_bytes_multipart": ("/predict", {"files": {"file": ("a.jpg", big, "image/jpeg")}}, 413, "limit"),
+        "too_many_pixels": ("/predict", {"data": bomb.getvalue()}, 413, "pixels"),
+        "too_many_images": ("/predict/batch", {"files": [("files", ("a.jpg", good, "image/jpeg"))] * 17}, 413, "limit"),
+        "bad_image_in_batch": ("/predict/batch", {"files": [("files", ("a.jpg", good, "image/jpeg")), ("files", ("b.jpg", b"xx", "image/jpeg"))]}, 415, "image 1"),
+        "batch_not_multipart": ("/predict/batch", {"data": good}, 415, "multipart"),
+        "wrong_field": ("/predict", {"files": {"image": ("a.jpg", good, "image/jpeg")}}, 400, "'file'"),
+        "bad_top_k": ("/predict?top_k=99", {"data": good}, 400, "top_k"),
+        "top_k_not_int": ("/predict?top_k=abc", {"data": good}, 400, "top_k"),
+    }
+
+
+def test_bad_inputs_are_4xx_json_and_replica_survives(endpoint, photos):
+    before = health(endpoint)
+    cases = _bad_inputs(photos[0])
+    for name, (route, kw, status, word) in cases.items():
+        r = requests.post(f"{endpoint}{route}", timeout=60, **kw)
+        assert r.status_code == status, f"{name}: {r.status_code} {r.text[:300]}"
+        assert r.headers["content-type"].startswith("application/json"), name
+        assert word.lower() in r.json()["error"].lower(), f"{name}: {r.json()}"
+        ok = requests.post(f"{endpoint}/predict", data=photos[0].read_bytes(), timeout=30)
+        assert ok.status_code == 200, f"after {name}: {ok.text}"
+        h = health(endpoint)
+        assert (h["pid"], h["replica"]) == (before["pid"], before["replica"]), f"replica changed after {name}"
+
+
+def _modes(photo: Path) -> dict[str, bytes]:
+    base = Image.open(photo).convert("RGB").resize((96, 72))
+    out = {}
+    for name, im, fmt in [
+        ("grayscale", base.convert("L"), "PNG"), ("rgba", base.convert("RGBA"), "PNG"),
+        ("palette", base.convert("P"), "GIF"), ("cmyk", base.convert("CMYK"), "JPEG"),
+        ("gray16", Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)), "PNG"),
+    ]:
+        buf = io.BytesIO()
+        im.save(buf, fmt)
+        out[name] = buf.getvalue()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    out["exif_rotated"] = _jpeg(base, exif=exif)
+    return out
+
+
+def test_valid_modes_are_accepted(endpoint, photos):
+    for name, data in _modes(photos[0]).items():
+        r = requests.post(f"{endpoint}/predict", data=data, timeout=30)
+        assert r.status_code == 200, f"{name}: {r.text}"
+        assert len(r.json()["predictions"]) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+def test_overload_answers_503_quickly_and_accepted_are_correct(endpoint, photos, local):
+    data = photos[1].read_bytes()
+    statuses: list[int] = []
+    for _ in range(3):  # a few rounds in case one round's requests do not overlap enough
+        barrier = threading.Barrier(32)
+
+        def one(_):
+            barrier.wait()
+            t0 = time.perf_counter()
+            r = requests.post(f"{endpoint}/predict", data=data, timeout=60)
+            return r, time.perf_counter() - t0
+
+        with ThreadPoolExecutor(32) as ex:
+            answers = list(ex.map(one, range(32)))
+        for r, dt in answers:
+            statuses.append(r.status_code)
+            assert r.status_code in (200, 503), f"{r.status_code}: {r.text[:200]}"
+            if r.status_code == 200:
+                body = r.json()
+                assert same(body["predictions"], expected(local, body["model_version"], photos[1]))
+            else:
+                assert r.headers.get("retry-after") == "1" and dt < 10
+        if 503 in statuses:
+            break
+    assert 503 in statuses and 200 in statuses, statuses
+    assert requests.post(f"{endpoint}/predict", data=data, timeout=30).status_code == 200
+
+
+def test_model_swap_under_traffic_fails_nothing(endpoint, checkpoints, photos, local):
+    from serve import deploy
+
+    before = health(endpoint)
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            r = requests.post(f"{endpoint}/predict", data=photos[2].read_bytes(), timeout=30)
+            body = r.json()
+            ok = r.status_code == 200 and same(body["predictions"], expected(local, body["model_version"], photos[2]))
+            results.append((r.status_code if ok else -r.status_code, body.get("model_version", body.get("error"))))
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    try:
+        time.sleep(0.5)
+        h = deploy.swap_model(str(checkpoints[1]))
+        assert h["model_version"] == f"checkpoint:{checkpoints[1].resolve()}" and h["last_load_error"] is None
+        time.sleep(0.5)
+        h = deploy.swap_model(str(checkpoints[0]))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join()
+    assert h["model_version"] == f"checkpoint:{checkpoints[0].resolve()}"
+    assert all(code == 200 for code, _ in results), [r for r in results if r[0] != 200][:5]
+    versions = {v for _, v in results}
+    assert f"checkpoint:{checkpoints[1].resolve()}" in versions and f"checkpoint:{checkpoints[0].resolve()}" in versions
+    after = health(endpoint)
+    assert (after["pid"], after["replica"]) == (before["pid"], before["replica"])  # in place, no restart
+
+
+def test_failed_swap_keeps_old_model_and_says_why(endpoint, checkpoints, photos, tmp_path):
+    from serve import deploy
+
+    bad = tmp_path / "not_a_checkpoint"
+    bad.mkdir()
+    (bad / "animalclf.json").write_text("{broken")
+    h = deploy.swap_model(str(bad))
+    assert h["model_version"] == f"checkpoint:{checkpoints[0].resolve()}"
+    assert str(bad) in h["last_load_error"]
+    meta = requests.get(f"{endpoint}/metadata", timeout=10).json()
+    assert str(bad) in meta["last_load_error"]
+    r = requests.post(f"{endpoint}/predict", data=photos[0].read_bytes(), timeout=30)
+    assert r.status_code == 200 and r.json()["model_version"] == f"checkpoint:{checkpoints[0].resolve()}"
+
+
+def test_metrics_on_prometheus_endpoint(endpoint, ray_session):
+    port = ray_session.nodes()[0]["MetricsExportPort"]
+    want_ok = re.compile(r'^ray_animalclf_requests(_total)?\{[^}]*route="/predict"[^}]*status="200"[^}]*\} ([0-9.e+]+)$', re.M)
+    want_err = re.compile(r'^ray_animalclf_errors(_total)?\{[^}]*status="415"[^}]*\} ([0-9.e+]+)$', re.M)
+    want_lat = re.compile(r'^ray_animalclf_request_latency_ms_count\{[^}]*route="/predict"[^}]*\} ([0-9.e+]+)$', re.M)
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        ok, err, lat = want_ok.search(text), want_err.search(text), want_lat.search(text)
+        if ok and err and lat and float(ok.group(2)) >= 10:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("animalclf metrics not on the Prometheus endpoint: " + "\n".join(l for l in text.splitlines() if "animalclf_" in l)[:2000])
+    assert float(err.group(2)) >= 1 and float(lat.group(1)) >= 10
