@@ -78,7 +78,11 @@ def check_tracking(uri: str, timeout: float = 10.0) -> None:
     """Fail fast, before training, when the tracking store cannot be used."""
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
-        user, pwd = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        from mlflow.utils.credentials import read_mlflow_creds
+
+        # What MLflow itself will send: the environment first, then ~/.mlflow/credentials (the way
+        # to give cluster nodes a password without putting it in a runtime env).
+        user, pwd = read_mlflow_creds()
         token = os.environ.get("MLFLOW_TRACKING_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
@@ -91,6 +95,11 @@ def check_tracking(uri: str, timeout: float = 10.0) -> None:
                 f"MLflow tracking server {uri} is unreachable ({type(e).__name__}): start it, fix "
                 f"MLFLOW_TRACKING_URI, or unset it to use the local store."
             ) from None
+        if r.status_code in (401, 403) and not (user or token):
+            raise UserError(
+                f"MLflow tracking server {uri} requires credentials (HTTP {r.status_code}): set "
+                f"MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or DAGSHUB_USER_TOKEN)."
+            )
         if r.status_code in (401, 403):
             raise UserError(
                 f"MLflow tracking server {uri} rejected the credentials (HTTP {r.status_code}): check "

@@ -7,6 +7,7 @@ that validates inputs, tracks the run in MLflow and writes the final report.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -17,7 +18,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from animalclf.checkpoint import load_model, load_train_state, save_checkpoint, unwrap, META_FILE
+from animalclf.checkpoint import META_FILE, load_model, load_train_state, read_meta, save_checkpoint, unwrap
 from animalclf.config import TrainConfig, project_dir
 from animalclf.data import ImageList, ShardSampler, Split, eval_transform, load_split, make_loader, train_transform
 from animalclf.engine import evaluate, train_one_epoch
@@ -29,7 +30,10 @@ from animalclf import tracking
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainOutcome", "train_loop_per_worker", "make_trainer", "run_training", "evaluate_checkpoint", "checkpoint_meta"]
+__all__ = [
+    "TrainOutcome", "train_loop_per_worker", "make_trainer", "fit", "publish", "prepare", "run_training",
+    "start_tracker", "evaluate_checkpoint", "checkpoint_meta",
+]
 
 
 def _better(value: float, best: Optional[float], mode: str) -> bool:
@@ -171,18 +175,25 @@ class TrainOutcome:
     epochs_run: int = 0
 
 
+def evaluate_model(model: nn.Module, meta: dict[str, Any], samples, classes: Sequence[str], batch_size: int = 32,
+                   device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a loaded model (with its checkpoint meta) on ``samples``; return the report dict."""
+    if list(meta["classes"]) != list(classes):
+        raise UserError(f"Model classes {meta['classes']} differ from the data's {list(classes)}.")
+    from animalclf.model import Preprocess
+
+    loader = make_loader(ImageList(samples, eval_transform(Preprocess.from_dict(meta["preprocess"]))), batch_size)
+    _, collected = evaluate(model.to(device), loader, nn.CrossEntropyLoss(), torch.device(device), len(classes),
+                            channels_last=False, collect=True)
+    probs, targets = collected
+    return build_report(probs, targets, classes)
+
+
 def evaluate_checkpoint(checkpoint_dir: str | Path, samples, classes: Sequence[str], batch_size: int = 32,
                         device: str = "cpu") -> dict[str, Any]:
     """Evaluate a checkpoint on ``samples`` in this process; return the full report dict."""
     model, meta = load_model(checkpoint_dir, device)
-    if list(meta["classes"]) != list(classes):
-        raise UserError(f"Checkpoint classes {meta['classes']} differ from the data's {list(classes)}.")
-    from animalclf.model import Preprocess
-
-    loader = make_loader(ImageList(samples, eval_transform(Preprocess.from_dict(meta["preprocess"]))), batch_size)
-    _, collected = evaluate(model, loader, nn.CrossEntropyLoss(), torch.device(device), len(classes), collect=True)
-    probs, targets = collected
-    return build_report(probs, targets, classes)
+    return evaluate_model(model, meta, samples, classes, batch_size, device)
 
 
 def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
@@ -201,15 +212,19 @@ def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
 def init_ray() -> None:
     """Join the running Ray (``RAY_ADDRESS``, ``ray job submit``, a local ``ray start``) or start one.
 
-    Tracking variables (including credentials) reach the workers through the runtime env.
+    A Ray started here inherits this process's environment, and a job's runtime env already reaches
+    its workers, so tracking credentials only travel in a runtime env when this shell joins a
+    running cluster from outside a job (Ray's runtime-env agent logs those variables).
     """
     import ray
+    from ray._private.services import canonicalize_bootstrap_address
 
     if ray.is_initialized():
         return
-    env = {k: v for k, v in tracking.worker_env().items()}
-    env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
-    ray.init(runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+    joining = canonicalize_bootstrap_address(None) is not None
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    runtime_env = {"env_vars": tracking.worker_env()} if joining and not in_job else None
+    ray.init(runtime_env=runtime_env, logging_level=logging.WARNING)
 
 
 def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
@@ -227,41 +242,33 @@ def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
     return split, uri
 
 
-def run_training(cfg: TrainConfig, *, split: Optional[Split] = None, parent_run_id: Optional[str] = None,
-                 callbacks: Sequence[Any] = (), register: bool = True, run_name: Optional[str] = None) -> TrainOutcome:
-    """Validate, train on Ray, evaluate the best checkpoint, track and register it."""
-    if split is None:
-        split, _ = prepare(cfg)
-    name = run_name or cfg.name
-    tracker = None
-    if cfg.track:
-        params = {**cfg.to_dict(), "num_classes": len(split.classes), "train_images": len(split.train), "val_images": len(split.val)}
-        tracker = tracking.Tracker.start(cfg.experiment, name, params, tags={"animalclf.kind": "train"}, parent_run_id=parent_run_id)
-        log.info("MLflow run %s in experiment %r", tracker.run_id, cfg.experiment)
-    init_ray()
-    log.info("Training %s (unfreeze %d) on %d workers: %d train / %d val images, %d classes",
-             cfg.arch, cfg.unfreeze, cfg.num_workers, len(split.train), len(split.val), len(split.classes))
-    try:
-        import mlflow
+def fit(cfg: TrainConfig, split: Split, tracker: Optional["tracking.Tracker"], *, name: Optional[str] = None,
+        callbacks: Sequence[Any] = ()):
+    """Run the TorchTrainer; mark the MLflow run FAILED if training fails. Returns Ray's Result."""
+    import mlflow
 
-        trainer = make_trainer(cfg, split, tracker.run_id if tracker else None, name=name, callbacks=callbacks,
-                               tracking_uri=mlflow.get_tracking_uri() if tracker else None)
-        result = trainer.fit()
+    init_ray()
+    log.info("Run %s: training %s (unfreeze %d) on %d workers: %d train / %d val images, %d classes", name or cfg.name,
+             cfg.arch, cfg.unfreeze, cfg.num_workers, len(split.train), len(split.val), len(split.classes))
+    trainer = make_trainer(cfg, split, tracker.run_id if tracker else None, name=name or cfg.name, callbacks=callbacks,
+                           tracking_uri=mlflow.get_tracking_uri() if tracker else None)
+    try:
+        return trainer.fit()
     except BaseException:
         if tracker:
             tracker.end("FAILED")
         raise
-    best = result.get_best_checkpoint(cfg.metric, cfg.mode) or result.checkpoint
-    if best is None:
-        raise RuntimeError("Training finished without a checkpoint")
+
+
+def publish(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history: Sequence[dict[str, Any]],
+            tracker: Optional["tracking.Tracker"], key: str, register: bool = True) -> TrainOutcome:
+    """Export the best checkpoint, evaluate it on the whole validation split, write the report,
+    and (when tracking) log report, checkpoint and model on ``tracker``'s run and register it."""
     out_root = project_dir() / "runs"
-    key = tracker.run_id if tracker else name
-    with best.as_directory() as d:
-        ckpt = export_checkpoint(d, out_root / "models" / key)
-    meta = load_model(ckpt)[1]
+    ckpt = export_checkpoint(checkpoint_dir, out_root / "models" / key)
+    meta = read_meta(ckpt)
     report = evaluate_checkpoint(ckpt, split.val, split.classes)
-    with (result.checkpoint or best).as_directory() as d:  # the latest holds the whole history
-        report["history"] = (load_train_state(d) or {}).get("history", [])
+    report["history"] = [dict(h) for h in history]
     report_dir = out_root / "reports" / key
     write_report(report_dir, report)
     log.info("Validation report of the best checkpoint (epoch %s):\n%s", meta["epoch"], format_table(report))
@@ -275,8 +282,36 @@ def run_training(cfg: TrainConfig, *, split: Optional[Split] = None, parent_run_
         size = meta["preprocess"]["crop_size"]
         version = tracker.log_model(model, ckpt / META_FILE, torch.zeros(1, 3, size, size), cfg.model_name if register else None)
         tracker.set_tags({"animalclf.checkpoint": str(ckpt), "animalclf.model_version": version or ""})
+    return TrainOutcome(checkpoint=str(ckpt), metrics=meta["metrics"], run_id=tracker.run_id if tracker else None,
+                        report_dir=str(report_dir), report=report, model_version=version)
+
+
+def start_tracker(cfg: TrainConfig, split: Split, name: str, parent_run_id: Optional[str] = None,
+                  tags: Optional[dict[str, str]] = None) -> Optional["tracking.Tracker"]:
+    """An MLflow run with the config and data sizes as params (``None`` with ``track`` off)."""
+    if not cfg.track:
+        return None
+    params = {**cfg.to_dict(), "num_classes": len(split.classes), "train_images": len(split.train), "val_images": len(split.val)}
+    tracker = tracking.Tracker.start(cfg.experiment, name, params, tags={"animalclf.kind": "train", **(tags or {})},
+                                     parent_run_id=parent_run_id)
+    log.info("MLflow run %s in experiment %r", tracker.run_id, cfg.experiment)
+    return tracker
+
+
+def run_training(cfg: TrainConfig, *, split: Optional[Split] = None) -> TrainOutcome:
+    """Validate, train on Ray, evaluate the best checkpoint, track and register it."""
+    if split is None:
+        split, _ = prepare(cfg)
+    tracker = start_tracker(cfg, split, cfg.name)
+    result = fit(cfg, split, tracker)
+    best = result.get_best_checkpoint(cfg.metric, cfg.mode) or result.checkpoint
+    if best is None:
+        raise RuntimeError("Training finished without a checkpoint")
+    with (result.checkpoint or best).as_directory() as d:  # the latest holds the whole history
+        history = (load_train_state(d) or {}).get("history", [])
+    with best.as_directory() as d:
+        out = publish(cfg, split, d, history, tracker, key=tracker.run_id if tracker else cfg.name)
+    if tracker:
         tracker.end("FINISHED")
-    return TrainOutcome(
-        checkpoint=str(ckpt), metrics=meta["metrics"], run_id=tracker.run_id if tracker else None,
-        report_dir=str(report_dir), report=report, model_version=version, epochs_run=int(result.metrics.get("epoch", 0)),
-    )
+    out.epochs_run = int(result.metrics.get("epoch", 0))
+    return out

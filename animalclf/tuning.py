@@ -1,0 +1,446 @@
+"""Hyperparameter search: Ray Tune + Optuna (TPE) + ASHA over the same Ray Train job, with an
+MLflow parent run, one child run per trial, and promotion of the best model to ``@champion``.
+
+Each trial is a plain function that builds and fits a ``TorchTrainer`` (the Ray 2.6x way) whose
+``TuneReportCallback`` forwards every epoch's metrics to Tune, so ASHA can stop it early.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
+
+from animalclf import tracking
+from animalclf.config import TrainConfig, project_dir
+from animalclf.data import Split
+from animalclf.errors import UserError
+from animalclf.model import num_layers
+from animalclf.trainer import fit, prepare, publish, start_tracker
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ParamSpec", "SEARCHABLE", "default_space", "parse_space", "TuneOptions", "TuneOutcome", "run_search",
+    "promote_if_better", "plan_concurrency",
+]
+
+# name -> kind; what a trial can vary of TrainConfig
+SEARCHABLE = {"lr": "loguniform", "weight_decay": "loguniform", "unfreeze": "int", "batch_size": "choice",
+              "label_smoothing": "uniform", "dropout": "uniform"}
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One search dimension: a range (``low``..``high``) or a list of ``values``."""
+
+    kind: str
+    low: Optional[float] = None
+    high: Optional[float] = None
+    values: tuple = ()
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.kind == "loguniform":
+            return tune.loguniform(self.low, self.high)
+        if self.kind == "uniform":
+            return tune.uniform(self.low, self.high)
+        if self.kind == "int":
+            return tune.randint(int(self.low), int(self.high) + 1)  # high inclusive
+        return tune.choice(list(self.values))
+
+    def describe(self) -> str:
+        return f"{self.kind}{list(self.values)}" if self.kind == "choice" else f"{self.kind}[{self.low}, {self.high}]"
+
+
+def default_space(arch: str) -> dict[str, ParamSpec]:
+    """Learning rate (log-uniform) and unfreeze depth over the whole range the model defines."""
+    return {"lr": ParamSpec("loguniform", 1e-4, 1e-2), "unfreeze": ParamSpec("int", 0, num_layers(arch))}
+
+
+def _spec(name: str, value: Any, arch: str) -> ParamSpec:
+    if name not in SEARCHABLE:
+        raise UserError(f"Unknown search parameter {name!r}: choose from {', '.join(SEARCHABLE)}.")
+    kind = SEARCHABLE[name]
+    if isinstance(value, str) and ":" in value:
+        lo, hi = value.split(":", 1)
+        value = {"low": lo, "high": hi}
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    if isinstance(value, Mapping):
+        try:
+            low, high = float(value["low"]), float(value["high"])
+        except (KeyError, ValueError):
+            raise UserError(f"Search range for {name!r} must be LOW:HIGH numbers, got {value!r}.") from None
+        if not low < high and not (kind == "int" and low == high):
+            raise UserError(f"Search range for {name!r} is empty or inverted ({low}:{high}): give LOW < HIGH.")
+        if kind == "loguniform" and low <= 0:
+            raise UserError(f"Search range for {name!r} is log-uniform: LOW must be > 0, got {low}.")
+        if name == "unfreeze" and not (0 <= low and high <= num_layers(arch) and low == int(low) and high == int(high)):
+            raise UserError(f"unfreeze range {int(low)}:{int(high)} must be integers within 0:{num_layers(arch)} for {arch}.")
+        if kind == "choice":
+            raise UserError(f"{name!r} takes a list of values (e.g. {name}=32,64), not a range.")
+        return ParamSpec(kind, low, high)
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if not values:
+        raise UserError(f"Search values for {name!r} are empty: give at least one.")
+    cast = int if name in ("batch_size", "unfreeze") else float
+    try:
+        values = tuple(cast(v) for v in values)
+    except ValueError:
+        raise UserError(f"Search values for {name!r} must be numbers, got {list(values)}.") from None
+    return ParamSpec("choice", values=values)
+
+
+def parse_space(items: Sequence[str] = (), file: Optional[str] = None, arch: str = "efficientnet_b0") -> dict[str, ParamSpec]:
+    """Default space, updated from a YAML file (``space: {lr: "1e-4:1e-2", batch_size: [32, 64]}``)
+    and then from ``NAME=LOW:HIGH`` / ``NAME=V1,V2`` items. ``NAME=`` (empty) removes a dimension."""
+    space = default_space(arch)
+    raw: dict[str, Any] = {}
+    if file:
+        p = Path(file)
+        if not p.is_file():
+            raise UserError(f"Search space file {file!r} does not exist.")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        raw.update((loaded.get("space") if isinstance(loaded, dict) and "space" in loaded else loaded) or {})
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--space {item!r}: write NAME=LOW:HIGH or NAME=V1,V2 (e.g. lr=1e-4:1e-2).")
+        k, v = item.split("=", 1)
+        raw[k.strip()] = v.strip()
+    for k, v in raw.items():
+        if v in ("", None):
+            if k not in SEARCHABLE:
+                raise UserError(f"Unknown search parameter {k!r}: choose from {', '.join(SEARCHABLE)}.")
+            space.pop(k, None)
+        else:
+            space[k] = _spec(k, v, arch)
+    if not space:
+        raise UserError("The search space is empty: keep at least one of " + ", ".join(SEARCHABLE) + ".")
+    return space
+
+
+@dataclass
+class TuneOptions:
+    """How to search: budget, scheduler, concurrency, resume."""
+
+    name: str = "animalclf-tune"
+    num_samples: int = 8
+    time_budget_s: Optional[float] = None
+    max_concurrent: Optional[int] = None
+    grace_period: int = 1
+    reduction_factor: int = 3
+    asha: bool = True
+    seed: int = 42
+    points: list[dict[str, Any]] = field(default_factory=list)
+    resume: bool = False
+    check_resources: bool = True
+
+
+@dataclass
+class TuneOutcome:
+    best_config: dict[str, Any]
+    best_metrics: dict[str, Any]
+    trials: list[dict[str, Any]]
+    parent_run_id: Optional[str]
+    checkpoint: str
+    report_dir: str
+    model_version: Optional[str]
+    champion_version: Optional[str]
+    promoted: bool
+    epochs_run: int
+    epochs_budget: int
+    path: str
+
+
+def plan_concurrency(cfg: TrainConfig, requested: Optional[int], resources: Mapping[str, float], check: bool = True) -> int:
+    """Trials that fit at once: workers per trial x (CPU, GPU) per worker against the cluster."""
+    cpu_per_trial = cfg.num_workers * cfg.cpus_per_worker + 0.01
+    fits = math.floor(resources.get("CPU", 0) / cpu_per_trial)
+    if cfg.use_gpu:
+        fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.num_workers))
+    if requested is not None and requested < 1:
+        raise UserError(f"--max-concurrent must be at least 1, got {requested}.")
+    if check and fits < 1:
+        need = f"{cfg.num_workers} GPU(s) and " if cfg.use_gpu else ""
+        raise UserError(f"One trial needs {need}{cpu_per_trial:.2f} CPUs but the cluster has {dict(resources)}: "
+                        f"lower --num-workers/--cpus-per-worker or add nodes.")
+    if check and requested is not None and requested > fits:
+        raise UserError(f"--max-concurrent {requested} needs more than the cluster has: {fits} trial(s) of "
+                        f"{cfg.num_workers} worker(s) fit in {dict(resources)}; lower it or pass --no-resource-check "
+                        f"on an autoscaling cluster.")
+    return requested or max(1, fits)
+
+
+def _trial(config: dict[str, Any], *, base: dict[str, Any], split: dict[str, Any], parent_run_id: Optional[str],
+           tracking_uri: Optional[str], experiment_name: str) -> None:
+    """One trial: the same training as ``ray_jobs/train.py``, reporting to Tune every epoch."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from animalclf.logs import setup_logging
+
+    setup_logging()
+    cfg = TrainConfig.from_dict({**base, **config})
+    the_split = Split(**split)
+    trial_id = tune.get_context().get_trial_id()
+    tracker = None
+    if parent_run_id and tracking_uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        tracker = _child_run(cfg, the_split, trial_id, parent_run_id)
+    fit(cfg, the_split, tracker, name=f"{experiment_name}-{trial_id}", callbacks=[TuneReportCallback()])
+    if tracker:
+        tracker.end("FINISHED")
+
+
+def _child_run(cfg: TrainConfig, split: Split, trial_id: str, parent_run_id: str) -> "tracking.Tracker":
+    """The trial's MLflow child run; a resumed trial continues the run it had."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    found = client.search_runs([exp_id], f"tags.`animalclf.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    if found:
+        return tracking.Tracker(found[0].info.run_id)
+    return start_tracker(cfg, split, f"trial-{trial_id}", parent_run_id, tags={"animalclf.kind": "trial", "animalclf.trial_id": trial_id})
+
+
+def _parent_file(path: Path) -> Path:
+    return path / "animalclf_parent.json"
+
+
+def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptions) -> TuneOutcome:
+    """Validate, search, log the lineage, publish the best trial and maybe promote it to champion."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from animalclf.trainer import init_ray
+
+    import os
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter takes our table columns
+    for point in opts.points:
+        unknown = set(point) - set(space)
+        if unknown:
+            raise UserError(f"--points names {sorted(unknown)} outside the search space {sorted(space)}.")
+    split, uri = prepare(cfg)
+    cfg = cfg.replace(storage_path=cfg.resolved_storage())  # trials run in their own working dirs
+    init_ray()
+    concurrency = plan_concurrency(cfg, opts.max_concurrent, ray.cluster_resources(), opts.check_resources)
+    storage = cfg.resolved_storage()
+    path = Path(storage) / opts.name
+    if opts.resume and not tune.Tuner.can_restore(str(path)):
+        raise UserError(f"Nothing to resume at {path}: run without --resume first (same --name and --storage-path).")
+
+    parent = None
+    if cfg.track:
+        saved = _parent_file(path)
+        if opts.resume and saved.is_file():
+            parent = tracking.Tracker(json.loads(saved.read_text())["run_id"])
+        else:
+            params = {**{f"space.{k}": v.describe() for k, v in space.items()}, "num_samples": opts.num_samples,
+                      "time_budget_s": opts.time_budget_s, "max_concurrent": concurrency, "asha": opts.asha,
+                      "grace_period": opts.grace_period, "reduction_factor": opts.reduction_factor, "seed": opts.seed,
+                      "base": {k: v for k, v in cfg.to_dict().items() if k not in space}}
+            parent = tracking.Tracker.start(cfg.experiment, opts.name, params, tags={"animalclf.kind": "tune"})
+        log.info("MLflow parent run %s", parent.run_id)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=cfg.to_dict(), split=_asdict(split), parent_run_id=parent.run_id if parent else None,
+                             tracking_uri=uri, experiment_name=opts.name),
+        {"CPU": 0.01},  # the trial's driver only waits on its TorchTrainer; a 0 request is refused
+    )
+    if opts.resume:
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    else:
+        searcher = ConcurrencyLimiter(
+            OptunaSearch(metric=cfg.metric, mode=cfg.mode, seed=opts.seed, points_to_evaluate=opts.points or None),
+            max_concurrent=concurrency)
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=opts.grace_period,
+                                   reduction_factor=opts.reduction_factor) if opts.asha else FIFOScheduler())
+        tuner = tune.Tuner(
+            trainable,
+            param_space={k: v.to_tune() for k, v in space.items()},
+            tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, search_alg=searcher, scheduler=scheduler,
+                                        num_samples=opts.num_samples, time_budget_s=opts.time_budget_s),
+            run_config=tune.RunConfig(name=opts.name, storage_path=storage, progress_reporter=_reporter(space, cfg),
+                                      verbose=1),
+        )
+        if parent:
+            path.mkdir(parents=True, exist_ok=True)
+            _parent_file(path).write_text(json.dumps({"run_id": parent.run_id}))
+    results = tuner.fit()
+    return _finish(cfg, space, opts, split, results, parent, str(path))
+
+
+def _asdict(split: Split) -> dict[str, Any]:
+    return {"classes": split.classes, "train": split.train, "val": split.val}
+
+
+def _reporter(space: Mapping[str, ParamSpec], cfg: TrainConfig):
+    from ray.tune import CLIReporter
+
+    return CLIReporter(parameter_columns=list(space), metric_columns=["epoch", "val_loss", "val_accuracy", "val_f1"],
+                       max_report_frequency=15, sort_by_metric=True)
+
+
+def _trial_rows(results, cfg: TrainConfig, space: Mapping[str, ParamSpec]) -> list[dict[str, Any]]:
+    rows = []
+    for r in results:
+        df = r.metrics_dataframe
+        hist = [] if df is None else df.to_dict("records")
+        last = r.metrics or {}
+        epochs = int(last.get("epoch", 0) or 0)
+        if r.error:
+            status = "ERROR"
+        elif epochs >= cfg.epochs:
+            status = "COMPLETED"
+        elif last.get("early_stopped"):
+            status = "EARLY_STOPPED"  # our patience rule
+        else:
+            status = "STOPPED_BY_ASHA"
+        values = [h[cfg.metric] for h in hist if h.get(cfg.metric) is not None]
+        best_i = None
+        if values:
+            best_v = max(values) if cfg.mode == "max" else min(values)
+            best_i = next(i for i, h in enumerate(hist) if h.get(cfg.metric) == best_v)
+        rows.append({
+            "trial_id": last.get("trial_id") or Path(r.path).name, "status": status, "epochs": epochs,
+            "config": {k: r.config.get(k) for k in space}, "history": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in hist],
+            "best": hist[best_i] if best_i is not None else None,
+        })
+    return rows
+
+
+def _finish(cfg, space, opts, split, results, parent, path) -> TuneOutcome:
+    rows = _trial_rows(results, cfg, space)
+    scored = [t for t in rows if t["best"] is not None and t["best"].get("checkpoint_path")]
+    if not scored:
+        if parent:
+            parent.end("FAILED")
+        raise RuntimeError("No trial reported a checkpoint; nothing to publish (see the trial errors above).")
+    sign = 1 if cfg.mode == "max" else -1
+    best = max(scored, key=lambda t: sign * t["best"][cfg.metric])
+    epochs_run = sum(t["epochs"] for t in rows)
+    budget = len(rows) * cfg.epochs
+    _mark_children(parent, rows)
+    best_cfg = cfg.replace(**best["config"])
+    log.info("Best trial %s: %s  %s=%.4f at epoch %d", best["trial_id"], best["config"], cfg.metric,
+             best["best"][cfg.metric], best["best"]["epoch"])
+    log.info("Trials: %s; epochs run %d of %d (%.0f%% saved by early stopping)",
+             ", ".join(f"{t['trial_id']}={t['status']}" for t in rows), epochs_run, budget, 100 * (1 - epochs_run / max(budget, 1)))
+    from ray.train import Result
+
+    train_run = Result.from_path(f"{cfg.resolved_storage().rstrip('/')}/{opts.name}-{best['trial_id']}")
+    best_ckpt = train_run.get_best_checkpoint(cfg.metric, cfg.mode) or train_run.checkpoint  # ties: what Ray kept
+    with best_ckpt.as_directory() as d:
+        out = publish(best_cfg, split, d, best["history"], parent, key=parent.run_id if parent else opts.name)
+    search_dir = Path(out.report_dir) / "search"
+    _write_search_plots(search_dir, rows, space, cfg)
+    promoted, champion = False, None
+    if parent:
+        parent.log_artifacts(search_dir, "search")
+        parent.log_metrics({"epochs_run": epochs_run, "epochs_budget": budget, "trials": len(rows),
+                            f"best_{cfg.metric}": best["best"][cfg.metric]}, step=0)
+        parent.set_tags({"animalclf.best_trial": best["trial_id"], "animalclf.best_config": json.dumps(best["config"])})
+        if out.model_version and cfg.model_name:
+            promoted, champion = promote_if_better(cfg.model_name, out.model_version, out.report, split)
+            parent.set_tags({"animalclf.promoted": promoted, "animalclf.champion_version": champion})
+        parent.end("FINISHED")
+    return TuneOutcome(best_config=best["config"], best_metrics=best["best"], trials=rows,
+                       parent_run_id=parent.run_id if parent else None, checkpoint=out.checkpoint,
+                       report_dir=out.report_dir, model_version=out.model_version, champion_version=champion,
+                       promoted=promoted, epochs_run=epochs_run, epochs_budget=budget, path=path)
+
+
+def _mark_children(parent, rows) -> None:
+    """Close each trial's child run with its real outcome (ASHA-stopped trials end KILLED)."""
+    if not parent:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp_id = client.get_run(parent.run_id).info.experiment_id
+    children = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
+    by_trial = {c.data.tags.get("animalclf.trial_id"): c for c in children}
+    for t in rows:
+        child = by_trial.get(t["trial_id"])
+        if child is None:
+            continue
+        client.set_tag(child.info.run_id, "animalclf.trial_status", t["status"])
+        client.set_tag(child.info.run_id, "animalclf.epochs_run", t["epochs"])
+        status = {"ERROR": "FAILED", "STOPPED_BY_ASHA": "KILLED"}.get(t["status"], "FINISHED")
+        client.set_terminated(child.info.run_id, status)
+
+
+def promote_if_better(model_name: str, version: str, report: dict[str, Any], split: Split) -> tuple[bool, str]:
+    """Move ``@champion`` to ``version`` only if it beats the current champion on ``split.val``."""
+    from mlflow import MlflowClient
+
+    from animalclf.predict import Predictor
+    from animalclf.trainer import evaluate_model
+
+    client = MlflowClient()
+    new_score = (report["accuracy"], report["macro_avg"]["f1"])
+    try:
+        current = client.get_model_version_by_alias(model_name, CHAMPION)
+    except Exception:
+        current = None
+    if current is None:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+        log.info("No champion yet: %s version %s is now @%s (accuracy %.4f)", model_name, version, CHAMPION, new_score[0])
+        return True, version
+    if str(current.version) == str(version):
+        return True, version
+    champ = Predictor.from_mlflow(f"models:/{model_name}/{current.version}")
+    if champ.classes != list(split.classes):
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+        log.info("Champion v%s has other classes, so it cannot be compared: v%s is now @%s", current.version, version, CHAMPION)
+        return True, version
+    old = evaluate_model(champ.model, champ.meta, split.val, split.classes)
+    old_score = (old["accuracy"], old["macro_avg"]["f1"])
+    if new_score > old_score:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+        log.info("New champion: v%s (accuracy %.4f, F1 %.4f) beats v%s (%.4f, %.4f) on the same validation split",
+                 version, *new_score, current.version, *old_score)
+        return True, version
+    log.info("Champion stays v%s (accuracy %.4f, F1 %.4f): v%s scored %.4f, %.4f on the same validation split",
+             current.version, *old_score, version, *new_score)
+    return False, current.version
+
+
+def _write_search_plots(out: Path, rows: list[dict[str, Any]], space: Mapping[str, ParamSpec], cfg: TrainConfig) -> None:
+    import plotly.graph_objects as go
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
+    done = [t for t in rows if t["best"]]
+    dims = []
+    for k, spec in space.items():
+        vals = [t["config"][k] for t in done]
+        if spec.kind == "loguniform":
+            dims.append(dict(label=f"log10 {k}", values=[math.log10(v) for v in vals]))
+        else:
+            dims.append(dict(label=k, values=vals))
+    score = [t["best"][cfg.metric] for t in done]
+    dims.append(dict(label=cfg.metric, values=score))
+    go.Figure(go.Parcoords(line=dict(color=score, colorscale="Viridis", showscale=True), dimensions=dims),
+              layout=dict(title=f"Search: parameters vs best {cfg.metric}")).write_html(out / "parallel_coordinates.html", include_plotlyjs="cdn")
+    curves = go.Figure(layout=dict(title=f"Per-trial {cfg.metric} (dashed: stopped by ASHA)", xaxis_title="epoch", yaxis_title=cfg.metric))
+    for t in rows:
+        h = t["history"]
+        curves.add_scatter(x=[e.get("epoch") for e in h], y=[e.get(cfg.metric) for e in h], mode="lines+markers",
+                           name=f"{t['trial_id']} {t['config']}", line=dict(dash="dash" if t["status"] == "STOPPED_BY_ASHA" else "solid"))
+    curves.write_html(out / "trial_curves.html", include_plotlyjs="cdn")

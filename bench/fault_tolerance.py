@@ -1,0 +1,196 @@
+"""Time lost to one killed Ray Train worker, against the same job uninterrupted.
+
+Runs `ray_jobs/train.py` twice with the same arguments (each in its own process session with its
+own local Ray): once straight through, once with the training worker SIGKILLed halfway through
+epoch 2 (after epoch 1's checkpoint is in storage) under --max-failures 1. Prints both wall
+times, the ratio, and the lost time in epochs of the uninterrupted run.
+
+    python bench/fault_tolerance.py --data ../shared/data/animals15 [--epochs 4] [--image-size 160]
+
+tests/test_fault_tolerance.py uses the process helpers below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "ray_jobs" / "train.py"
+# Tracking credentials of the caller must not reach these runs (they use a local sqlite store).
+SCRUB = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+         "DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USER_TOKEN")
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """``{pid: command line}`` of every live descendant of ``pid`` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    cmdlines: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdlines[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d.name))
+    out, todo = {}, [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c in cmdlines:
+                out[c] = cmdlines[c]
+                todo.append(c)
+    return out
+
+
+def train_workers(pid: int) -> list[int]:
+    """The Ray Train worker processes of the run whose driver is ``pid``."""
+    return [p for p, cmd in descendants(pid).items() if cmd.startswith("ray::RayTrainWorker")]
+
+
+class TrainProcess:
+    """One `ray_jobs/train.py` with its own local Ray (RAY_ADDRESS=local, own RAY_TMPDIR), output to a file."""
+
+    def __init__(self, home: Path, args: list[str]):
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.ray_tmp = tempfile.mkdtemp(prefix="ft-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+        env = {k: v for k, v in os.environ.items() if k not in SCRUB and not k.startswith("RAY_")}
+        env.update(ANIMALCLF_HOME=str(home), RAY_ADDRESS="local", RAY_TMPDIR=self.ray_tmp, RAY_USAGE_STATS_ENABLED="0")
+        self.log = home / f"train-{time.monotonic_ns()}.log"
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, str(TRAIN), *args], cwd=home, env=env, stdout=self.log.open("w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_until(self, predicate: Callable[[], object], timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while not (value := predicate()):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"train exited {self.proc.returncode} before {what}:\n{self.output()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for {what}:\n{self.output()[-4000:]}")
+            time.sleep(0.2)
+        return value
+
+    def finish(self, timeout: float = 600) -> str:
+        """Wait for a clean exit; return the output (raise with its tail otherwise)."""
+        try:
+            self.proc.wait(timeout)
+        finally:
+            self.cleanup()
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"train exited {self.proc.returncode}:\n{self.output()[-5000:]}")
+        return self.output()
+
+    def cleanup(self) -> None:
+        """Kill what is left of the run's process group (its local Ray) and its Ray temp dir."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+def checkpointed_epoch(storage: Path, name: str) -> int:
+    """The epoch of run ``name``'s latest checkpoint that Ray Train has registered (0 if none).
+
+    Read from Train's checkpoint-manager snapshot, not from the checkpoint folders: a folder is
+    uploaded by the worker before the controller registers it, and a worker killed in between
+    restarts from the previous checkpoint.
+    """
+    try:
+        snap = json.loads((storage / name / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    latest = snap.get("latest_checkpoint_result") or {}
+    return int((latest.get("metrics") or {}).get("epoch", 0))
+
+
+def report_history(out: str) -> list[dict]:
+    m = re.search(r"Report: (\S+)", out)
+    return json.loads((Path(m.group(1)) / "report.json").read_text())["history"] if m else []
+
+
+def run_once(workdir: Path, args: list[str], kill_after: Optional[float]) -> dict:
+    """One run; with ``kill_after`` seconds, SIGKILL the worker that long after checkpoint 1."""
+    storage = workdir / "storage"
+    proc = TrainProcess(workdir, [*args, "--storage-path", str(storage), "--name", "bench"])
+    killed_at = killed_clock = None
+    try:
+        if kill_after is not None:
+            proc.wait_until(lambda: checkpointed_epoch(storage, "bench") >= 1, 600, "epoch 1's checkpoint")
+            time.sleep(kill_after)
+            workers = proc.wait_until(lambda: train_workers(proc.proc.pid), 30, "the train worker")
+            os.kill(workers[0], signal.SIGKILL)
+            killed_at = time.monotonic() - proc.started
+            killed_clock = time.time()
+        out = proc.finish()
+    except BaseException:
+        proc.cleanup()
+        raise
+    wall = time.monotonic() - proc.started
+    resumed = re.findall(r"(\d\d:\d\d:\d\d) INFO animalclf.trainer: Resumed from checkpoint after epoch (\d+)", out)
+    restart_s = None
+    if resumed and killed_clock is not None:  # kill -> resumed worker running (log stamps: 1 s resolution)
+        stamp = time.strptime(resumed[0][0], "%H:%M:%S")
+        k = time.localtime(killed_clock)
+        restart_s = (stamp.tm_hour * 3600 + stamp.tm_min * 60 + stamp.tm_sec) - (k.tm_hour * 3600 + k.tm_min * 60 + k.tm_sec + killed_clock % 1)
+    epochs_run = len(re.findall(r"INFO animalclf.trainer: epoch \d+/", out))
+    return {"wall_s": wall, "killed_at_s": killed_at, "resumed_after_epoch": [int(r[1]) for r in resumed],
+            "restart_s": restart_s, "epochs_trained": epochs_run,
+            "epoch_seconds": [h["epoch_seconds"] for h in report_history(out)]}
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Time lost to one killed Ray Train worker", add_help=add_help)
+    p.add_argument("--data", required=True, help="class folders")
+    p.add_argument("--epochs", type=int, default=4, help="(default: 4)")
+    p.add_argument("--image-size", type=int, default=160, help="(default: 160)")
+    p.add_argument("--arch", default="efficientnet_lite0", help="(default: efficientnet_lite0)")
+    p.add_argument("--workdir", default=None, help="where runs go (default: a temp dir, removed)")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    train_args = ["--data", args.data, "--arch", args.arch, "--image-size", str(args.image_size), "--unfreeze", "1",
+                  "--batch-size", "16", "--epochs", str(args.epochs), "--patience", "0", "--max-failures", "1",
+                  "--no-track"]
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ft-"))
+    try:
+        base = run_once(root / "baseline", train_args, None)
+        epoch = sum(base["epoch_seconds"]) / len(base["epoch_seconds"])
+        hit = run_once(root / "killed", train_args, kill_after=epoch / 2)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    lost = hit["wall_s"] - base["wall_s"]
+    print(json.dumps({"baseline": base, "killed": hit}, indent=1))
+    print(f"uninterrupted: {base['wall_s']:.1f} s ({args.epochs} epochs, {epoch:.1f} s/epoch)")
+    print(f"one worker killed {hit['killed_at_s']:.1f} s in (mid epoch 2), resumed after epoch "
+          f"{hit['resumed_after_epoch']}: {hit['wall_s']:.1f} s")
+    print(f"ratio {hit['wall_s'] / base['wall_s']:.2f}; lost {lost:.1f} s = {lost / epoch:.2f} epochs")
+    rerun = hit["epochs_trained"] - base["epochs_trained"]
+    if hit["restart_s"] is not None:
+        print(f"of which: restart (kill -> resumed worker) {hit['restart_s']:.0f} s, epochs trained twice {rerun}; "
+              f"lost minus restart = {(lost - hit['restart_s']) / epoch:.2f} epochs")
+    print(f"1-min load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,97 @@
+"""cluster.yaml passes the cluster launcher's own preparation and JSON-schema validation (what
+`ray up` runs before it calls AWS) and has the shape docs/cluster.md promises."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_FAMILIES = re.compile(r"^(g4dn|g5|g6|g6e|p3|p4d|p4de|p5)\.")
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def prepared(raw) -> dict:
+    config = prepare_config(copy.deepcopy(raw))  # merges the AWS defaults, as `ray up` does
+    validate_config(config)
+    return config
+
+
+def _start_command(commands: list[str]) -> str:
+    starts = [c for c in commands if "ray start" in c]
+    assert len(starts) == 1, commands
+    return starts[0]
+
+
+def test_validates_with_ray_schema(prepared):
+    assert prepared["provider"]["type"] == "aws"
+    assert prepared["cluster_name"] == "animalclf"
+
+
+def test_schema_rejects_a_broken_copy(raw):
+    """The validation above is real: a wrong type or an unknown key is refused."""
+    bad = copy.deepcopy(raw)
+    bad["available_node_types"]["gpu_1x"]["min_workers"] = "two"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(bad))
+    bad = copy.deepcopy(raw)
+    bad["idle_timeout"] = 5
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(bad))
+
+
+def test_head_is_cpu_only(prepared):
+    head = prepared["available_node_types"][prepared["head_node_type"]]
+    assert not GPU_FAMILIES.match(head["node_config"]["InstanceType"])
+    assert head["resources"].get("GPU", 0) == 0
+    assert head["resources"].get("CPU", 0) == 0, "training workers must not be scheduled on the head"
+    assert head["max_workers"] == 0
+    assert "--num-gpus=0" in _start_command(prepared["head_start_ray_commands"])
+
+
+def test_autoscaling_gpu_groups(prepared):
+    workers = {k: v for k, v in prepared["available_node_types"].items() if k != prepared["head_node_type"]}
+    types = {v["node_config"]["InstanceType"] for v in workers.values()}
+    assert {"g5.xlarge", "g5.12xlarge"} <= types
+    for name, group in workers.items():
+        assert GPU_FAMILIES.match(group["node_config"]["InstanceType"]), name
+        assert 0 <= group["min_workers"] < group["max_workers"], f"{name} cannot autoscale"
+    assert sum(g["max_workers"] for g in workers.values()) >= prepared["max_workers"] > 0
+    assert 0 < prepared["idle_timeout_minutes"] <= 30
+
+
+def test_dashboard_on_loopback_and_token_auth(prepared):
+    head = _start_command(prepared["head_start_ray_commands"])
+    worker = _start_command(prepared["worker_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "0.0.0.0" not in head
+    assert "include-dashboard=false" not in head.lower(), "Train V2 needs the dashboard"
+    for cmd in (head, worker):
+        assert "RAY_AUTH_MODE=token" in cmd
+    assert "RAY_AUTH_MODE=disabled" not in str(prepared)
+    # Every node gets the same token file.
+    assert prepared["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+def test_project_installed_from_file_mounts(prepared):
+    mounts = prepared["file_mounts"]
+    remote = next(r for r, local in mounts.items() if local in (".", "./"))
+    assert (ROOT / "pyproject.toml").is_file()
+    installs = [c for c in prepared["setup_commands"] if "pip install" in c and "-e ." in c]
+    assert installs and remote.replace("/home/ubuntu", "~") in installs[0]
+    # prepare_config merges the shared setup into both node kinds.
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        assert installs[0] in prepared[key]
+    excluded = prepared["rsync_exclude"]
+    assert ".venv" in excluded and "runs" in excluded
