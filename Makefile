@@ -9,6 +9,8 @@ PYTEST_ARGS ?=
 
 .PHONY: install test test-fast demo clean
 
+include mk/jobs.mk
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -24,7 +26,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: install
-	$(PY) ray_jobs/demo.py --data "$(DATA)"
+	$(PY) ray_jobs/demo.py --data "$(DATA)" $(DEMO_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

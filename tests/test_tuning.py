@@ -98,29 +98,39 @@ def test_cli_bad_search_input_exits_2_before_ray(project, tiny_folder):
     assert not (project / "runs" / "ray" / "animalclf-tune").exists()
 
 
+def finished_trials(project, experiment):
+    """Trial ids whose MLflow child run is FINISHED (the trial function ends it last)."""
+    import mlflow
+
+    client = MlflowClient(f"sqlite:///{project}/runs/mlflow.db")
+    exp = client.get_experiment_by_name(experiment) if (project / "runs" / "mlflow.db").exists() else None
+    if exp is None:
+        return set()
+    runs = client.search_runs([exp.experiment_id], "tags.`animalclf.kind` = 'trial' and attributes.status = 'FINISHED'")
+    return {r.data.tags["animalclf.trial_id"] for r in runs}
+
+
 @pytest.mark.slow
-def test_resume_skips_finished_trials(project, tiny_folder):
-    env = {**os.environ, "ANIMALCLF_HOME": str(project), "RAY_ADDRESS": "local", "PYTHONUNBUFFERED": "1"}
+def test_resume_skips_finished_trials(ray_session, project, tiny_folder):
+    env = {**os.environ, "ANIMALCLF_HOME": str(project), "PYTHONUNBUFFERED": "1"}  # RAY_ADDRESS: the session head
     args = ["--data", str(tiny_folder), "--arch", "efficientnet_lite0", "--image-size", "64", "--batch-size", "8",
             "--epochs", "2", "--unfreeze", "0", "--num-samples", "3", "--max-concurrent", "1", "--name", "resumable",
             "--experiment", "resume-test", "--space", "unfreeze=0:1"]
-    p = run_tune(args, env)
-    finished, lines = None, []
+    log = open(project / "first.log", "w")
+    p = subprocess.Popen([sys.executable, str(ROOT / "ray_jobs" / "tune.py"), *args], env=env, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
-    for line in p.stdout:
-        lines.append(line)
-        if "completed after" in line and "Trial _trial_" in line:
-            finished = line.split("Trial _trial_")[1].split()[0]
-            break
-        assert time.time() < deadline, "no trial finished in time"
+    while not (done := finished_trials(project, "resume-test")):
+        assert p.poll() is None and time.time() < deadline, (project / "first.log").read_text()[-3000:]
+        time.sleep(1)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    assert finished, "".join(lines[-30:])
-    time.sleep(2)
+    assert len(done) < 3
     p2 = run_tune([*args, "--resume"], env)
     out, _ = p2.communicate(timeout=400)
     assert p2.returncode == 0, out[-3000:]
-    assert f"Run resumable-{finished}: training" not in out  # the finished trial was not run again
-    state = json.loads((Path(out.split("report: ")[1].split()[0]) / "search" / "trials.json").read_text())
+    for trial in done:
+        assert f"Run resumable-{trial}: training" not in out  # finished trials were not run again
+    state = json.loads((Path(out.rsplit("; report: ", 1)[1].split()[0]) / "search" / "trials.json").read_text())
     assert len(state) == 3 and all(t["status"] == "COMPLETED" for t in state)
-    assert finished in {t["trial_id"] for t in state}
+    assert done <= {t["trial_id"] for t in state} and finished_trials(project, "resume-test") == {t["trial_id"] for t in state}
