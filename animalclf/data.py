@@ -5,6 +5,7 @@ A dataset is a list of ``(path, label)`` samples; splitting only partitions that
 
 from __future__ import annotations
 
+import io
 import logging
 import random
 from collections import defaultdict
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "IMAGE_EXTENSIONS", "Split", "ImageList", "scan_folder", "stratified_split", "load_split",
-    "eval_transform", "train_transform", "make_loader", "ShardSampler", "to_rgb",
+    "eval_transform", "train_transform", "make_loader", "ShardSampler", "to_rgb", "open_image",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -156,6 +157,15 @@ def train_transform(p: Preprocess) -> Callable:
     ])
 
 
+def open_image(path: str | Path) -> Image.Image:
+    """A PIL image from a local path or an ``s3://`` URI (read whole, then decoded)."""
+    if str(path).startswith("s3://"):
+        from animalclf.remote_data import read_bytes
+
+        return Image.open(io.BytesIO(read_bytes(str(path))))
+    return Image.open(path)
+
+
 class ImageList(Dataset):
     """``(path, label)`` samples as tensors; a file that fails to decode is skipped by the collate."""
 
@@ -169,7 +179,7 @@ class ImageList(Dataset):
     def __getitem__(self, i: int):
         path, label = self.samples[i]
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 x = self.transform(to_rgb(im))
         except Exception as e:  # a file changed or broke after the scan: skip, never crash the epoch
             log.warning("Skipping unreadable image %s: %s", path, e)

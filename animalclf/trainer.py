@@ -24,9 +24,10 @@ from animalclf.data import ImageList, ShardSampler, Split, eval_transform, load_
 from animalclf.engine import evaluate, train_one_epoch
 from animalclf.errors import UserError
 from animalclf.logs import fmt_seconds, setup_logging
+from animalclf.monitoring import TrainingMetrics
 from animalclf.model import build_model, frozen_modules, preprocess_for
 from animalclf.report import build_report, format_table, write_report
-from animalclf import tracking
+from animalclf import remote_data, tracking
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             log.info("Resumed from checkpoint after epoch %d", state["epoch"])
     model = ray.train.torch.prepare_model(model)
 
-    train_ds = ImageList(split.train, train_transform(pre))
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     per_worker = max(1, cfg.batch_size // world)
-    pin = device.type == "cuda"
-    train_loader = make_loader(train_ds, per_worker, sampler=sampler, workers=cfg.loader_workers, seed=cfg.seed + rank, pin_memory=pin)
-    val_loader = make_loader(ImageList(split.val, eval_transform(pre)), per_worker, sampler=ShardSampler(len(split.val), rank, world),
-                             workers=cfg.loader_workers, pin_memory=pin)
+    remote = remote_data.is_remote(split.train[0][0])
+    if remote:  # Ray Data decodes on CPU workers; the trainer passed the datasets (see make_trainer)
+        train_loader = remote_data.ShardBatches(ray.train.get_dataset_shard("train"), per_worker, shuffle_seed=cfg.seed + rank)
+        val_loader = remote_data.ShardBatches(ray.train.get_dataset_shard("val"), per_worker)
+        sampler = train_loader
+    else:
+        train_ds = ImageList(split.train, train_transform(pre))
+        sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+        pin = device.type == "cuda"
+        train_loader = make_loader(train_ds, per_worker, sampler=sampler, workers=cfg.loader_workers, seed=cfg.seed + rank, pin_memory=pin)
+        val_loader = make_loader(ImageList(split.val, eval_transform(pre)), per_worker, sampler=ShardSampler(len(split.val), rank, world),
+                                 workers=cfg.loader_workers, pin_memory=pin)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     tracker = None
     if rank == 0 and config.get("run_id"):
@@ -96,6 +103,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         mlflow.set_tracking_uri(config["tracking_uri"])  # credentials, if any, come from the runtime env
         tracker = tracking.Tracker(config["run_id"])
+    monitor = TrainingMetrics(config.get("run_name") or cfg.name) if rank == 0 else None
     amp = cfg.amp and device.type == "cuda"
 
     epoch_times: list[float] = []
@@ -118,6 +126,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state["history"].append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         epoch_times.append(metrics["epoch_seconds"])
         if rank == 0:
+            monitor.record(metrics)
+            if remote and vm["val_images"] < len(split.val):  # undecodable objects were dropped by Ray Data
+                log.warning("Skipped %d unreadable validation image(s) of %d", len(split.val) - vm["val_images"], len(split.val))
             eta = sum(epoch_times) / len(epoch_times) * (cfg.epochs - epoch - 1)
             log.info(
                 "epoch %d/%d  train loss %.4f acc %.4f f1 %.4f | val loss %.4f acc %.4f f1 %.4f | %.1f img/s | %s | ETA %s",
@@ -146,9 +157,16 @@ def make_trainer(cfg: TrainConfig, split: Split, run_id: Optional[str], *, name:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    datasets = None
+    if remote_data.is_remote(cfg.data or cfg.train_dir):
+        datasets = remote_data.make_datasets(cfg.data, cfg.train_dir, cfg.val_dir, split,
+                                             preprocess_for(cfg.arch, cfg.image_size), cfg.seed)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "split": asdict(split), "run_id": run_id, "tracking_uri": tracking_uri},
+        train_loop_config={"cfg": cfg.to_dict(), "split": asdict(split), "run_id": run_id, "tracking_uri": tracking_uri,
+                           "run_name": name or cfg.name},
+        datasets=datasets,
+        dataset_config=remote_data.WholeValDataConfig() if datasets else None,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(
@@ -232,7 +250,8 @@ def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
     cfg.validate()
     if cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():
         raise UserError(f"--weights {cfg.weights!r} is not a file: pass imagenet, none, or a state-dict file path.")
-    split = load_split(cfg.data, cfg.train_dir, cfg.val_dir, cfg.val_ratio, cfg.seed)
+    remote = remote_data.is_remote(cfg.data or cfg.train_dir)
+    split = (remote_data.load_remote_split if remote else load_split)(cfg.data, cfg.train_dir, cfg.val_dir, cfg.val_ratio, cfg.seed)
     if cfg.weights == "imagenet":
         build_model(cfg.arch, 2, 0, "imagenet")  # fail now, not on a worker, when weights can't be had
     uri = None

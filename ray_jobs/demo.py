@@ -28,7 +28,8 @@ from animalclf.cli import run_main  # noqa: E402
 from animalclf.config import TrainConfig, project_dir  # noqa: E402
 from animalclf.errors import UserError  # noqa: E402
 from animalclf.model import build_model  # noqa: E402
-from animalclf.trainer import init_ray, run_training  # noqa: E402
+from animalclf.localray import start_head  # noqa: E402
+from animalclf.trainer import run_training  # noqa: E402
 from animalclf.tuning import TuneOptions, parse_space, run_search  # noqa: E402
 
 log = logging.getLogger("animalclf.demo")
@@ -77,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     uri = tracking.configure()  # before Ray starts, so every Ray process (and Serve) inherits it
     arch = pick_arch()
-    init_ray()
+    head = start_head(dashboard_port=8265 if port_free(8265) else None)
     base = TrainConfig(data=data, arch=arch, image_size=args.image_size, unfreeze=2, epochs=args.epochs, batch_size=32,
                        lr=1e-3, patience=3, name="demo-train", experiment="animalclf-demo", model_name="animalclf")
 
@@ -123,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
         f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000" if db else f"MLflow: {uri}",
         f"API:  {url}   (GET /healthz, GET /metadata, POST /predict, POST /predict/batch)",
         f"UI:   {ui_url}",
-        f"Ray dashboard: http://127.0.0.1:8265",
+        f"Ray dashboard: {head.dashboard_url}",
         f"Example: curl -s -X POST --data-binary @{sample} {url}/predict",
         "  -> " + json.dumps({k: answer.get(k) for k in ("predictions", "model_version", "latency_ms")})[:400],
         f"Demo took {time.monotonic() - t0:.0f} s. Stop everything with Ctrl-C.",
@@ -138,9 +139,7 @@ def main(args: argparse.Namespace) -> int:
     finally:
         ui.terminate()
         deploy.stop()
-        import ray
-
-        ray.shutdown()
+        head.stop()
         print("stopped: UI, Serve and the local Ray", flush=True)
     return 0
 

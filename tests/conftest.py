@@ -4,11 +4,6 @@ project directory (so MLflow's sqlite store and run outputs land in tmp)."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,34 +43,17 @@ def project(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
-    """One Ray head for the whole test session, started like a user's `ray start --head`.
-
-    ``RAY_ADDRESS`` names it before it starts, so every Ray process (and every subprocess a test
-    runs) talks to this instance even when other Ray instances run on the machine: Train V2's
-    placement-group cleaner otherwise refuses to pick one and leaks the trainer's CPUs.
-    """
+def ray_session():
+    """One Ray head for the whole test session, started like a user's `ray start --head`; every
+    subprocess a test runs inherits ``RAY_ADDRESS`` and joins it (see animalclf.localray)."""
     import ray
 
-    temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
-    port, dash = _free_port(), _free_port()
-    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}", "--num-cpus=4",
-                    f"--temp-dir={temp}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-                    "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
-                   check=True, capture_output=True, timeout=120)
-    ray.init(address=os.environ["RAY_ADDRESS"], logging_level="WARNING")
+    from animalclf.localray import start_head
+
+    head = start_head(num_cpus=4)
     yield ray
-    ray.shutdown()
-    subprocess.run(["pkill", "-f", str(temp)], check=False)
-    shutil.rmtree(temp, ignore_errors=True)
+    head.stop()
 
 
 @pytest.fixture(scope="session")
