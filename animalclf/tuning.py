@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Sequence
 import yaml
 
 from animalclf import tracking
-from animalclf.config import TrainConfig, project_dir
+from animalclf.config import TrainConfig
 from animalclf.data import Split
 from animalclf.errors import UserError
 from animalclf.model import num_layers

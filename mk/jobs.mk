@@ -31,8 +31,8 @@ JOB_ID ?=
 
 RAY_CLI = RAY_AUTH_MODE=token $(RAY)
 # Runtime env: the tracking variables set here, plus excludes for the working-dir upload.
-# RAY_OVERRIDE_JOB_RUNTIME_ENV=1: the job's driver calls ray.init(runtime_env={"env_vars": ...})
-# with the same tracking variables; without it Ray refuses the merge as a conflict.
+# RAY_OVERRIDE_JOB_RUNTIME_ENV=1: a driver that also passes ray.init(runtime_env=...) (your own
+# code; animalclf's jobs don't under a job) may override the job's env instead of failing the merge.
 RUNTIME_ENV_JSON = $$($(PY) -c 'import json, os; keys = ("ANIMALCLF_HOME", "ANIMALCLF_LOG_LEVEL", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USERNAME", "DAGSHUB_USER_TOKEN"); env = {k: os.environ[k] for k in keys if os.environ.get(k)}; env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"; print(json.dumps({"env_vars": env, "excludes": [".git", ".venv", "runs", "mlruns", "mlartifacts", "*.db"]}))')
 
 .PHONY: head-start head-stop head-status submit-train submit-tune job-status job-logs job-follow job-stop job-list

@@ -25,7 +25,7 @@ import requests  # noqa: E402
 
 from animalclf import tracking  # noqa: E402
 from animalclf.cli import run_main  # noqa: E402
-from animalclf.config import TrainConfig, project_dir  # noqa: E402
+from animalclf.config import TrainConfig  # noqa: E402
 from animalclf.errors import UserError  # noqa: E402
 from animalclf.model import build_model  # noqa: E402
 from animalclf.localray import start_head  # noqa: E402
@@ -79,6 +79,14 @@ def main(args: argparse.Namespace) -> int:
     uri = tracking.configure()  # before Ray starts, so every Ray process (and Serve) inherits it
     arch = pick_arch()
     head = start_head(dashboard_port=8265 if port_free(8265) else None)
+    try:
+        return _run(args, data, uri, arch, head, t0)
+    finally:
+        head.stop()
+        print("stopped: UI, Serve and the local Ray", flush=True)
+
+
+def _run(args: argparse.Namespace, data: str, uri: str, arch: str, head, t0: float) -> int:
     base = TrainConfig(data=data, arch=arch, image_size=args.image_size, unfreeze=2, epochs=args.epochs, batch_size=32,
                        lr=1e-3, patience=3, name="demo-train", experiment="animalclf-demo", model_name="animalclf")
 
@@ -139,8 +147,6 @@ def main(args: argparse.Namespace) -> int:
     finally:
         ui.terminate()
         deploy.stop()
-        head.stop()
-        print("stopped: UI, Serve and the local Ray", flush=True)
     return 0
 
 
