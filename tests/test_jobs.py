@@ -9,7 +9,6 @@ nothing; it is stopped by killing its own process group, never with a machine-wi
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import signal

@@ -100,7 +100,6 @@ def test_cli_bad_search_input_exits_2_before_ray(project, tiny_folder):
 
 def finished_trials(project, experiment):
     """Trial ids whose MLflow child run is FINISHED (the trial function ends it last)."""
-    import mlflow
 
     client = MlflowClient(f"sqlite:///{project}/runs/mlflow.db")
     exp = client.get_experiment_by_name(experiment) if (project / "runs" / "mlflow.db").exists() else None
