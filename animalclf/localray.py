@@ -12,17 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LocalHead", "start_head", "free_port"]
+__all__ = ["LocalHead", "start_head", "free_port", "stop_processes"]
 
 
 def free_port() -> int:
@@ -44,8 +46,27 @@ class LocalHead:
 
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run(["pkill", "-f", str(self.temp_dir)], check=False)
+        stop_processes(self.temp_dir)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _pids_naming(text: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True, check=False).stdout
+    return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+def stop_processes(temp_dir: Path, grace_s: float = 10.0) -> None:
+    """SIGTERM the processes whose command line names ``temp_dir``; SIGKILL those alive after
+    ``grace_s`` (``gcs_server`` ignores SIGTERM once its raylet is gone)."""
+    subprocess.run(["pkill", "-f", str(temp_dir)], check=False)
+    deadline = time.monotonic() + grace_s
+    while _pids_naming(str(temp_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in _pids_naming(str(temp_dir)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = None, connect: bool = True) -> LocalHead:

@@ -18,13 +18,14 @@ if __package__ in (None, ""):
 
 import argparse
 import os
-import socket
 import statistics
 import tempfile
 import time
 
 import requests
 import torch
+
+from animalclf.localray import free_port
 
 SHARED_PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals15" / "Cat"
 CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "Giraffe", "Horse",
@@ -51,12 +52,6 @@ def photo_bytes(path: str | None) -> bytes:
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def in_process(model: str, data: bytes, n: int, warmup: int) -> list[float]:
