@@ -52,6 +52,18 @@ def _is_readable(path: Path) -> Optional[str]:
         return f"{type(e).__name__}: {e}"
 
 
+def class_names(where: str, found: Sequence[str], classes: Optional[Sequence[str]] = None) -> list[str]:
+    """The class list of a dataset root: ``found`` folder names sorted, or ``classes`` when given
+    (they must match); at least 2."""
+    found = sorted(found)
+    names = list(classes) if classes is not None else found
+    if classes is not None and sorted(names) != found:
+        raise UserError(f"Class folders in {where!r} ({', '.join(found)}) differ from training's ({', '.join(names)}).")
+    if len(names) < 2:
+        raise UserError(f"{where!r} has {len(names)} class folder(s): need at least 2, one sub-folder per class.")
+    return names
+
+
 def scan_folder(root: str | Path, classes: Optional[Sequence[str]] = None) -> tuple[list[str], list[Sample]]:
     """Read a folder of class folders; skip (and name, in one warning) files that are not images.
 
@@ -60,12 +72,8 @@ def scan_folder(root: str | Path, classes: Optional[Sequence[str]] = None) -> tu
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"Data folder {str(root)!r} does not exist: pass --data DIR with one sub-folder per class.")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    names = list(classes) if classes is not None else found
-    if classes is not None and sorted(found) != sorted(names):
-        raise UserError(f"Class folders in {str(root)!r} ({', '.join(found)}) differ from training's ({', '.join(names)}).")
-    if len(names) < 2:
-        raise UserError(f"{str(root)!r} has {len(names)} class folder(s): need at least 2, one sub-folder per class.")
+    found = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    names = class_names(str(root), found, classes)
     samples: list[Sample] = []
     bad: list[str] = []
     empty: list[str] = []

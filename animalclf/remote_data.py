@@ -26,7 +26,9 @@ import numpy as np
 from PIL import Image
 from ray.train import DataConfig
 
-from animalclf.data import IMAGE_EXTENSIONS, Sample, Split, eval_transform, stratified_split, to_rgb, train_transform
+from animalclf.data import (
+    IMAGE_EXTENSIONS, Sample, Split, class_names, eval_transform, stratified_split, to_rgb, train_transform,
+)
 from animalclf.errors import UserError
 from animalclf.model import Preprocess
 
@@ -121,12 +123,7 @@ def scan_bucket(root: str, classes: Optional[Sequence[str]] = None) -> tuple[lis
             files.setdefault(parts[0], []).append(info)
     if not infos:
         raise UserError(f"No objects under {root!r}: pass --data s3://BUCKET/PREFIX with one sub-folder per class.")
-    found_sorted = sorted(found)
-    names = list(classes) if classes is not None else found_sorted
-    if classes is not None and sorted(names) != found_sorted:
-        raise UserError(f"Class folders in {root!r} ({', '.join(found_sorted)}) differ from training's ({', '.join(names)}).")
-    if len(names) < 2:
-        raise UserError(f"{root!r} has {len(names)} class folder(s): need at least 2, one sub-folder per class.")
+    names = class_names(root, found, classes)
     samples: list[Sample] = []
     bad: list[str] = []
     empty: list[str] = []
