@@ -204,6 +204,7 @@ def test_browser_upload_shows_prediction(endpoint, photo, tmp_path):
                 found = page.get_by_text("Prediction:").first
                 found.wait_for(timeout=60_000)
                 text = found.inner_text()
+                page.get_by_text("ms in the replica").first.wait_for(timeout=60_000)  # rendered after the header
                 body = page.inner_text("body")
             finally:
                 browser.close()
