@@ -24,20 +24,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _ray_head import load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals15"
-
+from _ray_head import base_parser, load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(DEFAULT_DATA), help=f"class folders (default: {DEFAULT_DATA})")
-    p.add_argument("--arch", default="efficientnet_lite0", help="(default: efficientnet_lite0)")
+    p = base_parser(__doc__, image_size=128, epochs=6, epochs_help="epochs per trial = ASHA max_t ")
     p.add_argument("--space", action="append", default=None, help='search space items (default: lr=1e-4:1e-2 unfreeze=0:2)')
     p.add_argument("--num-samples", type=int, default=8, help="trials per search (default: 8)")
-    p.add_argument("--epochs", type=int, default=6, help="epochs per trial = ASHA max_t (default: 6)")
-    p.add_argument("--image-size", type=int, default=128, help="(default: 128)")
-    p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
     p.add_argument("--grace-period", type=int, default=1, help="(default: 1)")
     p.add_argument("--reduction-factor", type=int, default=3, help="(default: 3, as ray_jobs/tune.py)")
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at once, 1 CPU each (default: 2)")

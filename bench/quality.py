@@ -23,19 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _ray_head import load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals15"
-
+from _ray_head import base_parser, load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(DEFAULT_DATA), help=f"class folders (default: {DEFAULT_DATA})")
-    p.add_argument("--arch", default="efficientnet_lite0", help="(default: efficientnet_lite0)")
-    p.add_argument("--unfreeze", type=int, default=3, help="(default: 3)")
-    p.add_argument("--image-size", type=int, default=224, help="(default: 224)")
-    p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
-    p.add_argument("--epochs", type=int, default=8, help="(default: 8)")
+    p = base_parser(__doc__, image_size=224, epochs=8, unfreeze=3)
     p.add_argument("--patience", type=int, default=0, help="early stop, 0 = off (default: 0)")
     p.add_argument("--lr", type=float, default=1e-3, help="(default: 1e-3)")
     p.add_argument("--seed", type=int, default=42, help="split and init seed (default: 42)")

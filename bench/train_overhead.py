@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _ray_head import load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
+from _ray_head import base_parser, load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -45,17 +45,8 @@ from animalclf.data import ImageList, ShardSampler, eval_transform, load_split, 
 from animalclf.engine import evaluate, train_one_epoch  # noqa: E402
 from animalclf.model import build_model, frozen_modules, preprocess_for  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals15"
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(DEFAULT_DATA), help=f"class folders (default: {DEFAULT_DATA})")
-    p.add_argument("--arch", default="efficientnet_lite0", help="(default: efficientnet_lite0)")
-    p.add_argument("--unfreeze", type=int, default=2, help="(default: 2)")
-    p.add_argument("--image-size", type=int, default=160, help="(default: 160)")
-    p.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per run; epoch 1 is warm-up (default: 3)")
+    p = base_parser(__doc__, image_size=160, epochs=3, unfreeze=2, epochs_help="epochs per run; epoch 1 is warm-up ")
     p.add_argument("--repeats", type=int, default=2, help="plain/ray alternations (default: 2)")
     p.add_argument("--cpus-per-worker", type=int, default=2, help="Ray worker CPUs = plain-loop torch threads (default: 2)")
     p.add_argument("--also-one-cpu", action="store_true",
