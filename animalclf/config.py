@@ -24,6 +24,11 @@ def project_dir() -> Path:
     return Path(os.environ.get("ANIMALCLF_HOME", ".")).resolve()
 
 
+def runs_dir() -> Path:
+    """Everything runs write locally: Ray storage, exported models, reports, the MLflow store."""
+    return project_dir() / "runs"
+
+
 @dataclass
 class TrainConfig:
     """Everything one fine-tuning run needs; defaults follow the original notebook."""
@@ -71,7 +76,7 @@ class TrainConfig:
 
     def resolved_storage(self) -> str:
         """``storage_path`` or ``<project>/runs/ray``."""
-        return self.storage_path or str(project_dir() / "runs" / "ray")
+        return self.storage_path or str(runs_dir() / "ray")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -171,4 +176,4 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
     )
 
 
-__all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "ARCHS", "METRICS"]
+__all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "runs_dir", "ARCHS", "METRICS"]

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import requests
 
-from animalclf.config import project_dir
+from animalclf.config import runs_dir
 from animalclf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def resolve_tracking(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
         }
     if environ.get("MLFLOW_TRACKING_URI"):
         return {k: environ[k] for k in CREDENTIAL_VARS if environ.get(k)}
-    db = project_dir() / "runs" / "mlflow.db"
+    db = runs_dir() / "mlflow.db"
     return {"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from animalclf.checkpoint import META_FILE, load_model, load_train_state, read_meta, save_checkpoint, unwrap
-from animalclf.config import TrainConfig, project_dir
+from animalclf.config import TrainConfig, runs_dir
 from animalclf.data import ImageList, ShardSampler, Split, eval_transform, load_split, make_loader, train_transform
 from animalclf.engine import evaluate, train_one_epoch
 from animalclf.errors import UserError
@@ -283,7 +283,7 @@ def publish(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history:
             tracker: Optional["tracking.Tracker"], key: str, register: bool = True) -> TrainOutcome:
     """Export the best checkpoint, evaluate it on the whole validation split, write the report,
     and (when tracking) log report, checkpoint and model on ``tracker``'s run and register it."""
-    out_root = project_dir() / "runs"
+    out_root = runs_dir()
     ckpt = export_checkpoint(checkpoint_dir, out_root / "models" / key)
     meta = read_meta(ckpt)
     report = evaluate_checkpoint(ckpt, split.val, split.classes)
