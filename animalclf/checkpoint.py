@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from animalclf.errors import UserError
-from animalclf.model import Preprocess, build_model
+from animalclf.model import build_model
 
 __all__ = ["META_FILE", "save_checkpoint", "read_meta", "load_model", "load_train_state", "unwrap"]
 
@@ -81,7 +81,3 @@ def load_train_state(directory: str | Path) -> Optional[dict[str, Any]]:
     """Optimizer/epoch state for resuming, or ``None`` for an export-only checkpoint."""
     p = Path(directory) / STATE_FILE
     return torch.load(p, map_location="cpu", weights_only=False) if p.is_file() else None
-
-
-def preprocess_of(meta: dict[str, Any]) -> Preprocess:
-    return Preprocess.from_dict(meta["preprocess"])
