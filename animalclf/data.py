@@ -69,9 +69,9 @@ def scan_folder(root: str | Path, classes: Optional[Sequence[str]] = None) -> tu
 
     ``classes`` fixes the class list (for a validation folder that must match training).
     """
-    root = Path(root)
-    if not root.is_dir():
+    if not Path(root).is_dir():
         raise UserError(f"Data folder {str(root)!r} does not exist: pass --data DIR with one sub-folder per class.")
+    root = Path(root).resolve()  # absolute sample paths: Ray workers and Tune trials run in other directories
     found = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     names = class_names(str(root), found, classes)
     samples: list[Sample] = []

@@ -112,6 +112,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sampler.set_epoch(epoch)
         tm = train_one_epoch(model, train_loader, criterion, optimizer, device, n_classes, frozen=frozen,
                              channels_last=cfg.channels_last, amp=amp, max_steps=cfg.max_steps_per_epoch)
+        if tm["train_images"] == 0:
+            raise RuntimeError(f"No training image could be read on worker {rank} (e.g. {split.train[0][0]}): "
+                               f"the data must be visible at the same path on every node (shared storage or s3://).")
         vm, _ = evaluate(unwrap(model), val_loader, criterion, device, n_classes, channels_last=cfg.channels_last, amp=amp)
         metrics: dict[str, Any] = {**tm, **vm, "epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0}
         value = metrics[cfg.metric]

@@ -1,5 +1,6 @@
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -88,3 +89,10 @@ def test_to_rgb_applies_exif_rotation():
     buf = io.BytesIO()
     im.save(buf, "JPEG", exif=exif.tobytes())
     assert to_rgb(Image.open(buf)).size == (10, 20)
+
+
+def test_relative_data_path_gives_absolute_samples(tmp_path, monkeypatch):
+    make_image_folder(tmp_path / "rel", per_class=2)
+    monkeypatch.chdir(tmp_path)
+    _, samples = scan_folder("rel")
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p, _ in samples)
