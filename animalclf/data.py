@@ -89,11 +89,17 @@ def scan_folder(root: str | Path, classes: Optional[Sequence[str]] = None) -> tu
                 bad.append(f"{f.relative_to(root)} ({reason})")
         if good == 0:
             empty.append(name)
-    if empty:
-        raise UserError(f"Class folder(s) with no readable image in {str(root)!r}: {', '.join(empty)}; add images or remove the folder.")
-    if bad:
-        log.warning("Skipping %d unreadable or non-image file(s) in %s: %s", len(bad), root, "; ".join(bad))
+    report_scan(str(root), empty, bad)
     return names, samples
+
+
+def report_scan(where: str, empty: Sequence[str], bad: Sequence[str], usable: str = "readable image",
+                skipped: str = "unreadable or non-image file(s)") -> None:
+    """Fail on class folders without a usable image; name every skipped file in one warning."""
+    if empty:
+        raise UserError(f"Class folder(s) with no {usable} in {where!r}: {', '.join(empty)}; add images or remove the folder.")
+    if bad:
+        log.warning("Skipping %d %s in %s: %s", len(bad), skipped, where, "; ".join(bad))
 
 
 def stratified_split(samples: Sequence[Sample], val_ratio: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -74,10 +74,6 @@ def feature_layers(model: nn.Module) -> list[nn.Module]:
     return [stem, *[b for stage in model.blocks for b in stage.children()], head]
 
 
-def classifier(model: nn.Module) -> nn.Module:
-    return model.classifier
-
-
 def set_unfreeze(model: nn.Module, unfreeze: int) -> None:
     """Freeze everything but the head and the last ``unfreeze`` feature layers."""
     layers = feature_layers(model)
@@ -86,7 +82,7 @@ def set_unfreeze(model: nn.Module, unfreeze: int) -> None:
     model.requires_grad_(False)
     for layer in layers[len(layers) - unfreeze:]:
         layer.requires_grad_(True)
-    classifier(model).requires_grad_(True)
+    model.classifier.requires_grad_(True)
 
 
 def frozen_modules(model: nn.Module) -> list[nn.Module]:
@@ -152,7 +148,8 @@ def build_model(arch: str, num_classes: int, unfreeze: int, weights: str = "imag
 
     if backbone_state is not None:
         model.load_state_dict(backbone_state)
-    in_features = classifier(model).in_features if arch != "efficientnet_b0" else model.classifier[1].in_features
+    old_head = model.classifier  # timm: Linear; torchvision: Sequential(Dropout, Linear)
+    in_features = (old_head[-1] if isinstance(old_head, nn.Sequential) else old_head).in_features
     model.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(in_features, num_classes))
 
     if weights not in ("imagenet", "none"):

@@ -27,7 +27,7 @@ from PIL import Image
 from ray.train import DataConfig
 
 from animalclf.data import (
-    IMAGE_EXTENSIONS, Sample, Split, class_names, eval_transform, stratified_split, to_rgb, train_transform,
+    IMAGE_EXTENSIONS, Sample, Split, class_names, eval_transform, report_scan, stratified_split, to_rgb, train_transform,
 )
 from animalclf.errors import UserError
 from animalclf.model import Preprocess
@@ -142,10 +142,7 @@ def scan_bucket(root: str, classes: Optional[Sequence[str]] = None) -> tuple[lis
                 good += 1
         if good == 0:
             empty.append(name)
-    if empty:
-        raise UserError(f"Class folder(s) with no image object in {root!r}: {', '.join(empty)}; add images or remove the folder.")
-    if bad:
-        log.warning("Skipping %d non-image or empty object(s) in %s: %s", len(bad), root, "; ".join(bad))
+    report_scan(root, empty, bad, usable="image object", skipped="non-image or empty object(s)")
     return names, samples
 
 

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from animalclf.checkpoint import META_FILE, load_model, load_train_state, read_meta, save_checkpoint, unwrap
+from animalclf.checkpoint import META_FILE, load_model, load_train_state, save_checkpoint, unwrap
 from animalclf.config import TrainConfig, runs_dir
 from animalclf.data import ImageList, ShardSampler, Split, eval_transform, load_split, make_loader, train_transform
 from animalclf.engine import evaluate, train_one_epoch
@@ -288,8 +288,8 @@ def publish(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history:
     and (when tracking) log report, checkpoint and model on ``tracker``'s run and register it."""
     out_root = runs_dir()
     ckpt = export_checkpoint(checkpoint_dir, out_root / "models" / key)
-    meta = read_meta(ckpt)
-    report = evaluate_checkpoint(ckpt, split.val, split.classes)
+    model, meta = load_model(ckpt)
+    report = evaluate_model(model, meta, split.val, split.classes)
     report["history"] = [dict(h) for h in history]
     report_dir = out_root / "reports" / key
     write_report(report_dir, report)
@@ -300,7 +300,6 @@ def publish(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history:
                              "best_epoch": meta["epoch"]}, step=meta["epoch"])
         tracker.log_artifacts(report_dir, "report")
         tracker.log_artifacts(ckpt, "checkpoint")
-        model, _ = load_model(ckpt)
         size = meta["preprocess"]["crop_size"]
         version = tracker.log_model(model, ckpt / META_FILE, torch.zeros(1, 3, size, size), cfg.model_name if register else None)
         tracker.set_tags({"animalclf.checkpoint": str(ckpt), "animalclf.model_version": version or ""})

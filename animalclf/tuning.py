@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -258,7 +258,7 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
         log.info("MLflow parent run %s", parent.run_id)
 
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=cfg.to_dict(), split=_asdict(split), parent_run_id=parent.run_id if parent else None,
+        tune.with_parameters(_trial, base=cfg.to_dict(), split=asdict(split), parent_run_id=parent.run_id if parent else None,
                              tracking_uri=uri, experiment_name=opts.name),
         {"CPU": 0.01},  # the trial's driver only waits on its TorchTrainer; a 0 request is refused
     )
@@ -283,10 +283,6 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
             _parent_file(path).write_text(json.dumps({"run_id": parent.run_id}))
     results = tuner.fit()
     return _finish(cfg, space, opts, split, results, parent, str(path))
-
-
-def _asdict(split: Split) -> dict[str, Any]:
-    return {"classes": split.classes, "train": split.train, "val": split.val}
 
 
 def _reporter(space: Mapping[str, ParamSpec], cfg: TrainConfig):
