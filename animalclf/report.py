@@ -1,6 +1,6 @@
 """Evaluation report: per-class precision/recall/F1, confusion matrix, PR and ROC curves from
 predicted probabilities, learning curves. Numbers go to ``report.json``; each figure to a plotly
-HTML file. :func:`figures` rebuilds the figures from the JSON (the Streamlit model page uses it).
+HTML file. The figures are drawn from the JSON by :mod:`animalclf.figures` (torch-free, so the UI uses it too).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-import plotly.graph_objects as go
 import torch
 from torchmetrics.functional.classification import (
     multiclass_auroc,
@@ -19,6 +18,8 @@ from torchmetrics.functional.classification import (
     multiclass_precision_recall_curve,
     multiclass_roc,
 )
+
+from animalclf.figures import report_figures as figures
 
 log = logging.getLogger(__name__)
 
@@ -70,33 +71,6 @@ def build_report(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[s
         "pr": {c: dict(zip(("recall", "precision"), _thin(rec_c[i], prec_c[i]))) for i, c in enumerate(classes)},
         "history": [dict(h) for h in history],
     }
-
-
-def figures(report: dict[str, Any]) -> dict[str, go.Figure]:
-    """Plotly figures of a report: confusion matrix, PR, ROC, learning curves."""
-    classes = report["classes"]
-    figs: dict[str, go.Figure] = {}
-    figs["confusion_matrix"] = go.Figure(
-        go.Heatmap(z=report["confusion_matrix"], x=classes, y=classes, colorscale="Blues", text=report["confusion_matrix"], texttemplate="%{text}"),
-        layout=dict(title="Confusion matrix (validation)", xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed"),
-    )
-    pr = go.Figure(layout=dict(title="Precision-recall per class (from probabilities)", xaxis_title="recall", yaxis_title="precision"))
-    roc = go.Figure(layout=dict(title="ROC per class (from probabilities)", xaxis_title="false positive rate", yaxis_title="true positive rate"))
-    for c in classes:
-        pc = report["per_class"][c]
-        pr.add_scatter(x=report["pr"][c]["recall"], y=report["pr"][c]["precision"], mode="lines", name=f"{c} (AP {pc['average_precision']:.3f})")
-        roc.add_scatter(x=report["roc"][c]["fpr"], y=report["roc"][c]["tpr"], mode="lines", name=f"{c} (AUC {pc['auroc']:.3f})")
-    roc.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="grey"), name="chance")
-    figs["pr_curves"], figs["roc_curves"] = pr, roc
-    hist = report.get("history") or []
-    if hist:
-        lc = go.Figure(layout=dict(title="Learning curves", xaxis_title="epoch"))
-        epochs = [h.get("epoch") for h in hist]
-        for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_f1", "val_f1"):
-            if key in hist[0]:
-                lc.add_scatter(x=epochs, y=[h.get(key) for h in hist], mode="lines+markers", name=key)
-        figs["learning_curves"] = lc
-    return figs
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> list[Path]:
