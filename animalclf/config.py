@@ -17,6 +17,7 @@ from animalclf.errors import UserError
 
 ARCHS = ("efficientnet_b0", "efficientnet_lite0")
 METRICS = ("val_accuracy", "val_f1", "val_loss")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # files read as images
 
 
 def project_dir() -> Path:

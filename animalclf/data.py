@@ -18,6 +18,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
+from animalclf.config import IMAGE_EXTENSIONS
 from animalclf.errors import UserError
 from animalclf.model import Preprocess
 
@@ -28,7 +29,6 @@ __all__ = [
     "eval_transform", "train_transform", "make_loader", "ShardSampler", "to_rgb", "open_image",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 Sample = tuple[str, int]
 
 
