@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from typing import Callable, Optional, Sequence
 
+from animalclf import localray
 from animalclf.errors import UserError
 from animalclf.logs import setup_logging
 from animalclf.tracking import redact
@@ -14,25 +17,43 @@ from animalclf.tracking import redact
 log = logging.getLogger(__name__)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_main(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
              argv: Optional[Sequence[str]] = None) -> int:
-    """Parse ``argv``, run ``main``; a :class:`UserError` prints ``error: ...`` and returns 2."""
+    """Parse ``argv``, run ``main``; a :class:`UserError` prints ``error: ...`` and returns 2.
+
+    Ctrl-C, ``kill -INT`` and SIGTERM all end the run the same way: the private Ray head this
+    process started (if any) is stopped with every process of it, and the exit code is 130.
+    """
     setup_logging()
     args = parser.parse_args(argv)
+    # Tune's own SIGINT handler swallows a lone SIGINT ("ending Ray Tune run") and keeps going.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return main(args) or 0
     except UserError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        lost = localray.lost_head()
+        print(f"error: {lost}" if lost else "interrupted: stopping", file=sys.stderr, flush=True)
+        return 3 if lost else 130
     except Exception as e:  # Ray wraps worker errors: surface a UserError raised on a worker
         cause = _user_error_in(e)
         if cause is not None:
             print(f"error: {redact(str(cause))}", file=sys.stderr)
             return 2
+        lost = localray.lost_head()
+        if lost:
+            print(f"error: {lost}", file=sys.stderr)
+            return 3
         raise
+    finally:
+        localray.stop_owned()
 
 
 def _user_error_in(e: BaseException) -> Optional[BaseException]:

@@ -1,14 +1,17 @@
-"""A private Ray head on this machine, started like ``ray start --head`` and named up front.
+"""Which Ray a process uses, and a private head on this machine whose whole life we own.
 
-``RAY_ADDRESS`` is set *before* the head starts, so every Ray process it spawns inherits it and
-finds its own cluster even when other Ray instances run on the machine (Ray Train V2's
-placement-group cleaner otherwise refuses to choose and leaks the trainer's resources). Used by
-the demo, the tests and the benchmarks; stopping it kills only its own processes (``ray stop``
-would stop every Ray on the machine).
+:func:`init_ray` joins the Ray that ``RAY_ADDRESS`` (or ``ray job submit``) names, or the one
+``ray start`` recorded on this machine, after checking within seconds that it answers; otherwise
+it starts a private head. :func:`start_head` starts a head on loopback with token auth and its
+own temp dir; ``RAY_ADDRESS`` is set *before* it starts so every Ray process it spawns finds its
+own cluster even when other Ray instances run here. Stopping it kills only its own processes
+(found by its temp dir, its address and the process tree, never ``ray stop``).
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import logging
 import os
 import shutil
@@ -17,14 +20,24 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import _thread
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from animalclf import rayauth, tracking
+from animalclf.errors import UserError
+
 log = logging.getLogger(__name__)
 
-__all__ = ["LocalHead", "start_head", "free_port", "stop_processes"]
+__all__ = ["LocalHead", "start_head", "init_ray", "stop_owned", "free_port", "stop_processes", "head_processes",
+           "RECORDED_ADDRESS_FILE", "lost_head"]
+
+# Where `ray start --head` records "the current cluster" of this machine (Ray's default temp dir).
+RECORDED_ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def free_port() -> int:
@@ -34,59 +47,229 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def answers(address: str, timeout: float = 2.0) -> bool:
+    """Whether something accepts TCP connections at ``host:port``."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def head_processes(temp_dir: Path, address: str = "") -> list:
+    """The processes of one head: those naming its temp dir or its address, and all their descendants."""
+    import psutil
+
+    roots = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if p.pid == os.getpid():
+            continue
+        cmd = " ".join(p.info["cmdline"] or ())
+        if str(temp_dir) in cmd or (address and f"--address={address}" in cmd):
+            roots.append(p)
+    found = {p.pid: p for p in roots}
+    for p in roots:
+        try:
+            found.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def stop_processes(temp_dir: Path, address: str = "", grace_s: float = 8.0) -> None:
+    """SIGTERM a head's processes (:func:`head_processes`), SIGKILL what is left after ``grace_s``
+    (``gcs_server`` ignores SIGTERM once its raylet is gone)."""
+    import psutil
+
+    procs = head_processes(temp_dir, address)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    leftover = alive + head_processes(temp_dir, address)  # and any orphan reparented to us meanwhile
+    for p in leftover:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(leftover, timeout=5)
+    _reap()
+
+
+def _reap() -> None:
+    """Collect exited children (as a subreaper we inherit the head's daemons)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 @dataclass
 class LocalHead:
     address: str
     dashboard_url: str
     temp_dir: Path
+    _stopped: bool = field(default=False, repr=False)
 
     def stop(self) -> None:
         """Disconnect and kill this head's processes (only them), then remove its temp dir."""
+        if self._stopped:
+            return
+        self._stopped = True
+        _Watchdog.stop()
         import ray
 
         if ray.is_initialized():
-            ray.shutdown()
-        stop_processes(self.temp_dir)
+            try:
+                ray.shutdown()
+            except Exception as e:  # a dead head must not keep us from cleaning up
+                log.debug("ray.shutdown: %s", e)
+        stop_processes(self.temp_dir, self.address)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if os.environ.get("RAY_ADDRESS") == self.address:
+            os.environ.pop("RAY_ADDRESS")
 
 
-def _pids_naming(text: str) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", text], capture_output=True, text=True, check=False).stdout
-    return [int(p) for p in out.split() if int(p) != os.getpid()]
-
-
-def stop_processes(temp_dir: Path, grace_s: float = 10.0) -> None:
-    """SIGTERM the processes whose command line names ``temp_dir``; SIGKILL those alive after
-    ``grace_s`` (``gcs_server`` ignores SIGTERM once its raylet is gone)."""
-    subprocess.run(["pkill", "-f", str(temp_dir)], check=False)
-    deadline = time.monotonic() + grace_s
-    while _pids_naming(str(temp_dir)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in _pids_naming(str(temp_dir)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def _become_subreaper() -> None:
+    """Keep the daemons `ray start` forks as our descendants, so stopping finds every one (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = None, connect: bool = True) -> LocalHead:
-    """Start a head on loopback (token auth on, dashboard on ``dashboard_port``) and connect to it."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    """Start a head on loopback (token auth on, dashboard on ``dashboard_port``)
+    and connect to it."""
+    rayauth.enable_token_auth()
+    _become_subreaper()
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths must stay < 108 chars
     port = free_port()
     dash = dashboard_port or free_port()
     os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}", f"--temp-dir={temp}",
-           f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+           f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
+           f"--ray-client-server-port={free_port()}", "--disable-usage-stats"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    if r.returncode != 0:
-        raise RuntimeError(f"ray start failed: {r.stderr[-2000:]}")
     head = LocalHead(os.environ["RAY_ADDRESS"], f"http://127.0.0.1:{dash}", temp)
-    if connect:
-        import ray
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        if r.returncode != 0:
+            raise RuntimeError(f"ray start failed: {r.stderr[-2000:]}")
+        if connect:
+            import ray
 
-        ray.init(address=head.address, logging_level=logging.WARNING)
+            ray.init(address=head.address, logging_level=logging.WARNING)
+            _Watchdog.start(head.address)
+    except BaseException:  # Ctrl-C while starting leaves nothing behind either
+        head.stop()
+        raise
     log.info("Local Ray head at %s (dashboard %s)", head.address, head.dashboard_url)
     return head
+
+
+# ------------------------------------------------------------------ joining, or a private head
+
+_owned: list[LocalHead] = []
+
+
+def stop_owned() -> None:
+    """Stop the private head :func:`init_ray` started, if any (entry points call this on exit)."""
+    while _owned:
+        _owned.pop().stop()
+
+
+def _recorded_address() -> Optional[str]:
+    try:
+        return RECORDED_ADDRESS_FILE.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def init_ray(num_cpus: Optional[int] = None) -> Optional[LocalHead]:
+    """Join the running Ray or start a private head; return the head when we started it.
+
+    ``RAY_ADDRESS`` (set by ``ray job submit`` too) must answer within seconds, else one line says
+    so. An address recorded by an earlier ``ray start`` that no longer answers (a head killed
+    without ``ray stop``) is skipped with a warning and a private head is started instead. Tracking
+    credentials travel in a runtime env only when this shell joins a running cluster from outside a
+    job (a Ray we start inherits our environment; a job's env already reaches its workers).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return None
+    rayauth.enable_token_auth()
+    explicit = os.environ.get("RAY_ADDRESS", "").strip()
+    if explicit == "local":  # Ray's own spelling for "start a new local instance"
+        explicit = address = ""
+    else:
+        address = explicit if explicit and explicit != "auto" else _recorded_address()
+    if address and "://" not in address:
+        if not answers(address):
+            if explicit and explicit != "auto":
+                raise UserError(f"The Ray at RAY_ADDRESS={address} does not answer: start it (`make head-start`), "
+                                f"fix RAY_ADDRESS, or unset it to run on a private local Ray.")
+            log.warning("The Ray recorded at %s (%s) does not answer (a head that died without `ray stop`): "
+                        "starting a private one instead.", address, RECORDED_ADDRESS_FILE)
+            address = None
+    if not address:
+        head = start_head(num_cpus=num_cpus)
+        _owned.append(head)
+        atexit.register(stop_owned)
+        return head
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    runtime_env = None if in_job else {"env_vars": tracking.worker_env()}
+    ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    if "://" not in address:
+        _Watchdog.start(address)
+    return None
+
+
+class _Watchdog:
+    """Ends the run when the head stops answering mid-run (Ray's own driver retries its GCS
+    connection for minutes): interrupts the main thread, which entry points turn into one line
+    (:func:`lost_head`) and a clean exit; a main thread that does not react within 15 s is ended."""
+
+    _stop = threading.Event()
+    lost: Optional[str] = None
+    misses_allowed = 3
+    interval_s = 2.0
+
+    @classmethod
+    def start(cls, address: str) -> None:
+        cls._stop = threading.Event()
+        threading.Thread(target=cls._run, args=(address, cls._stop), name="ray-head-watchdog", daemon=True).start()
+
+    @classmethod
+    def stop(cls) -> None:
+        cls._stop.set()
+
+    @classmethod
+    def _run(cls, address: str, stop: threading.Event) -> None:
+        misses = 0
+        while not stop.wait(cls.interval_s):
+            misses = 0 if answers(address) else misses + 1
+            if misses >= cls.misses_allowed and not stop.is_set():
+                cls.lost = address
+                _thread.interrupt_main()
+                if not stop.wait(15):
+                    print(lost_head(), file=sys.stderr, flush=True)
+                    os._exit(3)
+                return
+
+
+def lost_head() -> Optional[str]:
+    """The one-line error when the head died mid-run, else ``None``."""
+    if not _Watchdog.lost:
+        return None
+    return (f"the Ray head at {_Watchdog.lost} stopped answering mid-run: start it again (or unset RAY_ADDRESS for "
+            f"a private one) and rerun; the same --name resumes from the last checkpoint.")

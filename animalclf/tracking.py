@@ -24,20 +24,42 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "resolve_tracking", "configure", "worker_env", "check_tracking", "Tracker", "flatten_params", "redact",
+    "job_runtime_env", "TRACKING_VARS", "dagshub_login_token", "artifact_location",
 ]
 
 SECRET_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DAGSHUB_USER_TOKEN")
 CREDENTIAL_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# DAGSHUB_CLIENT_HOST is the variable the `dagshub` package itself reads for the DagsHub base URL.
+DAGSHUB_VARS = ("DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USER_TOKEN", "DAGSHUB_USERNAME", "DAGSHUB_CLIENT_HOST")
+# Every variable that decides where runs go and how to authenticate: what tests scrub and jobs carry.
+TRACKING_VARS = CREDENTIAL_VARS + DAGSHUB_VARS
+DAGSHUB_HOST = "https://dagshub.com"
+
+
+def dagshub_login_token(host: str) -> Optional[str]:
+    """The token ``dagshub login`` saved for ``host`` (the `dagshub` package checks it with the host),
+    or ``None`` when there is none. Only called when DagsHub tracking is asked for."""
+    from dagshub.auth import get_token
+
+    try:
+        return get_token(host=host, fail_if_no_token=True)
+    except RuntimeError:
+        return None
 
 
 def resolve_tracking(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The MLflow variables this environment means: URI plus credentials, if any."""
     owner, repo, token = (environ.get(k) for k in ("DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USER_TOKEN"))
     if any((owner, repo, token)) and not environ.get("MLFLOW_TRACKING_URI"):
-        if not all((owner, repo, token)):
-            raise UserError("DagsHub tracking needs DAGSHUB_REPO_OWNER, DAGSHUB_REPO_NAME and DAGSHUB_USER_TOKEN all set.")
+        if not (owner and repo):
+            raise UserError("DagsHub tracking needs DAGSHUB_REPO_OWNER and DAGSHUB_REPO_NAME set (and DAGSHUB_USER_TOKEN, "
+                            "or a token saved by `dagshub login`).")
+        host = environ.get("DAGSHUB_CLIENT_HOST", DAGSHUB_HOST).rstrip("/")
+        token = token or dagshub_login_token(host)
+        if not token:
+            raise UserError(f"No DagsHub token for {host}: set DAGSHUB_USER_TOKEN or run `dagshub login`.")
         return {
-            "MLFLOW_TRACKING_URI": f"https://dagshub.com/{owner}/{repo}.mlflow",
+            "MLFLOW_TRACKING_URI": f"{host}/{owner}/{repo}.mlflow",
             "MLFLOW_TRACKING_USERNAME": environ.get("DAGSHUB_USERNAME", owner),
             "MLFLOW_TRACKING_PASSWORD": token,
         }
@@ -47,11 +69,37 @@ def resolve_tracking(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return {"MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
 
 
-def configure(environ: Mapping[str, str] = os.environ) -> str:
-    """Point this process's MLflow at :func:`resolve_tracking`'s store; return the URI."""
+def artifact_location(experiment: str) -> Optional[str]:
+    """Beside a local sqlite store, artifacts go to ``mlartifacts/<experiment>`` next to the database
+    (MLflow's default, ``./mlruns`` of the current directory, is a job's temporary copy under Ray);
+    a server chooses its own (``None``)."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment)
+    return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts" / safe).as_uri()
+
+
+def job_runtime_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The runtime env `ray job submit` gets (mk/jobs.mk): the tracking variables set here, where
+    outputs go, and excludes for the working-dir upload."""
+    keys = ("ANIMALCLF_HOME", "ANIMALCLF_LOG_LEVEL") + TRACKING_VARS
+    env = {k: environ[k] for k in keys if environ.get(k)}
+    # A driver that also passes ray.init(runtime_env=...) (your own code) may override the job's env.
+    env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+    return {"env_vars": env, "excludes": [".git", ".venv", "runs", "mlruns", "mlartifacts", "*.db"]}
+
+
+def configure(environ: Mapping[str, str] = os.environ, uri: Optional[str] = None) -> str:
+    """Point this process's MLflow at :func:`resolve_tracking`'s store (or at ``uri``, the driver's
+    choice, with credentials still from the environment); return the URI."""
     import mlflow
 
     env = resolve_tracking(environ)
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
     os.environ.update(env)
     uri = env["MLFLOW_TRACKING_URI"]
     if uri.startswith("sqlite:///"):
@@ -147,7 +195,7 @@ class Tracker:
 
         client = MlflowClient()
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location(experiment))
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id

@@ -27,7 +27,7 @@ from animalclf.logs import fmt_seconds, setup_logging
 from animalclf.monitoring import TrainingMetrics
 from animalclf.model import build_model, frozen_modules, preprocess_for
 from animalclf.report import build_report, format_table, write_report
-from animalclf import remote_data, tracking
+from animalclf import localray, remote_data, tracking
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     tracker = None
     if rank == 0 and config.get("run_id"):
-        import mlflow
-
-        mlflow.set_tracking_uri(config["tracking_uri"])  # credentials, if any, come from the runtime env
+        tracking.configure(uri=config["tracking_uri"])  # credentials (DagsHub's too) from this env: inherited or the job's
         tracker = tracking.Tracker(config["run_id"])
     monitor = TrainingMetrics(config.get("run_name") or cfg.name) if rank == 0 else None
     amp = cfg.amp and device.type == "cuda"
@@ -230,24 +228,6 @@ def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
     return dst
 
 
-def init_ray() -> None:
-    """Join the running Ray (``RAY_ADDRESS``, ``ray job submit``, a local ``ray start``) or start one.
-
-    A Ray started here inherits this process's environment, and a job's runtime env already reaches
-    its workers, so tracking credentials only travel in a runtime env when this shell joins a
-    running cluster from outside a job (Ray's runtime-env agent logs those variables).
-    """
-    import ray
-    from ray._private.services import canonicalize_bootstrap_address
-
-    if ray.is_initialized():
-        return
-    joining = canonicalize_bootstrap_address(None) is not None
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    runtime_env = {"env_vars": tracking.worker_env()} if joining and not in_job else None
-    ray.init(runtime_env=runtime_env, logging_level=logging.WARNING)
-
-
 def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
     """Everything that can fail on user input, before any Ray work: config, data, tracking."""
     cfg.validate()
@@ -269,7 +249,7 @@ def fit(cfg: TrainConfig, split: Split, tracker: Optional["tracking.Tracker"], *
     """Run the TorchTrainer; mark the MLflow run FAILED if training fails. Returns Ray's Result."""
     import mlflow
 
-    init_ray()
+    localray.init_ray()
     log.info("Run %s: training %s (unfreeze %d) on %d workers: %d train / %d val images, %d classes", name or cfg.name,
              cfg.arch, cfg.unfreeze, cfg.num_workers, len(split.train), len(split.val), len(split.classes))
     trainer = make_trainer(cfg, split, tracker.run_id if tracker else None, name=name or cfg.name, callbacks=callbacks,

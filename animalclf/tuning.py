@@ -193,9 +193,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], split: dict[str, Any
     trial_id = tune.get_context().get_trial_id()
     tracker = None
     if parent_run_id and tracking_uri:
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri)
+        tracking.configure(uri=tracking_uri)  # credentials from this process's env (a job's env, or inherited)
         tracker = _child_run(cfg, the_split, trial_id, parent_run_id)
     fit(cfg, the_split, tracker, name=f"{experiment_name}-{trial_id}", callbacks=[TuneReportCallback()])
     if tracker:
@@ -226,7 +224,7 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from animalclf.trainer import init_ray
+    from animalclf.localray import init_ray
 
     import os
 
