@@ -1,96 +1,35 @@
-"""``s3://`` datasets: list class folders in a bucket, split them like local folders, and stream
-the images to the training workers through Ray Data.
+"""An ``s3://`` bucket of class folders as a data source: list it, split it like a local folder,
+and stream the images to the training workers through Ray Data.
 
 Listing reads object metadata only (names and sizes, no image bytes), so a bucket of any size is
-split on the driver in seconds; the same seeded :func:`animalclf.data.stratified_split` runs on
+split on the driver in seconds; the same seeded :func:`animalclf.split.stratified_split` runs on
 ``(uri, label)`` samples, so the same images give the same split as a local copy of the folder.
 Ray Data tasks on CPU then read the bytes and decode, resize and normalise them with the same
 transforms as local training; an object that does not decode is dropped (and logged), never fatal.
-
-Credentials and endpoint come from the standard AWS variables: ``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``/``AWS_DEFAULT_REGION`` and
-``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` (MinIO, moto, ...). Without keys in the environment,
-each node uses the AWS SDK's own chain (instance role, ``~/.aws``).
+Credentials and endpoint: see :mod:`animalclf.s3`.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
-from urllib.parse import urlparse
 
 import numpy as np
 from PIL import Image
-from ray.train import DataConfig
 
-from animalclf.data import (
-    IMAGE_EXTENSIONS, Sample, Split, class_names, eval_transform, report_scan, stratified_split, to_rgb, train_transform,
-)
+from animalclf import s3
 from animalclf.errors import UserError
+from animalclf.loaders import EpochLoader
 from animalclf.model import Preprocess
+from animalclf.split import IMAGE_EXTENSIONS, Sample, Split, build_split, class_names, report_scan
+from animalclf.transforms import eval_transform, to_rgb, train_transform
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "is_remote", "s3_filesystem", "read_bytes", "scan_bucket", "load_remote_split", "image_dataset", "make_datasets",
-    "ShardBatches", "WholeValDataConfig",
-]
-
-SCHEME = "s3://"
-
-
-def is_remote(uri: Optional[str]) -> bool:
-    """``True`` for an ``s3://`` URI."""
-    return bool(uri) and str(uri).startswith(SCHEME)
-
-
-def _options_from_env() -> tuple[tuple[str, Any], ...]:
-    """``pyarrow.fs.S3FileSystem`` keyword arguments from the standard AWS variables."""
-    env = os.environ
-    kw: dict[str, Any] = {}
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-    if endpoint:
-        u = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
-        kw["endpoint_override"] = u.netloc + u.path.rstrip("/")
-        kw["scheme"] = u.scheme
-        region = region or "us-east-1"  # S3-compatible servers ignore it; avoids a region lookup
-    if region:
-        kw["region"] = region
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        # explicit keys travel with the filesystem into the Ray Data read tasks, so nodes whose
-        # environment lacks them (a cluster started before this shell) can still read
-        kw["access_key"] = env["AWS_ACCESS_KEY_ID"]
-        kw["secret_key"] = env["AWS_SECRET_ACCESS_KEY"]
-        if env.get("AWS_SESSION_TOKEN"):
-            kw["session_token"] = env["AWS_SESSION_TOKEN"]
-    return tuple(sorted(kw.items()))
-
-
-@functools.lru_cache(maxsize=4)
-def _filesystem(options: tuple[tuple[str, Any], ...]):
-    from pyarrow import fs
-
-    return fs.S3FileSystem(**dict(options))
-
-
-def s3_filesystem():
-    """A ``pyarrow.fs.S3FileSystem`` configured from the environment (cached per configuration)."""
-    return _filesystem(_options_from_env())
-
-
-def _strip(uri: str) -> str:
-    """``s3://bucket/prefix/`` → ``bucket/prefix`` (the form pyarrow and Ray Data paths use)."""
-    return str(uri)[len(SCHEME):].strip("/")
-
-
-def read_bytes(uri: str) -> bytes:
-    """The whole object at ``uri``."""
-    with s3_filesystem().open_input_stream(_strip(uri)) as f:
-        return f.read()
+__all__ = ["Bucket", "scan_bucket", "image_dataset", "ShardBatches", "val_dataset_name"]
 
 
 def scan_bucket(root: str, classes: Optional[Sequence[str]] = None) -> tuple[list[str], list[Sample]]:
@@ -104,11 +43,11 @@ def scan_bucket(root: str, classes: Optional[Sequence[str]] = None) -> tuple[lis
     """
     from pyarrow import fs
 
-    if not is_remote(root) or not _strip(root):
+    if not s3.is_remote(root) or not s3.strip(root):
         raise UserError(f"{root!r} is not an s3:// URI: pass --data s3://BUCKET/PREFIX with one sub-folder per class.")
-    base = _strip(root)
+    base = s3.strip(root)
     try:
-        infos = s3_filesystem().get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
+        infos = s3.s3_filesystem().get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
     except OSError as e:
         raise UserError(f"Cannot list {root!r}: {e}. Check the bucket name, the AWS credentials and "
                         f"AWS_ENDPOINT_URL.") from None
@@ -138,26 +77,12 @@ def scan_bucket(root: str, classes: Optional[Sequence[str]] = None) -> tuple[lis
             elif not info.size:
                 bad.append(f"{rel} (empty object)")
             else:
-                samples.append((SCHEME + info.path, label))
+                samples.append((s3.SCHEME + info.path, label))
                 good += 1
         if good == 0:
             empty.append(name)
     report_scan(root, empty, bad, usable="image object", skipped="non-image or empty object(s)")
     return names, samples
-
-
-def load_remote_split(data: Optional[str], train_dir: Optional[str], val_dir: Optional[str], val_ratio: float,
-                      seed: int) -> Split:
-    """:func:`animalclf.data.load_split` for ``s3://`` URIs (``data``, or both folders)."""
-    if data:
-        classes, samples = scan_bucket(data)
-        train, val = stratified_split(samples, val_ratio, seed)
-    else:
-        if not (is_remote(train_dir) and is_remote(val_dir)):
-            raise UserError("--train-dir and --val-dir must both be local folders or both s3:// URIs.")
-        classes, train = scan_bucket(train_dir)
-        _, val = scan_bucket(val_dir, classes)
-    return Split(classes, train, val)
 
 
 def _decode(batch: dict[str, np.ndarray], *, base: str, classes: Sequence[str], pre: dict[str, Any],
@@ -175,7 +100,7 @@ def _decode(batch: dict[str, np.ndarray], *, base: str, classes: Sequence[str], 
                 images.append(transform(to_rgb(im)).numpy())
             labels.append(label)
         except Exception as e:  # PIL raises many types for bad files: skip, never crash the epoch
-            log.warning("Skipping unreadable image %s%s: %s", SCHEME, path, e)
+            log.warning("Skipping unreadable image %s%s: %s", s3.SCHEME, path, e)
     if not images:
         return {"image": np.zeros((0, 3, p.crop_size, p.crop_size), np.float32), "label": np.zeros(0, np.int64)}
     return {"image": np.stack(images).astype(np.float32, copy=False), "label": np.asarray(labels, np.int64)}
@@ -192,19 +117,10 @@ def image_dataset(samples: Sequence[Sample], root: str, classes: Sequence[str], 
     import ray.data
     from ray.data import FileShuffleConfig
 
-    ds = ray.data.read_binary_files([uri for uri, _ in samples], include_paths=True, filesystem=s3_filesystem(),
+    ds = ray.data.read_binary_files([uri for uri, _ in samples], include_paths=True, filesystem=s3.s3_filesystem(),
                                     shuffle=FileShuffleConfig(seed=seed) if train else None)
     return ds.map_batches(_decode, batch_size=batch_size, batch_format="numpy",
-                          fn_kwargs={"base": _strip(root), "classes": list(classes), "pre": pre.to_dict(), "train": train})
-
-
-def make_datasets(data: Optional[str], train_dir: Optional[str], val_dir: Optional[str], split: Split, pre: Preprocess,
-                  seed: int) -> dict[str, Any]:
-    """``{"train": ..., "val": ...}`` for a ``TorchTrainer`` from a remote split."""
-    return {
-        "train": image_dataset(split.train, data or train_dir, split.classes, pre, train=True, seed=seed),
-        "val": image_dataset(split.val, data or val_dir, split.classes, pre, train=False),
-    }
+                          fn_kwargs={"base": s3.strip(root), "classes": list(classes), "pre": pre.to_dict(), "train": train})
 
 
 class ShardBatches:
@@ -234,10 +150,93 @@ class ShardBatches:
             yield b["image"], b["label"]
 
 
+def val_dataset_name(rank: int, world: int) -> str:
+    """The Ray Train dataset holding rank ``rank``'s validation share (``world`` names the count, so
+    a worker group of another size fails on a missing name instead of skipping images)."""
+    return f"val_{rank}_of_{world}"
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Class folders under ``s3://`` prefixes: ``data`` split by ratio, or explicit ``train_dir``
+    and ``val_dir``. The driver lists; Ray Data tasks read and decode for the workers.
+
+    Training is one dataset that Ray Train splits into equal shards (DDP workers must take the
+    same number of steps). Validation is one dataset per rank, holding the samples
+    ``rank::world``, which ``ray.train.DataConfig(datasets_to_split=["train"])`` hands whole to
+    every worker and each worker reads only its own: every validation image is evaluated exactly
+    once per epoch over all workers, with public Ray APIs (an unequal split of one dataset would
+    need a ``DataConfig.configure`` override and its private members).
+    """
+
+    data: Optional[str] = None
+    train_dir: Optional[str] = None
+    val_dir: Optional[str] = None
+    kind = "bucket"
+
+    def split(self, val_ratio: float, seed: int) -> Split:
+        """List (one report per prefix) and split; seeded, stratified, ``s3://`` URIs."""
+        return build_split(scan_bucket, self.data, self.train_dir, self.val_dir, val_ratio, seed)
+
+    def trainer_inputs(self, split: Split, pre: Preprocess, seed: int, num_workers: int) -> dict[str, Any]:
+        """``datasets`` and ``dataset_config`` for the ``TorchTrainer`` of ``num_workers`` workers."""
+        from ray.train import DataConfig
+
+        datasets = {"train": image_dataset(split.train, self.data or self.train_dir, split.classes, pre, train=True,
+                                           seed=seed)}
+        for rank in range(num_workers):
+            share = split.val[rank::num_workers]
+            if share:  # more workers than validation images: the extra ranks evaluate nothing
+                datasets[val_dataset_name(rank, num_workers)] = image_dataset(share, self.data or self.val_dir,
+                                                                               split.classes, pre, train=False)
+        return {"datasets": datasets, "dataset_config": DataConfig(datasets_to_split=["train"])}
+
+    def train_loader(self, split: Split, pre: Preprocess, batch_size: int, *, rank: int, world: int, seed: int,
+                     workers: int = 0, pin_memory: bool = False) -> ShardBatches:
+        """This worker's equal shard of the training dataset, with a seeded local shuffle."""
+        import ray.train
+
+        return ShardBatches(ray.train.get_dataset_shard("train"), batch_size, shuffle_seed=seed + rank)
+
+    def val_loader(self, split: Split, pre: Preprocess, batch_size: int, *, rank: int, world: int,
+                   workers: int = 0, pin_memory: bool = False) -> ShardBatches | EpochLoader:
+        """This worker's validation share (samples ``rank::world``), in order."""
+        import ray.train
+
+        if not split.val[rank::world]:
+            return EpochLoader(())
+        return ShardBatches(ray.train.get_dataset_shard(val_dataset_name(rank, world)), batch_size)
+
+
+# --- Old names, kept until trainer.py switches to animalclf.datasource.open_source; then delete
+# this block (and with it the last private Ray member used here). ---
+from animalclf.s3 import is_remote, read_bytes, s3_filesystem  # noqa: E402,F401
+
+
+def load_remote_split(data: Optional[str], train_dir: Optional[str], val_dir: Optional[str], val_ratio: float,
+                      seed: int) -> Split:
+    """Deprecated: ``open_source(data, train_dir, val_dir).split(val_ratio, seed)``."""
+    if not data and not (s3.is_remote(train_dir) and s3.is_remote(val_dir)):
+        raise UserError("--train-dir and --val-dir must both be local folders or both s3:// URIs.")
+    return Bucket(data, train_dir, val_dir).split(val_ratio, seed)
+
+
+def make_datasets(data: Optional[str], train_dir: Optional[str], val_dir: Optional[str], split: Split, pre: Preprocess,
+                  seed: int) -> dict[str, Any]:
+    """Deprecated: ``{"train": ..., "val": ...}`` for the old worker loop with :class:`WholeValDataConfig`."""
+    return {
+        "train": image_dataset(split.train, data or train_dir, split.classes, pre, train=True, seed=seed),
+        "val": image_dataset(split.val, data or val_dir, split.classes, pre, train=False),
+    }
+
+
+from ray.train import DataConfig  # noqa: E402 (only the shim below needs Ray at import)
+
+
 class WholeValDataConfig(DataConfig):
-    """``train`` is split into equal shards (DDP workers must take the same number of steps); every
-    other dataset is split unequally, so each validation image is evaluated exactly once (Ray
-    Train's default ``DataConfig`` drops rows to make all shards equal)."""
+    """Deprecated: the old single ``val`` dataset split unequally over the workers. It overrides
+    ``DataConfig.configure`` and so reads the private ``_enable_shard_locality`` and
+    ``_resolve_execution_options``; :class:`Bucket` needs neither."""
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         output = [{} for _ in range(world_size)]

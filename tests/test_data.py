@@ -1,13 +1,26 @@
+import io
 import logging
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from animalclf.data import load_split, scan_folder, stratified_split, to_rgb
+from animalclf.data import LocalFolder, scan_folder
+from animalclf.datasource import DataSource, open_source
 from animalclf.errors import UserError
+from animalclf.model import preprocess_for
+from animalclf.remote_data import Bucket
+from animalclf.split import IMAGE_EXTENSIONS, stratified_split
+from animalclf.transforms import to_rgb
 from conftest import make_image_folder
+
+
+def expected_val(n: int, ratio: float) -> int:
+    """The documented rule: round(n * ratio) per class, at least 1, at most n - 1."""
+    return min(n - 1, max(1, round(n * ratio)))
 
 
 def test_split_is_deterministic_and_stratified(tmp_path):
@@ -26,22 +39,38 @@ def test_split_is_deterministic_and_stratified(tmp_path):
         assert sum(1 for _, y in train if y == label) == 8
 
 
-def test_shared_data_split_matches_original_ratio(shared_data):
-    split = load_split(str(shared_data), None, None, 0.2, 42)
-    assert len(split.classes) == 15 and split.classes[0] == "Bear" and split.classes[-1] == "Zebra"
-    assert len(split.train) + len(split.val) == 269
-    assert 0.18 < len(split.val) / 269 < 0.24
+def test_shared_data_split_holds_for_any_size(shared_data):
+    """Counts come from the folder itself, so this holds on the 269 shared photos and on the
+    full Kaggle set alike."""
+    folders = sorted(p for p in shared_data.iterdir() if p.is_dir() and not p.name.startswith("."))
+    on_disk = {d.name: sum(1 for f in d.rglob("*") if f.is_file() and not f.name.startswith(".")
+                           and f.suffix.lower() in IMAGE_EXTENSIONS) for d in folders}
+    split = open_source(str(shared_data)).split(0.2, 42)  # one scan; other ratios re-split its samples
+    assert split.classes == [d.name for d in folders]
+    samples = split.train + split.val
+    assert stratified_split(samples, 0.2, 42) == (split.train, split.val)  # seeded
+    for ratio in (0.2, 0.5):
+        train_s, val_s = stratified_split(samples, ratio, 42)
+        assert not {p for p, _ in train_s} & {p for p, _ in val_s}
+        train, val = Counter(y for _, y in train_s), Counter(y for _, y in val_s)
+        for label, name in enumerate(split.classes):  # stratified: the rule holds in every class
+            n = train[label] + val[label]
+            assert n == on_disk[name]  # the shared photos are all readable
+            assert val[label] == expected_val(n, ratio)
+        total = sum(on_disk.values())
+        assert len(train_s) + len(val_s) == total
+        assert abs(len(val_s) / total - ratio) <= len(split.classes) * 0.5 / total + 1e-9  # per-class rounding only
 
 
-def test_corrupt_and_non_image_files_are_named_and_skipped(tmp_path, caplog):
+def test_corrupt_and_non_image_files_are_named_once_and_skipped(tmp_path, caplog):
     root = make_image_folder(tmp_path, per_class=4)
     good = next((root / "Red").glob("*.jpg")).read_bytes()
     (root / "Red" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (root / "Red" / "notes.txt").write_text("hello")
     (root / "Blue" / "fake.jpg").write_bytes(b"not a jpeg at all")
     with caplog.at_level(logging.WARNING, logger="animalclf"):
-        _, samples = scan_folder(root)
-    assert len(samples) == 12
+        split = LocalFolder(str(root)).split(0.25, 0)
+    assert len(split.train) + len(split.val) == 12
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "3 unreadable" in warnings[0] and "truncated.jpg" in warnings[0] and "fake.jpg" in warnings[0]
@@ -62,13 +91,56 @@ def test_missing_dir_empty_class_and_single_class_are_clear_errors(tmp_path):
 def test_explicit_train_and_val_dirs_must_share_classes(tmp_path):
     train = make_image_folder(tmp_path / "train", per_class=3)
     val = make_image_folder(tmp_path / "val", per_class=2)
-    split = load_split(None, str(train), str(val), 0.2, 0)
+    split = open_source(None, str(train), str(val)).split(0.2, 0)
     assert (len(split.train), len(split.val)) == (9, 6)
     shutil.rmtree(val / "Red")
     (val / "Pink").mkdir()
     Image.new("RGB", (8, 8)).save(val / "Pink" / "p.jpg")
     with pytest.raises(UserError, match="differ from training"):
-        load_split(None, str(train), str(val), 0.2, 0)
+        open_source(None, str(train), str(val)).split(0.2, 0)
+
+
+def test_open_source_picks_the_kind_once(tmp_path):
+    assert open_source("photos") == LocalFolder("photos")
+    assert open_source("s3://b/p") == Bucket("s3://b/p")
+    assert open_source(None, "s3://b/t", "s3://b/v") == Bucket(None, "s3://b/t", "s3://b/v")
+    assert open_source(None, "t", "v") == LocalFolder(None, "t", "v")
+    assert all(isinstance(s, DataSource) for s in (LocalFolder("x"), Bucket("s3://b/x")))
+    with pytest.raises(UserError, match="both be local folders or both s3"):
+        open_source(None, "s3://b/t", str(tmp_path))
+    with pytest.raises(UserError, match="both be local folders or both s3"):
+        open_source(None, str(tmp_path), "s3://b/v")
+    with pytest.raises(UserError, match="No data given"):
+        open_source(None, "t", None)
+    assert LocalFolder("x").trainer_inputs(None, None, 0, 2) == {}  # workers read the files themselves
+
+
+def _labels(loader) -> Counter:
+    return Counter(int(y) for batch in loader if batch is not None for y in batch[1])
+
+
+def test_folder_loaders_cover_the_split_over_ranks(tmp_path):
+    root = make_image_folder(tmp_path, per_class=7, size=24)
+    source = open_source(str(root))
+    split = source.split(0.3, 0)
+    pre = preprocess_for("efficientnet_lite0", 16)
+    world = 2
+    val = Counter()
+    for rank in range(world):  # every validation image once over the ranks, none padded in
+        val += _labels(source.val_loader(split, pre, 4, rank=rank, world=world))
+    assert val == Counter(y for _, y in split.val)
+
+    def order(rank: int, epoch: int) -> list[int]:
+        loader = source.train_loader(split, pre, 4, rank=rank, world=world, seed=5)
+        loader.set_epoch(epoch)
+        return list(loader.sampler)
+
+    a, b = order(0, 0), order(1, 0)
+    assert set(a) | set(b) == set(range(len(split.train)))  # every training image, in equal shards
+    assert len(a) == len(b) and len(a) + len(b) - len(split.train) == (-len(split.train)) % world  # padding only
+    assert order(0, 0) == order(0, 0) and order(0, 0) != order(0, 1)  # seeded, reshuffled per epoch
+    x, y = next(iter(source.train_loader(split, pre, 4, rank=0, world=1, seed=0)))
+    assert tuple(x.shape) == (4, 3, 16, 16) and y.dtype == torch.int64
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1"])
@@ -84,8 +156,6 @@ def test_to_rgb_applies_exif_rotation():
     im = Image.new("RGB", (20, 10))
     exif = im.getexif()
     exif[0x0112] = 6  # rotate 90 CW on display
-    import io
-
     buf = io.BytesIO()
     im.save(buf, "JPEG", exif=exif.tobytes())
     assert to_rgb(Image.open(buf)).size == (10, 20)
@@ -94,5 +164,31 @@ def test_to_rgb_applies_exif_rotation():
 def test_relative_data_path_gives_absolute_samples(tmp_path, monkeypatch):
     make_image_folder(tmp_path / "rel", per_class=2)
     monkeypatch.chdir(tmp_path)
-    _, samples = scan_folder("rel")
-    assert all(Path(p).is_absolute() and Path(p).is_file() for p, _ in samples)
+    split = open_source("rel").split(0.5, 0)
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p, _ in split.train + split.val)
+
+
+def _imports(module: str, seen: set[str] | None = None) -> set[str]:
+    """Every ``animalclf`` module ``module`` imports, directly or not, at any depth of the file
+    (function-level imports included), read from the source."""
+    import ast
+
+    seen = set() if seen is None else seen
+    path = Path(__file__).resolve().parents[1] / (module.replace(".", "/") + ".py")
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name.startswith("animalclf.") and name not in seen and (path.parents[1] / (name.replace(".", "/") + ".py")).is_file():
+                seen.add(name)
+                _imports(name, seen)
+    return seen
+
+
+def test_no_import_loop_between_the_kinds():
+    assert "animalclf.remote_data" not in _imports("animalclf.data")
+    assert "animalclf.data" not in _imports("animalclf.remote_data")
+    assert not _imports("animalclf.split") - {"animalclf.errors"}  # the shared rules stand alone
