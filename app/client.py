@@ -6,7 +6,6 @@ down, timed out, overloaded, or rejected the image (and why).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -14,15 +13,13 @@ from typing import Any, Optional, Sequence
 
 import requests
 
-from animalclf.data import IMAGE_EXTENSIONS
-from animalclf.predict import MAX_BYTES
+from animalclf.config import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EndpointError", "Client", "default_endpoint", "default_gallery", "gallery_images", "load_report", "MAX_UPLOAD_BYTES"]
+__all__ = ["EndpointError", "Client", "default_endpoint", "default_gallery", "gallery_images"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
-MAX_UPLOAD_BYTES = MAX_BYTES  # the API's per-image limit; app/.streamlit/config.toml matches it
 _REPO = Path(__file__).resolve().parents[1]
 
 
@@ -61,11 +58,16 @@ def gallery_images(folder: str | Path, per_class: int = 3) -> list[Path]:
 
 
 class Client:
-    """``Client(url).predict(bytes)`` → the endpoint's JSON, or :class:`EndpointError`."""
+    """``Client(url).predict(bytes)`` → the endpoint's JSON, or :class:`EndpointError`.
 
-    def __init__(self, base_url: Optional[str] = None, timeout: float = 30.0):
+    ``max_bytes``: the endpoint's per-image limit (its /metadata ``limits.max_bytes``); images
+    over it are refused here without sending them.
+    """
+
+    def __init__(self, base_url: Optional[str] = None, timeout: float = 30.0, max_bytes: Optional[int] = None):
         self.base_url = (base_url or default_endpoint()).rstrip("/")
         self.timeout = timeout
+        self.max_bytes = max_bytes
 
     def _request(self, method: str, route: str, **kw: Any) -> dict[str, Any]:
         url = f"{self.base_url}{route}"
@@ -102,8 +104,8 @@ class Client:
         return self._request("GET", "/metadata")
 
     def predict(self, data: bytes, filename: str = "image", top_k: int = 5) -> dict[str, Any]:
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise EndpointError(f"{filename} is {len(data)} bytes; the limit is {MAX_UPLOAD_BYTES} bytes.", 413)
+        if self.max_bytes is not None and len(data) > self.max_bytes:
+            raise EndpointError(f"{filename} is {len(data) / 1e6:.1f} MB; the classifier's limit is {self.max_bytes / 1e6:.1f} MB.", 413)
         return self._request("POST", "/predict", params={"top_k": top_k},
                              files={"file": (filename, data, "application/octet-stream")})
 
@@ -111,22 +113,3 @@ class Client:
         return self._request("POST", "/predict/batch", params={"top_k": top_k},
                              files=[("files", (name, data, "application/octet-stream")) for name, data in images])
 
-
-def load_report(model_version: str) -> tuple[Optional[dict[str, Any]], str]:
-    """The ``report/report.json`` of the run behind a registered ``NAME/VERSION`` (as /metadata
-    reports it for ``models:/`` refs), plus a note saying where it came from or why not."""
-    if "/" not in model_version or model_version.startswith(("checkpoint:", "runs:/", "models:/")):
-        return None, f"model {model_version!r} is not a registered MLflow model version; no report to fetch."
-    name, version = model_version.rsplit("/", 1)
-    try:
-        import mlflow
-        from mlflow import MlflowClient
-
-        from animalclf.tracking import configure
-
-        configure()
-        mv = MlflowClient().get_model_version(name, version)
-        path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="report/report.json")
-        return json.loads(Path(path).read_text()), f"report of run {mv.run_id} ({name} version {version})"
-    except Exception as e:  # no store, no run, no artifact: the page says so
-        return None, f"no report for {name} version {version} in MLflow ({type(e).__name__}: {str(e)[:200]})"

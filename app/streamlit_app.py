@@ -6,8 +6,10 @@
         -- --endpoint http://127.0.0.1:8000 --gallery ../shared/data/animals15
 
 ``--endpoint`` defaults to ``$ANIMALCLF_ENDPOINT`` (else http://127.0.0.1:8000) and ``--gallery``
-to ``$ANIMALCLF_GALLERY`` (else ../shared/data/animals15 when it exists). All HTTP is in
-``app/client.py``; this script only lays out the page.
+to ``$ANIMALCLF_GALLERY`` (else ../shared/data/animals15 when it exists). The Model page reads the
+MLflow store the jobs log to (``MLFLOW_TRACKING_URI``, else ``$ANIMALCLF_HOME/runs/mlflow.db``).
+All HTTP to the classifier is in ``app/client.py``, MLflow reading in ``app/model_info.py``, the
+Model page in ``app/model_page.py``; nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import argparse
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.client import MAX_UPLOAD_BYTES, Client, EndpointError, default_endpoint, default_gallery, gallery_images, load_report
+from animalclf.config import IMAGE_EXTENSIONS
+from app.client import Client, EndpointError, default_endpoint, default_gallery, gallery_images
+from app.model_page import model_page
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -57,9 +61,10 @@ def show_prediction(client: Client, name: str, data: bytes, top_k: int) -> None:
 
 
 def classify_page(client: Client, gallery: str | None, top_k: int) -> None:
+    limit = f" (up to {client.max_bytes / 1e6:.0f} MB each)" if client.max_bytes else ""
     uploads = st.file_uploader(
-        f"Upload one or several photos (up to {MAX_UPLOAD_BYTES // (1024 * 1024)} MB each)",
-        type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"], accept_multiple_files=True)
+        f"Upload one or several photos{limit}",
+        type=[e.lstrip(".") for e in IMAGE_EXTENSIONS], accept_multiple_files=True)
     picked: list[Path] = []
     images = gallery_images(gallery) if gallery else []
     if images:
@@ -74,38 +79,7 @@ def classify_page(client: Client, gallery: str | None, top_k: int) -> None:
         st.info("Upload a photo or pick one from the gallery to classify it.")
         return
     for name, data in todo:
-        if len(data) > MAX_UPLOAD_BYTES:
-            st.error(f"{name} is {len(data) / 1e6:.1f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.1f} MB.")
-            continue
         show_prediction(client, name, data, top_k)
-
-
-def model_page(client: Client) -> None:
-    try:
-        meta = client.metadata()
-    except EndpointError as e:
-        st.error(str(e))
-        return
-    st.subheader(f"Model {meta['model_version']}")
-    st.write(f"Architecture **{meta['arch']}**, unfreeze {meta.get('unfreeze')}, epoch {meta.get('epoch')}, "
-             f"{len(meta['classes'])} classes; input {meta['preprocess']['crop_size']} px.")
-    if meta.get("last_load_error"):
-        st.warning(f"The last model update failed, the model above is still serving: {meta['last_load_error']}")
-    if meta.get("metrics"):
-        cols = st.columns(min(4, len(meta["metrics"])))
-        for i, (k, v) in enumerate(sorted(meta["metrics"].items())):
-            cols[i % len(cols)].metric(k, f"{v:.4f}" if isinstance(v, float) else v)
-    report, note = load_report(meta["model_version"])
-    st.caption(note)
-    if report is None:
-        return
-    from animalclf.report import figures
-
-    st.metric("validation accuracy (report)", f"{report['accuracy']:.4f}")
-    rows = [{"class": c, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}} for c, r in report["per_class"].items()]
-    st.dataframe(rows, width="stretch")
-    for name, fig in figures(report).items():
-        st.plotly_chart(fig, width="stretch", key=f"report-{name}")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -116,11 +90,17 @@ def main(args: argparse.Namespace) -> None:
         top_k = st.slider("Top-k", 1, 15, 5)
         gallery = st.text_input("Gallery folder", value=args.gallery or "") or None
     client = Client(endpoint)
+    meta, meta_error = None, None
+    try:
+        meta = client.metadata()
+        client.max_bytes = (meta.get("limits") or {}).get("max_bytes")
+    except EndpointError as e:
+        meta_error = str(e)
     classify, model = st.tabs(["Classify", "Model"])
     with classify:
         classify_page(client, gallery, top_k)
     with model:
-        model_page(client)
+        model_page(meta, meta_error)
 
 
 main(get_args_parser().parse_known_args()[0])

@@ -1,5 +1,7 @@
 """The Streamlit UI: the HTTP client's error messages, the page logic through AppTest (endpoint
-down, endpoint up), and end to end in a real headless Chromium against a real Serve endpoint."""
+down, endpoint up), the Model page against a real sqlite MLflow store and a real HTTP /metadata,
+the app without torch, and end to end in a real headless Chromium (against a real Serve endpoint
+for the Classify page)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.client import Client, EndpointError, gallery_images, load_report
+from app.client import Client, EndpointError, gallery_images
+from app.model_info import parse_model_version
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "app" / "streamlit_app.py")
@@ -88,15 +91,17 @@ def test_client_messages(canned):
             Client(url).predict(b"\xff\xd8data", "x.jpg")
     _Canned.answer = (200, json.dumps({"predictions": [{"class": "Cat", "probability": 0.9}]}).encode(), {})
     assert Client(url).predict(b"x")["predictions"][0]["class"] == "Cat"
-    with pytest.raises(EndpointError, match="limit"):
-        Client(url).predict(b"\0" * (10 * 1024 * 1024 + 1), "big.jpg")
+    with pytest.raises(EndpointError, match="limit is 1.0 MB"):
+        Client(url, max_bytes=1_000_000).predict(b"\0" * 1_000_001, "big.jpg")
 
 
-def test_gallery_and_report_without_mlflow(shared_data):
+def test_gallery_and_model_version_refs(shared_data):
     imgs = gallery_images(shared_data, per_class=2)
     assert len(imgs) == 30 and {p.parent.name for p in imgs} == set(CLASSES)
-    report, note = load_report("checkpoint:/some/dir")
-    assert report is None and "not a registered" in note
+    assert parse_model_version("animalclf/3") == ("animalclf", "3")
+    assert parse_model_version("models:/animalclf/12") == ("animalclf", "12")
+    for not_registered in ("checkpoint:/some/dir", "runs:/abc/model", "models:/animalclf@champion", "/tmp/ck", "a/b/c"):
+        assert parse_model_version(not_registered) is None, not_registered
 
 
 # --- AppTest -------------------------------------------------------------------------------
@@ -111,14 +116,204 @@ def _app(monkeypatch, endpoint: str, gallery: str = ""):
     return at
 
 
-def test_apptest_endpoint_down_shows_clear_message(monkeypatch, photo):
+def test_apptest_endpoint_down_shows_clear_message(monkeypatch, photo, project):
     at = _app(monkeypatch, closed_endpoint())
-    assert any("Cannot reach the classifier" in e.value for e in at.error), "model tab must say the endpoint is down"
+    assert any("Cannot reach the classifier" in w.value for w in at.warning), "model tab must say the endpoint is down"
+    assert any("No MLflow store at" in e.value for e in at.error), "and that there is no store to read"
     at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
     assert not at.exception, at.exception
     msgs = [e.value for e in at.error]
     assert any(photo.name in m and "Cannot reach the classifier" in m for m in msgs), msgs
     assert not [m for m in at.markdown if m.value.startswith("Prediction:")]
+
+
+# --- Model page: a real sqlite MLflow store and a real HTTP /metadata ------------------------
+def _report(seed: int, skill: float, tmp: Path) -> tuple[dict, Path]:
+    """A report built and written by animalclf.report itself, from made-up probabilities."""
+    import torch
+
+    from animalclf.report import build_report, write_report
+
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.arange(60) % len(CLASSES)
+    logits = torch.randn(60, len(CLASSES), generator=g)
+    logits[torch.arange(60), targets] += skill
+    history = [{"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "val_accuracy": 0.3 + 0.1 * e, "val_f1": 0.25 + 0.1 * e}
+               for e in (1, 2, 3)]
+    report = build_report(logits.softmax(1), targets, CLASSES, history)
+    out = tmp / f"report-{seed}"
+    write_report(out, report)
+    return report, out
+
+
+@pytest.fixture
+def model_store(project):
+    """The store the jobs would leave: v1 from a fine-tune, v2 (@champion) from a 3-trial search
+    (report and search/trials.json on the parent run, one child run per trial), v3 with no report."""
+    from mlflow import MlflowClient
+
+    from animalclf.tracking import flatten_params, resolve_tracking
+
+    uri = resolve_tracking()["MLFLOW_TRACKING_URI"]
+    assert uri == f"sqlite:///{project / 'runs' / 'mlflow.db'}"
+    (project / "runs").mkdir()
+    client = MlflowClient(uri)
+    exp = client.create_experiment("animalclf", artifact_location=str(project / "artifacts"))
+
+    def run(name, kind, params, tags=None):
+        r = client.create_run(exp, run_name=name, tags={"animalclf.kind": kind, **(tags or {})})
+        for k, v in flatten_params(params).items():
+            client.log_param(r.info.run_id, k, v)
+        return r.info.run_id
+
+    def register(run_id):
+        return client.create_model_version("animalclf", source=f"{project}/artifacts/{run_id}/artifacts/model", run_id=run_id).version
+
+    client.create_registered_model("animalclf")
+    train = run("animalclf", "train", {"arch": "efficientnet_lite0", "lr": 0.001, "unfreeze": 2, "epochs": 3, "metric": "val_accuracy"})
+    weak, weak_dir = _report(1, 1.0, project)
+    client.log_artifacts(train, str(weak_dir), "report")
+    register(train)
+
+    tune = run("animalclf-tune", "tune", {"space.lr": "loguniform[0.0001, 0.01]", "space.unfreeze": "int[0, 3]",
+                                          "num_samples": 3, "base": {"arch": "efficientnet_lite0", "metric": "val_accuracy"}},
+               tags={"animalclf.best_trial": "t2"})
+    trials, children = [], {}
+    for i, (lr, unfreeze, status) in enumerate([(3e-4, 1, "COMPLETED"), (2e-3, 3, "COMPLETED"), (8e-3, 0, "STOPPED_BY_ASHA")], 1):
+        tid = f"t{i}"
+        children[tid] = run(f"trial-{tid}", "trial", {"arch": "efficientnet_lite0", "lr": lr, "unfreeze": unfreeze, "epochs": 3},
+                            tags={"mlflow.parentRunId": tune, "animalclf.trial_id": tid, "animalclf.trial_status": status})
+        hist = [{"epoch": e, "val_accuracy": round(0.2 * i + 0.05 * e, 3), "val_loss": 1.0 / e} for e in range(1, 4 if status == "COMPLETED" else 2)]
+        trials.append({"trial_id": tid, "status": status, "epochs": len(hist), "config": {"lr": lr, "unfreeze": unfreeze},
+                       "history": hist, "best": max(hist, key=lambda h: h["val_accuracy"])})
+    strong, strong_dir = _report(2, 4.0, project)
+    client.log_artifacts(tune, str(strong_dir), "report")
+    (project / "search").mkdir()
+    (project / "search" / "trials.json").write_text(json.dumps(trials))
+    client.log_artifacts(tune, str(project / "search"), "search")
+    champion = register(tune)
+    client.set_registered_model_alias("animalclf", "champion", champion)
+    register(run("bare", "train", {"arch": "efficientnet_b0"}))  # v3: its run logged no report
+    return {"uri": uri, "train": train, "tune": tune, "children": children, "weak": weak, "strong": strong}
+
+
+class _Metadata(BaseHTTPRequestHandler):
+    """A classifier's /metadata (and only that), naming the version in the class attribute ``meta``."""
+
+    meta: dict = {}
+
+    def do_GET(self):
+        body = json.dumps(self.meta).encode() if self.path == "/metadata" else b'{"error": "no such route"}'
+        self.send_response(200 if self.path == "/metadata" else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def _meta(version: str) -> dict:
+    return {"model_version": version, "arch": "efficientnet_lite0", "classes": CLASSES, "unfreeze": 3, "epoch": 3,
+            "preprocess": {"crop_size": 160}, "metrics": {"val_accuracy": 0.8, "val_f1": 0.78}, "last_load_error": None,
+            "limits": {"max_bytes": 10 * 1024 * 1024}}
+
+
+@pytest.fixture
+def metadata_server():
+    server = HTTPServer(("127.0.0.1", 0), _Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Metadata.meta = _meta("animalclf/2")
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _charts(at) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _table_text(at) -> str:
+    return " ".join(str(t.value.to_dict()) for t in at.table)
+
+
+def test_model_page_shows_serving_version_search_lineage_and_comparison(monkeypatch, model_store, metadata_server):
+    at = _app(monkeypatch, metadata_server)
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="model_version").value == "2" and at.selectbox(key="compare_version").value == "1"
+    assert any("animalclf v2 @champion" in h.value and "serving" in h.value for h in at.subheader)
+    metrics = {m.label: m for m in at.metric}
+    strong, weak = model_store["strong"], model_store["weak"]
+    assert metrics["Validation accuracy"].value == f"{strong['accuracy']:.1%}"
+    assert metrics["Validation accuracy"].delta == f"{(strong['accuracy'] - weak['accuracy']) * 100:+.1f} pts vs v1"
+    assert metrics["Macro F1"].value == f"{strong['macro_avg']['f1']:.3f}"
+    charts = _charts(at)
+    kinds = [t["type"] for c in charts for t in c["data"][:1]]
+    assert kinds == ["heatmap", "scatter", "scatter", "scatter", "parcoords", "scatter", "bar"], kinds
+    assert charts[0]["data"][0]["z"] == strong["confusion_matrix"]
+    assert [d["label"] for d in charts[4]["data"][0]["dimensions"]] == ["log10 lr", "unfreeze", "val_accuracy"]
+    assert len(charts[5]["data"]) == 3  # one curve per trial
+    trials = at.dataframe[1].value
+    assert list(trials["trial"]) == ["t1", "t2 ★", "t3"] and list(trials["status"])[2] == "STOPPED_BY_ASHA"
+    lineage = _table_text(at)
+    assert model_store["tune"] in lineage and model_store["children"]["t2"] in lineage and "COMPLETED" in lineage
+    assert any("**lr** 0.002" in m.value and "**unfreeze** 3" in m.value for m in at.markdown), "the best trial's parameters"
+    compared = at.table[1].value.set_index("")
+    assert list(compared.columns) == ["v2 @champion", "v1"]
+    assert compared.loc["accuracy"].tolist() == [f"{strong['accuracy']:.1%}", f"{weak['accuracy']:.1%}"]
+    assert compared.loc["lr"].tolist() == ["0.002", "0.001"], "each side's own training parameters"
+
+    at.selectbox(key="model_version").set_value("1").run()  # the fine-tune, against the champion
+    assert not at.exception and not at.error, at.exception
+    assert {m.label: m.value for m in at.metric}["Validation accuracy"] == f"{weak['accuracy']:.1%}"
+    assert at.selectbox(key="compare_version").value == "2"
+    assert model_store["train"] in _table_text(at)
+    assert any("train run, not a search" in c.value for c in at.caption)
+    assert [t["type"] for c in _charts(at) for t in c["data"][:1]] == ["heatmap", "scatter", "scatter", "scatter", "bar"]
+
+    at.selectbox(key="model_version").set_value("3").run()  # a version whose run has no report
+    assert not at.exception and not at.error, at.exception
+    assert any("has no evaluation report" in i.value for i in at.info)
+    assert not _charts(at) and not at.metric
+
+
+def test_model_page_messages_instead_of_tracebacks(monkeypatch, project, metadata_server):
+    at = _app(monkeypatch, metadata_server)  # no store yet
+    assert [e.value for e in at.error] == [f"No MLflow store at {project / 'runs' / 'mlflow.db'}: train or tune a model first "
+                                           f"(make demo), or set MLFLOW_TRACKING_URI (or ANIMALCLF_HOME) to where the runs are."]
+    assert not (project / "runs" / "mlflow.db").exists(), "looking must not create a store"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed_endpoint())
+    at = _app(monkeypatch, metadata_server)
+    assert any("is unreachable" in e.value for e in at.error), [e.value for e in at.error]
+    _Metadata.meta = _meta("checkpoint:/srv/ck")
+    at = _app(monkeypatch, metadata_server)
+    assert any("serves a checkpoint" in i.value for i in at.info)
+    assert {m.label: m.value for m in at.metric} == {"Validation accuracy (checkpoint)": "80.0%", "Macro F1 (checkpoint)": "0.780"}
+
+
+def test_model_page_endpoint_down_or_unknown_version(monkeypatch, model_store, metadata_server):
+    at = _app(monkeypatch, closed_endpoint())
+    assert any("Cannot reach the classifier" in w.value for w in at.warning)
+    assert at.selectbox(key="model_version").value == "2", "without the endpoint, the aliased version"
+    assert not at.error and len(_charts(at)) == 7
+    _Metadata.meta = _meta("animalclf/9")
+    at = _app(monkeypatch, metadata_server)
+    assert not at.exception and at.selectbox(key="model_version").value == "2"
+    _Metadata.meta = _meta("other/1")
+    at = _app(monkeypatch, metadata_server)
+    assert [e.value for e in at.error] == [f"No registered model 'other' in the MLflow store {model_store['uri']}."]
+
+
+def test_app_imports_no_torch(model_store, metadata_server):
+    """The UI is an HTTP client: the whole page, Model tab included, runs without loading torch."""
+    code = (f"import sys\nfrom streamlit.testing.v1 import AppTest\n"
+            f"at = AppTest.from_file({SCRIPT!r}, default_timeout=60)\nat.run()\n"
+            f"assert not at.exception, at.exception\nassert len(at.get('plotly_chart')) == 7\n"
+            f"print('torch' in sys.modules, [m for m in ('torch', 'torchvision', 'ray') if m in sys.modules])\n")
+    env = {**os.environ, "ANIMALCLF_ENDPOINT": metadata_server, "ANIMALCLF_GALLERY": ""}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False []", out.stdout
 
 
 # --- with a real endpoint -------------------------------------------------------------------
@@ -149,10 +344,11 @@ def _top_class(url: str, path: Path) -> str:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_apptest_with_endpoint_shows_prediction(monkeypatch, endpoint, photo, shared_data):
+def test_apptest_with_endpoint_shows_prediction(monkeypatch, endpoint, photo, shared_data, project):
     at = _app(monkeypatch, endpoint, str(shared_data))
     assert not at.error, [e.value for e in at.error]
-    assert any("efficientnet_lite0" in m.value for m in at.markdown)  # model tab from /metadata
+    assert any("efficientnet_lite0" in c.value for c in at.caption)  # model tab from /metadata
+    assert any("serves a checkpoint" in i.value for i in at.info)
     at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
     gallery_pick = sorted((shared_data / "Panda").iterdir())[0]
     at.multiselect[0].select(f"Panda/{gallery_pick.name}").run()
