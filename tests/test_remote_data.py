@@ -12,10 +12,13 @@ import pytest
 from PIL import Image
 
 from animalclf.config import TrainConfig
-from animalclf.data import ImageList, eval_transform, load_split, open_image, to_rgb
+from animalclf.datasource import open_source
 from animalclf.errors import UserError
+from animalclf.loaders import ImageList, open_image
 from animalclf.model import preprocess_for
-from animalclf import remote_data
+from animalclf.remote_data import Bucket, image_dataset, scan_bucket
+from animalclf.transforms import eval_transform, to_rgb
+from animalclf import s3 as s3_access
 from conftest import make_image_folder
 
 BUCKET = "animals"
@@ -77,27 +80,28 @@ def test_bucket_split_is_the_local_split(s3, tmp_path, caplog):
     (data / "README.md").write_text("not a class")
     uri = upload(s3, data, "photos")
 
-    remote = remote_data.load_remote_split(uri + "/", None, None, 0.3, seed=7)
-    local = load_split(str(data), None, None, 0.3, seed=7)
+    remote = open_source(uri + "/").split(0.3, seed=7)
+    local = open_source(str(data)).split(0.3, seed=7)
+    assert isinstance(open_source(uri), Bucket)
     assert remote.classes == local.classes == ["Blue", "Green", "Red"]
     assert relative(remote.val, uri) == relative(local.val, data) and len(remote.val) == 6
     assert relative(remote.train, uri) == relative(local.train, data) and len(remote.train) == 16
     assert all(p.startswith(f"{uri}/") for p, _ in remote.train + remote.val)
-    assert "Skipping 2 non-image or empty object(s)" in caplog.text  # notes.txt, empty.jpg
-    other = remote_data.load_remote_split(uri, None, None, 0.3, seed=8)
+    assert caplog.text.count("Skipping 2 non-image or empty object(s)") == 1  # notes.txt, empty.jpg; named once
+    other = open_source(uri).split(0.3, seed=8)
     assert relative(other.val, uri) != relative(remote.val, uri)  # the seed matters
 
 
 def test_explicit_train_and_val_prefixes(s3, tmp_path):
     uri_t = upload(s3, make_image_folder(tmp_path / "t", per_class=3), "train")
     uri_v = upload(s3, make_image_folder(tmp_path / "v", per_class=2, seed=1), "val")
-    split = remote_data.load_remote_split(None, uri_t, uri_v, 0.2, 0)
+    split = open_source(None, uri_t, uri_v).split(0.2, 0)
     assert split.classes == ["Blue", "Green", "Red"] and len(split.train) == 9 and len(split.val) == 6
     with pytest.raises(UserError, match="both be local folders or both s3"):
-        remote_data.load_remote_split(None, uri_t, str(tmp_path / "v"), 0.2, 0)
+        open_source(None, uri_t, str(tmp_path / "v"))
     upload(s3, make_image_folder(tmp_path / "v2", per_class=2, classes={"Red": (200, 0, 0), "Cyan": (0, 200, 200)}), "val2")
     with pytest.raises(UserError, match="differ from training's"):
-        remote_data.load_remote_split(None, uri_t, f"s3://{BUCKET}/val2", 0.2, 0)
+        open_source(None, uri_t, f"s3://{BUCKET}/val2").split(0.2, 0)
 
 
 @pytest.mark.parametrize("layout,uri,match", [
@@ -113,14 +117,14 @@ def test_listing_errors_name_the_problem(s3, layout, uri, match):
     for key, kind in layout.items():
         s3.put_object(Bucket=BUCKET, Key=f"p/{key}", Body=jpeg if kind == "img" else kind.encode())
     with pytest.raises(UserError, match=match):
-        remote_data.scan_bucket(uri)
+        scan_bucket(uri)
 
 
 def test_two_images_per_class_needed_to_split(s3):
     for key in ("Red/a.jpg", "Blue/b.jpg", "Blue/c.jpg"):
         s3.put_object(Bucket=BUCKET, Key=f"p/{key}", Body=_jpeg_bytes())
     with pytest.raises(UserError, match="need at least 2 to split"):
-        remote_data.load_remote_split(f"s3://{BUCKET}/p", None, None, 0.2, 0)
+        open_source(f"s3://{BUCKET}/p").split(0.2, 0)
 
 
 def test_endpoint_and_keys_from_the_standard_variables(monkeypatch):
@@ -131,11 +135,11 @@ def test_endpoint_and_keys_from_the_standard_variables(monkeypatch):
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
-    opts = dict(remote_data._options_from_env())
+    opts = dict(s3_access.options_from_env())
     assert opts == {"endpoint_override": "minio.local:9000", "scheme": "https", "region": "us-east-1",
                     "access_key": "AK", "secret_key": "SK"}
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
-    assert "access_key" not in dict(remote_data._options_from_env())  # the SDK's own chain on each node
+    assert "access_key" not in dict(s3_access.options_from_env())  # the SDK's own chain on each node
 
 
 def test_driver_reads_uris_and_skips_a_broken_object(s3, tmp_path):
@@ -164,9 +168,9 @@ def test_ray_data_decodes_like_local_files_and_drops_broken_ones(ray_session, s3
     Image.new("L", (50, 30), 128).save(data / "Green" / "gray.png")  # another mode, another aspect ratio
     uri = upload(s3, data, "d")
     s3.put_object(Bucket=BUCKET, Key="d/Blue/broken.jpg", Body=(data / "Blue" / "blue_0.jpg").read_bytes()[:300])
-    split = remote_data.load_remote_split(uri, None, None, 0.5, 0)
+    split = open_source(uri).split(0.5, 0)
     pre = preprocess_for("efficientnet_lite0", 32)
-    rows = remote_data.image_dataset(split.train + split.val, uri, split.classes, pre, train=False).take_all()
+    rows = image_dataset(split.train + split.val, uri, split.classes, pre, train=False).take_all()
 
     local = {}
     for path, label in split.train + split.val:
@@ -215,3 +219,60 @@ def test_training_from_s3_matches_the_local_folder(ray_session, project, s3, tmp
     assert out.report["macro_avg"]["f1"] == pytest.approx(from_local["macro_avg"]["f1"], abs=1e-9)
     # ...and the workers' Ray Data validation of that epoch saw the same predictions
     assert out.metrics["val_accuracy"] == pytest.approx(out.report["accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["folder", "bucket"])
+def test_the_worker_loaders_of_both_kinds_cover_the_split(ray_session, s3, tmp_path, kind):
+    """The calls the Ray Train worker loop makes, on 2 real workers: the trainer only passes what
+    ``trainer_inputs`` returns, each worker asks its source for loaders. Validation: every image
+    exactly once over the workers (3 images on 2 ranks: unequal shares). Training: equal shards."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    folder = make_image_folder(tmp_path / "d", per_class=6, size=24)
+    where = upload(s3, folder, "w") if kind == "bucket" else str(folder)
+    source = open_source(where)
+    split = source.split(0.2, 1)
+    assert len(split.val) == 3 and len(split.train) == 15
+    pre = preprocess_for("efficientnet_lite0", 16)
+    out_dir = tmp_path / "seen"
+    out_dir.mkdir()
+
+    def loop(config):
+        import json
+
+        import ray.train
+
+        from animalclf.datasource import open_source as reopen
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        src = reopen(config["where"])  # the worker rebuilds the source from the config: no I/O
+        train = src.train_loader(config["split"], config["pre"], 2, rank=rank, world=world, seed=0)
+        val = src.val_loader(config["split"], config["pre"], 2, rank=rank, world=world)
+        seen = {}
+        for epoch in range(2):
+            train.set_epoch(epoch)
+            seen[f"train{epoch}"] = [int(y) for b in train if b is not None for y in b[1]]
+            seen[f"val{epoch}"] = [int(y) for b in val if b is not None for y in b[1]]
+        (config["out"] / f"{rank}.json").write_text(json.dumps(seen))
+
+    TorchTrainer(
+        loop, train_loop_config={"where": where, "split": split, "pre": pre, "out": out_dir},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=f"loaders-{kind}", storage_path=str(tmp_path / "ray")),
+        **source.trainer_inputs(split, pre, seed=0, num_workers=2),
+    ).fit()
+
+    import json
+    from collections import Counter
+
+    ranks = [json.loads((out_dir / f"{r}.json").read_text()) for r in range(2)]
+    for epoch in range(2):
+        val = Counter(ranks[0][f"val{epoch}"]) + Counter(ranks[1][f"val{epoch}"])
+        assert val == Counter(y for _, y in split.val)  # whole validation set, each image once
+        assert [len(r[f"val{epoch}"]) for r in ranks] == [2, 1]
+        sizes = [len(r[f"train{epoch}"]) for r in ranks]
+        assert sizes[0] == sizes[1] > 0  # equal shards: DDP workers step together
+        assert abs(sum(sizes) - len(split.train)) <= 1  # folder pads one image, bucket drops one
