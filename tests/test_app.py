@@ -5,6 +5,7 @@ for the Classify page)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -359,54 +360,101 @@ def test_apptest_with_endpoint_shows_prediction(monkeypatch, endpoint, photo, sh
     assert any("latency" in c.value and "checkpoint:" in c.value for c in at.caption)
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-@pytest.mark.browser
-def test_browser_upload_shows_prediction(endpoint, photo, tmp_path):
+@contextlib.contextmanager
+def _streamlit(env: dict, log_path: Path):
+    """``streamlit run`` the app as a user does; yields its URL once /_stcore/health answers."""
+    port = free_port()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", SCRIPT, "--server.address", "127.0.0.1", "--server.port", str(port),
+             "--server.headless", "true", "--server.maxUploadSize", "10", "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            ui = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if requests.get(f"{ui}/_stcore/health", timeout=2).ok:
+                        break
+                except requests.RequestException:
+                    pass
+                assert proc.poll() is None, log_path.read_text()
+                time.sleep(0.5)
+            else:
+                pytest.fail("streamlit did not start: " + log_path.read_text())
+            yield ui
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
+@contextlib.contextmanager
+def _chromium():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is absent: apt-get install -y chromium")
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+# What a drawn plotly chart holds, per chart on the page (data marks, not just an empty frame).
+_DRAWN = """() => [...document.querySelectorAll('.js-plotly-plot')].map(d => ({
+    width: d.getBoundingClientRect().width,
+    svg: d.querySelectorAll('svg.main-svg').length,
+    heatmap: d.querySelectorAll('g.hm image').length,
+    lines: [...d.querySelectorAll('g.scatterlayer g.trace')].filter(t => t.querySelector('path.js-line[d^="M"]')).length,
+    bars: d.querySelectorAll('g.point path').length,
+    pc_axes: d.querySelectorAll('g.parcoords g.y-axis').length,
+    pc_canvas: d.querySelectorAll('canvas').length,
+}))"""
+
+
+@pytest.mark.browser
+def test_browser_model_page_draws_charts(model_store, metadata_server, tmp_path):
+    env = {**os.environ, "ANIMALCLF_ENDPOINT": metadata_server, "ANIMALCLF_GALLERY": ""}
+    with _streamlit(env, tmp_path / "streamlit.log") as ui, _chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(ui, timeout=60_000)
+        page.get_by_role("tab", name="Model").click(timeout=60_000)
+        page.get_by_text("Validation accuracy").first.wait_for(timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 7", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot g.hm image, .js-plotly-plot path.js-line').length > 0",
+                               timeout=30_000)
+        drawn = page.evaluate(_DRAWN)
+        body = page.inner_text("body")
+    strong, weak = model_store["strong"], model_store["weak"]
+    assert len(drawn) == 7 and all(c["width"] > 200 and c["svg"] > 0 for c in drawn), drawn
+    confusion, pr, roc, learning, parcoords, trial_curves, compare = drawn
+    assert confusion["heatmap"] == 1, confusion
+    # a curve per class (ROC: and chance), per learning-curve key, per trial; two bars per class
+    assert (pr["lines"], roc["lines"], learning["lines"], trial_curves["lines"]) == (15, 16, 4, 3), drawn
+    assert parcoords["pc_axes"] == 3 and parcoords["pc_canvas"] > 0 and compare["bars"] == 2 * len(CLASSES), drawn
+    assert f"{strong['accuracy']:.1%}" in body and f"{strong['macro_avg']['f1']:.3f}" in body, body[:2000]
+    assert "vs v1" in body and model_store["tune"] in body and "Traceback" not in body
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.browser
+def test_browser_upload_shows_prediction(endpoint, photo, tmp_path, project):
     env = {**os.environ, "ANIMALCLF_ENDPOINT": endpoint, "ANIMALCLF_GALLERY": ""}
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", SCRIPT, "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--server.headless", "true", "--server.maxUploadSize", "10", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        ui = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{ui}/_stcore/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
-            time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text())
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update", "--disable-sync", "--no-first-run"])
-            try:
-                page = browser.new_page()
-                page.goto(ui, timeout=60_000)
-                page.wait_for_selector('input[type="file"]', state="attached", timeout=60_000)
-                page.set_input_files('input[type="file"]', str(photo))
-                found = page.get_by_text("Prediction:").first
-                found.wait_for(timeout=60_000)
-                text = found.inner_text()
-                page.get_by_text("ms in the replica").first.wait_for(timeout=60_000)  # rendered after the header
-                body = page.inner_text("body")
-            finally:
-                browser.close()
-        assert text.startswith(f"Prediction: {_top_class(endpoint, photo)} ("), text
-        assert "latency" in body and "Traceback" not in body
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+    with _streamlit(env, tmp_path / "streamlit.log") as ui, _chromium() as browser:
+        page = browser.new_page()
+        page.goto(ui, timeout=60_000)
+        page.wait_for_selector('input[type="file"]', state="attached", timeout=60_000)
+        page.set_input_files('input[type="file"]', str(photo))
+        found = page.get_by_text("Prediction:").first
+        found.wait_for(timeout=60_000)
+        text = found.inner_text()
+        page.get_by_text("ms in the replica").first.wait_for(timeout=60_000)  # rendered after the header
+        body = page.inner_text("body")
+    assert text.startswith(f"Prediction: {_top_class(endpoint, photo)} ("), text
+    assert "latency" in body and "Traceback" not in body
