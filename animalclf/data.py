@@ -18,7 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 from animalclf.errors import UserError
 from animalclf.loaders import EpochLoader, ImageList, ShardSampler, make_loader
 from animalclf.model import Preprocess
-from animalclf.split import IMAGE_EXTENSIONS, Sample, Split, build_split, class_names, report_scan
+from animalclf.split import IMAGE_EXTENSIONS, ClassFolders, Sample, Split, class_names, report_scan
 from animalclf.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -69,19 +69,13 @@ def scan_folder(root: str | Path, classes: Optional[Sequence[str]] = None) -> tu
 
 
 @dataclass(frozen=True)
-class LocalFolder:
-    """Class folders on a local (or shared) filesystem: ``data`` split by ratio, or explicit
-    ``train_dir`` and ``val_dir``. Every worker reads the files itself, so on a cluster they must
-    be at the same path on every node."""
+class LocalFolder(ClassFolders):
+    """Class folders on a local (or shared) filesystem; ``split`` decodes every file once (absolute
+    paths). Every worker reads the files itself, so on a cluster they must be at the same path on
+    every node."""
 
-    data: Optional[str] = None
-    train_dir: Optional[str] = None
-    val_dir: Optional[str] = None
     kind = "folder"
-
-    def split(self, val_ratio: float, seed: int) -> Split:
-        """Scan (one report per folder) and split; seeded, stratified, absolute paths."""
-        return build_split(scan_folder, self.data, self.train_dir, self.val_dir, val_ratio, seed)
+    scan = staticmethod(scan_folder)
 
     def trainer_inputs(self, split: Split, pre: Preprocess, seed: int, num_workers: int) -> dict[str, Any]:
         """Nothing for the ``TorchTrainer``: workers load the files themselves."""

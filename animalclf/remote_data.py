@@ -24,7 +24,7 @@ from animalclf import s3
 from animalclf.errors import UserError
 from animalclf.loaders import EpochLoader
 from animalclf.model import Preprocess
-from animalclf.split import IMAGE_EXTENSIONS, Sample, Split, build_split, class_names, report_scan
+from animalclf.split import IMAGE_EXTENSIONS, ClassFolders, Sample, Split, class_names, report_scan
 from animalclf.transforms import eval_transform, to_rgb, train_transform
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def val_dataset_name(rank: int, world: int) -> str:
 
 
 @dataclass(frozen=True)
-class Bucket:
+class Bucket(ClassFolders):
     """Class folders under ``s3://`` prefixes: ``data`` split by ratio, or explicit ``train_dir``
     and ``val_dir``. The driver lists; Ray Data tasks read and decode for the workers.
 
@@ -169,26 +169,19 @@ class Bucket:
     need a ``DataConfig.configure`` override and its private members).
     """
 
-    data: Optional[str] = None
-    train_dir: Optional[str] = None
-    val_dir: Optional[str] = None
     kind = "bucket"
-
-    def split(self, val_ratio: float, seed: int) -> Split:
-        """List (one report per prefix) and split; seeded, stratified, ``s3://`` URIs."""
-        return build_split(scan_bucket, self.data, self.train_dir, self.val_dir, val_ratio, seed)
+    scan = staticmethod(scan_bucket)  # the listing only: ``split`` reads no image bytes
 
     def trainer_inputs(self, split: Split, pre: Preprocess, seed: int, num_workers: int) -> dict[str, Any]:
         """``datasets`` and ``dataset_config`` for the ``TorchTrainer`` of ``num_workers`` workers."""
         from ray.train import DataConfig
 
-        datasets = {"train": image_dataset(split.train, self.data or self.train_dir, split.classes, pre, train=True,
-                                           seed=seed)}
+        datasets = {"train": image_dataset(split.train, self.train_root, split.classes, pre, train=True, seed=seed)}
         for rank in range(num_workers):
             share = split.val[rank::num_workers]
             if share:  # more workers than validation images: the extra ranks evaluate nothing
-                datasets[val_dataset_name(rank, num_workers)] = image_dataset(share, self.data or self.val_dir,
-                                                                               split.classes, pre, train=False)
+                datasets[val_dataset_name(rank, num_workers)] = image_dataset(share, self.val_root, split.classes, pre,
+                                                                               train=False)
         return {"datasets": datasets, "dataset_config": DataConfig(datasets_to_split=["train"])}
 
     def train_loader(self, split: Split, pre: Preprocess, batch_size: int, *, rank: int, world: int, seed: int,

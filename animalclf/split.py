@@ -9,13 +9,13 @@ import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, ClassVar, Optional, Sequence
 
 from animalclf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_EXTENSIONS", "Sample", "Split", "Scan", "class_names", "report_scan", "stratified_split", "build_split"]
+__all__ = ["IMAGE_EXTENSIONS", "Sample", "Split", "Scan", "class_names", "report_scan", "stratified_split", "ClassFolders"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 Sample = tuple[str, int]
@@ -75,14 +75,33 @@ def stratified_split(samples: Sequence[Sample], val_ratio: float, seed: int) -> 
     return train, val
 
 
-def build_split(scan: Scan, data: Optional[str], train_dir: Optional[str], val_dir: Optional[str], val_ratio: float,
-                seed: int) -> Split:
-    """``data`` scanned and split by ratio, or ``train_dir`` and ``val_dir`` scanned (validation
-    must have training's classes). Each root is scanned, and reported, once."""
-    if data:
-        classes, samples = scan(data, None)
-        train, val = stratified_split(samples, val_ratio, seed)
+@dataclass(frozen=True)
+class ClassFolders:
+    """Where a source's class folders are: ``data`` (split by ratio), or ``train_dir`` and
+    ``val_dir``. A source kind subclasses this and names its ``scan``."""
+
+    data: Optional[str] = None
+    train_dir: Optional[str] = None
+    val_dir: Optional[str] = None
+    kind: ClassVar[str] = ""
+    scan: ClassVar[Scan]
+
+    @property
+    def train_root(self) -> Optional[str]:
+        return self.data or self.train_dir
+
+    @property
+    def val_root(self) -> Optional[str]:
+        return self.data or self.val_dir
+
+    def split(self, val_ratio: float, seed: int) -> Split:
+        """``data`` scanned and split by ratio, or ``train_dir`` and ``val_dir`` scanned
+        (validation must have training's classes). Each root is scanned, and reported, once."""
+        scan = type(self).scan
+        if self.data:
+            classes, samples = scan(self.data, None)
+            train, val = stratified_split(samples, val_ratio, seed)
+            return Split(classes, train, val)
+        classes, train = scan(self.train_dir, None)
+        _, val = scan(self.val_dir, classes)
         return Split(classes, train, val)
-    classes, train = scan(train_dir, None)
-    _, val = scan(val_dir, classes)
-    return Split(classes, train, val)
