@@ -11,13 +11,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Optional, Sequence
 
+from animalclf.config import IMAGE_EXTENSIONS  # one list, torch-free, also read by the UI
 from animalclf.errors import UserError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["IMAGE_EXTENSIONS", "Sample", "Split", "Scan", "class_names", "report_scan", "stratified_split", "ClassFolders"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 Sample = tuple[str, int]
 """``(absolute path or s3:// URI, label)``; the label indexes :attr:`Split.classes`."""
 
