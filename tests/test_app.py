@@ -317,6 +317,32 @@ def test_app_imports_no_torch(model_store, metadata_server):
     assert out.stdout.strip().splitlines()[-1] == "False []", out.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+def test_model_page_reads_what_a_real_search_logged(monkeypatch, ray_session, project, tiny_folder, metadata_server):
+    """The contract with the jobs: a real search's parent run, trials, report and registered version."""
+    from animalclf.config import TrainConfig
+    from animalclf.tuning import TuneOptions, parse_space, run_search
+
+    cfg = TrainConfig(data=str(tiny_folder), arch="efficientnet_lite0", image_size=64, batch_size=8, epochs=2, patience=0,
+                      model_name="tiny-ui", experiment="ui-test", unfreeze=0)
+    out = run_search(cfg, parse_space(["lr=1e-3:1e-2", "unfreeze="], arch=cfg.arch),
+                     TuneOptions(name="ui", num_samples=2, max_concurrent=1, asha=False, points=[{"lr": 5e-3}, {"lr": 2e-3}]))
+    report = json.loads((Path(out.report_dir) / "report.json").read_text())
+    best_trial = next(t["trial_id"] for t in out.trials if t["config"] == out.best_config)
+    _Metadata.meta = _meta(f"tiny-ui/{out.model_version}")
+    at = _app(monkeypatch, metadata_server)
+    assert not at.error, [e.value for e in at.error]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Validation accuracy"] == f"{report['accuracy']:.1%}" and metrics["Classes"] == "3"
+    assert [json.loads(c.proto.spec)["data"][0]["type"] for c in at.get("plotly_chart")] == \
+        ["heatmap", "scatter", "scatter", "scatter", "parcoords", "scatter"]
+    assert sorted(at.dataframe[1].value["trial"]) == sorted(t["trial_id"] + (" ★" if t["trial_id"] == best_trial else "") for t in out.trials)
+    lineage = _table_text(at)
+    assert out.parent_run_id in lineage and best_trial in lineage
+    assert any(f"**lr** {out.best_config['lr']}" in m.value for m in at.markdown)
+
+
 # --- with a real endpoint -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def endpoint(ray_session, tmp_path_factory):
