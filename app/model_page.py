@@ -23,7 +23,7 @@ _CACHE_S = 30  # how long the page reuses what it read from MLflow
 
 
 @st.cache_data(ttl=_CACHE_S, show_spinner="Reading the registry…")
-def _versions(uri: str, name: str) -> dict[str, list[str]]:
+def _versions(uri: str, name: str) -> dict[str, list[str]]:  # uri: part of the cache key
     return Registry().versions(name)
 
 
@@ -53,6 +53,9 @@ def model_page(meta: Optional[dict[str, Any]], meta_error: Optional[str]) -> Non
         st.info(f"Registered model {name!r} has no versions yet: train or tune one (make demo).")
         return
     serving = served[1] if served else None
+    if serving and serving not in versions:
+        st.warning(f"The endpoint serves {name} v{serving}, which the MLflow store {uri} does not have: "
+                   f"the UI and Serve read different stores (set the same MLFLOW_TRACKING_URI or ANIMALCLF_HOME).")
 
     def label(v: str) -> str:
         return f"v{v}" + "".join(f" @{a}" for a in versions[v]) + (" (serving)" if v == serving else "")

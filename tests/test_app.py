@@ -300,6 +300,7 @@ def test_model_page_endpoint_down_or_unknown_version(monkeypatch, model_store, m
     _Metadata.meta = _meta("animalclf/9")
     at = _app(monkeypatch, metadata_server)
     assert not at.exception and at.selectbox(key="model_version").value == "2"
+    assert any("serves animalclf v9, which the MLflow store" in w.value for w in at.warning)
     _Metadata.meta = _meta("other/1")
     at = _app(monkeypatch, metadata_server)
     assert [e.value for e in at.error] == [f"No registered model 'other' in the MLflow store {model_store['uri']}."]
@@ -456,7 +457,7 @@ def test_browser_model_page_draws_charts(model_store, metadata_server, tmp_path)
                                timeout=30_000)
         drawn = page.evaluate(_DRAWN)
         body = page.inner_text("body")
-    strong, weak = model_store["strong"], model_store["weak"]
+    strong = model_store["strong"]
     assert len(drawn) == 7 and all(c["width"] > 200 and c["svg"] > 0 for c in drawn), drawn
     confusion, pr, roc, learning, parcoords, trial_curves, compare = drawn
     assert confusion["heatmap"] == 1, confusion
