@@ -30,6 +30,17 @@ def runs_dir() -> Path:
     return project_dir() / "runs"
 
 
+def check_runs_dir() -> Path:
+    """``runs_dir()``, refused when it would land in Ray's temporary copy of a job's working dir
+    (deleted once no job uses it)."""
+    out = runs_dir()
+    if "ANIMALCLF_HOME" not in os.environ and "runtime_resources" in out.parts:
+        raise UserError(f"Outputs would go to {out}, inside Ray's temporary copy of the job's working directory: "
+                        f"set ANIMALCLF_HOME to a lasting folder (shared storage on a cluster) in the job's env "
+                        f"(mk/jobs.mk passes this checkout's path).")
+    return out
+
+
 @dataclass
 class TrainConfig:
     """Everything one fine-tuning run needs; defaults follow the original notebook."""

@@ -14,15 +14,14 @@ import atexit
 import ctypes
 import logging
 import os
+import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import _thread
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -33,10 +32,8 @@ from animalclf.errors import UserError
 log = logging.getLogger(__name__)
 
 __all__ = ["LocalHead", "start_head", "init_ray", "stop_owned", "free_port", "stop_processes", "head_processes",
-           "RECORDED_ADDRESS_FILE", "lost_head"]
+           "recorded_address_file", "lost_head"]
 
-# Where `ray start --head` records "the current cluster" of this machine (Ray's default temp dir).
-RECORDED_ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -61,12 +58,14 @@ def head_processes(temp_dir: Path, address: str = "") -> list:
     """The processes of one head: those naming its temp dir or its address, and all their descendants."""
     import psutil
 
+    # Ray's client server names neither the temp dir nor the address we gave, only "--address=<node ip>:<port>".
+    port = re.compile(rf"--address=\S+:{re.escape(address.rpartition(':')[2])}(\s|$)") if address else None
     roots = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         if p.pid == os.getpid():
             continue
         cmd = " ".join(p.info["cmdline"] or ())
-        if str(temp_dir) in cmd or (address and f"--address={address}" in cmd):
+        if str(temp_dir) in cmd or (port and port.search(cmd)):
             roots.append(p)
     found = {p.pid: p for p in roots}
     for p in roots:
@@ -172,7 +171,7 @@ def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = N
     except BaseException:  # Ctrl-C while starting leaves nothing behind either
         head.stop()
         raise
-    log.info("Local Ray head at %s (dashboard %s)", head.address, head.dashboard_url)
+    log.info("Local Ray head at %s (dashboard %s, temp dir %s)", head.address, head.dashboard_url, head.temp_dir)
     return head
 
 
@@ -187,9 +186,16 @@ def stop_owned() -> None:
         _owned.pop().stop()
 
 
+def recorded_address_file() -> Path:
+    """Where `ray start --head` records "the current cluster" of this machine: Ray's default temp
+    dir (``$RAY_TMPDIR``, else ``$TMPDIR``, else ``/tmp``) + ``ray/ray_current_cluster``."""
+    base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return Path(base) / "ray" / "ray_current_cluster"
+
+
 def _recorded_address() -> Optional[str]:
     try:
-        return RECORDED_ADDRESS_FILE.read_text().strip() or None
+        return recorded_address_file().read_text().strip() or None
     except OSError:
         return None
 
@@ -219,7 +225,7 @@ def init_ray(num_cpus: Optional[int] = None) -> Optional[LocalHead]:
                 raise UserError(f"The Ray at RAY_ADDRESS={address} does not answer: start it (`make head-start`), "
                                 f"fix RAY_ADDRESS, or unset it to run on a private local Ray.")
             log.warning("The Ray recorded at %s (%s) does not answer (a head that died without `ray stop`): "
-                        "starting a private one instead.", address, RECORDED_ADDRESS_FILE)
+                        "starting a private one instead.", address, recorded_address_file())
             address = None
     if not address:
         head = start_head(num_cpus=num_cpus)
@@ -237,7 +243,7 @@ def init_ray(num_cpus: Optional[int] = None) -> Optional[LocalHead]:
 class _Watchdog:
     """Ends the run when the head stops answering mid-run (Ray's own driver retries its GCS
     connection for minutes): interrupts the main thread, which entry points turn into one line
-    (:func:`lost_head`) and a clean exit; a main thread that does not react within 15 s is ended."""
+    (:func:`lost_head`) and a clean exit; a main thread that does not react within 8 s is ended."""
 
     _stop = threading.Event()
     lost: Optional[str] = None
@@ -261,8 +267,8 @@ class _Watchdog:
             if misses >= cls.misses_allowed and not stop.is_set():
                 cls.lost = address
                 _thread.interrupt_main()
-                if not stop.wait(15):
-                    print(lost_head(), file=sys.stderr, flush=True)
+                if not stop.wait(8):  # the main thread sits in a Ray call that does not see the interrupt
+                    print(f"error: {lost_head()}", file=sys.stderr, flush=True)
                     os._exit(3)
                 return
 

@@ -7,9 +7,10 @@ that validates inputs, tracks the run in MLflow and writes the final report.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from animalclf.checkpoint import META_FILE, load_model, load_train_state, save_checkpoint, unwrap
-from animalclf.config import TrainConfig, runs_dir
+from animalclf.config import TrainConfig, check_runs_dir, runs_dir
 from animalclf.data import ImageList, ShardSampler, Split, eval_transform, load_split, make_loader, train_transform
 from animalclf.engine import evaluate, train_one_epoch
 from animalclf.errors import UserError
@@ -231,6 +232,7 @@ def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
 def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
     """Everything that can fail on user input, before any Ray work: config, data, tracking."""
     cfg.validate()
+    log.info("Outputs (checkpoints, reports%s): %s", ", local MLflow store" if cfg.track else "", check_runs_dir())
     if cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():
         raise UserError(f"--weights {cfg.weights!r} is not a file: pass imagenet, none, or a state-dict file path.")
     remote = remote_data.is_remote(cfg.data or cfg.train_dir)
@@ -254,12 +256,20 @@ def fit(cfg: TrainConfig, split: Split, tracker: Optional["tracking.Tracker"], *
              cfg.arch, cfg.unfreeze, cfg.num_workers, len(split.train), len(split.val), len(split.classes))
     trainer = make_trainer(cfg, split, tracker.run_id if tracker else None, name=name or cfg.name, callbacks=callbacks,
                            tracking_uri=mlflow.get_tracking_uri() if tracker else None)
+    previous = signal.getsignal(signal.SIGINT)
     try:
         return trainer.fit()
-    except BaseException:
+    except SystemExit:  # Ray Train's SIGINT handler aborts the run, then exits 0: an interrupt, not success
         if tracker:
-            tracker.end("FAILED")
+            tracker.end("KILLED")
+        raise KeyboardInterrupt("SIGINT during training") from None
+    except BaseException as e:
+        if tracker:
+            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)  # Train leaves its handler behind, swallowing later Ctrl-C
 
 
 def publish(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history: Sequence[dict[str, Any]],

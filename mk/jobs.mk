@@ -7,20 +7,25 @@
 #   make job-status / job-logs / job-stop          # the last submitted job (or JOB=<id>)
 #   make head-stop
 #
-# Token auth: every `ray` call here runs with RAY_AUTH_MODE=token and reads ~/.ray/auth_token
-# (or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH). Tracking variables set in your shell
-# (ANIMALCLF_HOME, MLFLOW_TRACKING_*, DAGSHUB_*) travel to the job in its runtime env: see
-# docs/cluster.md for what that means for secrets.
+# Token auth: `make head-start` creates ~/.ray/auth_token when there is none (never printed); every
+# `ray` call here runs with RAY_AUTH_MODE=token and reads it (or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH).
+# Tracking variables set in your shell (MLFLOW_TRACKING_*, DAGSHUB_*) and ANIMALCLF_HOME travel to
+# the job in its runtime env (README, "Secrets"). A job's outputs (runs/: MLflow store, checkpoints,
+# reports) go to ANIMALCLF_HOME, by default this checkout, never Ray's temporary copy of it.
 VENV ?= .venv
 PY ?= $(VENV)/bin/python
 RAY ?= $(VENV)/bin/ray
 DATA ?= $(wildcard ../shared/data/animals15)
+# Jobs run in a copy of this directory: a local folder must be an absolute path (buckets pass as they are).
+DATA_ARG = $(if $(findstring ://,$(DATA)),$(DATA),$(abspath $(DATA)))
+ANIMALCLF_HOME ?= $(CURDIR)
 RAY_JOB_ADDRESS ?= http://127.0.0.1:8265
 HEAD_PORT ?= 6379
 DASHBOARD_PORT ?= 8265
 HEAD_ARGS ?=
-# The job's interpreter: `python` on the head's PATH (a cluster node's), or e.g. $(abspath $(PY)).
-JOB_PYTHON ?= python
+# The job's interpreter: this checkout's venv for a head on this machine; on a cluster, the nodes'
+# own (`JOB_PYTHON=python`).
+JOB_PYTHON ?= $(abspath $(PY))
 TRAIN_ARGS ?=
 TUNE_ARGS ?=
 SUBMIT_ARGS ?=
@@ -30,15 +35,15 @@ JOB_PREFIX ?= animalclf
 JOB_ID ?=
 
 RAY_CLI = RAY_AUTH_MODE=token $(RAY)
-# Runtime env: the tracking variables set here, plus excludes for the working-dir upload.
-# RAY_OVERRIDE_JOB_RUNTIME_ENV=1: a driver that also passes ray.init(runtime_env=...) (your own
-# code; animalclf's jobs don't under a job) may override the job's env instead of failing the merge.
-RUNTIME_ENV_JSON = $$($(PY) -c 'import json, os; keys = ("ANIMALCLF_HOME", "ANIMALCLF_LOG_LEVEL", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USERNAME", "DAGSHUB_USER_TOKEN"); env = {k: os.environ[k] for k in keys if os.environ.get(k)}; env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"; print(json.dumps({"env_vars": env, "excludes": [".git", ".venv", "runs", "mlruns", "mlartifacts", "*.db"]}))')
+# Runtime env: the tracking variables set here, ANIMALCLF_HOME, excludes for the upload (one list:
+# animalclf.tracking.job_runtime_env).
+RUNTIME_ENV_JSON = $$(ANIMALCLF_HOME='$(ANIMALCLF_HOME)' $(PY) -c 'import json; from animalclf.tracking import job_runtime_env; print(json.dumps(job_runtime_env()))')
 
 .PHONY: head-start head-stop head-status submit-train submit-tune job-status job-logs job-follow job-stop job-list
 
 head-start:
-	$(RAY_CLI) start --head --dashboard-host 127.0.0.1 --port $(HEAD_PORT) --dashboard-port $(DASHBOARD_PORT) $(HEAD_ARGS)
+	@$(PY) -m animalclf.rayauth
+	$(RAY_CLI) start --head --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --port $(HEAD_PORT) --dashboard-port $(DASHBOARD_PORT) $(HEAD_ARGS)
 
 # Note: `ray stop` stops every Ray instance of this user on this machine.
 head-stop:
@@ -54,14 +59,15 @@ define _submit
 	$(RAY_CLI) job submit --address $(RAY_JOB_ADDRESS) --submission-id "$$id" --no-wait \
 		--working-dir . --runtime-env-json "$(RUNTIME_ENV_JSON)" $(SUBMIT_ARGS) \
 		-- $(JOB_PYTHON) $(2) $(3) && echo "$$id" > $(JOB_ID_FILE) && \
-	echo "submitted $$id: make job-status / job-logs / job-follow / job-stop JOB=$$id"
+	echo "submitted $$id: make job-status / job-logs / job-follow / job-stop JOB=$$id" && \
+	echo "outputs: $(ANIMALCLF_HOME)/runs (the job's last lines say where each one is)"
 endef
 
 submit-train:
-	$(call _submit,train,ray_jobs/train.py,--data "$(DATA)" $(TRAIN_ARGS))
+	$(call _submit,train,ray_jobs/train.py,--data "$(DATA_ARG)" $(TRAIN_ARGS))
 
 submit-tune:
-	$(call _submit,tune,ray_jobs/tune.py,--data "$(DATA)" $(TUNE_ARGS))
+	$(call _submit,tune,ray_jobs/tune.py,--data "$(DATA_ARG)" $(TUNE_ARGS))
 
 job-status:
 	$(RAY_CLI) job status --address $(RAY_JOB_ADDRESS) $(JOB)

@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
         return _run(args, data, uri, arch, head, t0)
     finally:
         head.stop()
-        print("stopped: UI, Serve and the local Ray", flush=True)
+        print(f"stopped: UI, Serve and the local Ray ({time.monotonic() - t0:.0f} s in all)", flush=True)
 
 
 def _run(args: argparse.Namespace, data: str, uri: str, arch: str, head, t0: float) -> int:
@@ -102,33 +102,56 @@ def _run(args: argparse.Namespace, data: str, uri: str, arch: str, head, t0: flo
     log.info("== 3/4 Serve models:/animalclf@champion (Ray Serve) ==")
     from serve import deploy
 
-    url = deploy.start("models:/animalclf@champion", port=args.serve_port)
-    sample = sorted(sorted(Path(data).iterdir())[-1].glob("*"))[0]
-    answer = requests.post(f"{url}/predict", data=sample.read_bytes(), timeout=60).json()
+    ui = None
+    try:  # Ctrl-C, kill -INT and SIGTERM (see cli.run_main) all end in the finally below
+        url = deploy.start("models:/animalclf@champion", port=args.serve_port)
+        sample = sorted(sorted(Path(data).iterdir())[-1].glob("*"))[0]
+        answer = requests.post(f"{url}/predict", data=sample.read_bytes(), timeout=60).json()
 
-    log.info("== 4/4 Streamlit UI ==")
+        log.info("== 4/4 Streamlit UI ==")
+        ui, ui_url = start_ui(url, data, args.ui_port)
+        print(summary(trained, tuned, arch, uri, url, ui_url, head, sample, answer, t0), flush=True)
+        if not args.exit_after_start:
+            while ui.poll() is None:
+                time.sleep(1)
+    finally:
+        if ui is not None:
+            ui.terminate()
+            try:
+                ui.wait(10)
+            except subprocess.TimeoutExpired:
+                ui.kill()
+        deploy.stop()
+    return 0
+
+
+def start_ui(url: str, data: str, port: int) -> tuple[subprocess.Popen, str]:
+    """Streamlit on loopback, pointed at the endpoint; returns once it answers its health check."""
     ui = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"), "--server.address", "127.0.0.1",
-         "--server.port", str(args.ui_port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
          "--server.maxUploadSize", "10", "--", "--endpoint", url, "--gallery", data],
         cwd=ROOT, env={**os.environ, "ANIMALCLF_ENDPOINT": url}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    ui_url = f"http://127.0.0.1:{args.ui_port}"
+    ui_url = f"http://127.0.0.1:{port}"
     for _ in range(60):
         try:
             if requests.get(f"{ui_url}/_stcore/health", timeout=2).ok:
                 break
         except requests.RequestException:
             time.sleep(1)
+    return ui, ui_url
 
-    champion = tuned.champion_version
+
+def summary(trained, tuned, arch: str, uri: str, url: str, ui_url: str, head, sample: Path, answer: dict, t0: float) -> str:
+    """What the demo made and where: the lines a newcomer reads."""
     db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
-    lines = [
+    return "\n".join([
         "",
         f"Fine-tuned {arch}: validation accuracy {trained.report['accuracy']:.3f}, macro F1 {trained.report['macro_avg']['f1']:.3f}",
         f"  report: {trained.report_dir}",
         f"Tuned: best {tuned.best_config} -> val accuracy {tuned.best_metrics['val_accuracy']:.3f}; "
         f"{tuned.epochs_run}/{tuned.epochs_budget} trial-epochs run (ASHA); report: {tuned.report_dir}",
-        f"Champion: models:/animalclf@champion = version {champion} ({'new' if tuned.promoted else 'kept'})",
+        f"Champion: models:/animalclf@champion = version {tuned.champion_version} ({'new' if tuned.promoted else 'kept'})",
         f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000" if db else f"MLflow: {uri}",
         f"API:  {url}   (GET /healthz, GET /metadata, POST /predict, POST /predict/batch)",
         f"UI:   {ui_url}",
@@ -136,18 +159,7 @@ def _run(args: argparse.Namespace, data: str, uri: str, arch: str, head, t0: flo
         f"Example: curl -s -X POST --data-binary @{sample} {url}/predict",
         "  -> " + json.dumps({k: answer.get(k) for k in ("predictions", "model_version", "latency_ms")})[:400],
         f"Demo took {time.monotonic() - t0:.0f} s. Stop everything with Ctrl-C.",
-    ]
-    print("\n".join(lines), flush=True)
-    try:
-        if not args.exit_after_start:
-            while ui.poll() is None:
-                time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        ui.terminate()
-        deploy.stop()
-    return 0
+    ])
 
 
 if __name__ == "__main__":
