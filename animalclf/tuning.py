@@ -416,25 +416,10 @@ def promote_if_better(model_name: str, version: str, report: dict[str, Any], spl
 
 
 def _write_search_plots(out: Path, rows: list[dict[str, Any]], space: Mapping[str, ParamSpec], cfg: TrainConfig) -> None:
-    import plotly.graph_objects as go
+    from animalclf.figures import search_figures
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
-    done = [t for t in rows if t["best"]]
-    dims = []
-    for k, spec in space.items():
-        vals = [t["config"][k] for t in done]
-        if spec.kind == "loguniform":
-            dims.append(dict(label=f"log10 {k}", values=[math.log10(v) for v in vals]))
-        else:
-            dims.append(dict(label=k, values=vals))
-    score = [t["best"][cfg.metric] for t in done]
-    dims.append(dict(label=cfg.metric, values=score))
-    go.Figure(go.Parcoords(line=dict(color=score, colorscale="Viridis", showscale=True), dimensions=dims),
-              layout=dict(title=f"Search: parameters vs best {cfg.metric}")).write_html(out / "parallel_coordinates.html", include_plotlyjs="cdn")
-    curves = go.Figure(layout=dict(title=f"Per-trial {cfg.metric} (dashed: stopped by ASHA)", xaxis_title="epoch", yaxis_title=cfg.metric))
-    for t in rows:
-        h = t["history"]
-        curves.add_scatter(x=[e.get("epoch") for e in h], y=[e.get(cfg.metric) for e in h], mode="lines+markers",
-                           name=f"{t['trial_id']} {t['config']}", line=dict(dash="dash" if t["status"] == "STOPPED_BY_ASHA" else "solid"))
-    curves.write_html(out / "trial_curves.html", include_plotlyjs="cdn")
+    log_params = [k for k, spec in space.items() if spec.kind == "loguniform"]
+    for name, fig in search_figures(rows, cfg.metric, log_params).items():
+        fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
