@@ -58,6 +58,7 @@ class VersionInfo:
     search: Optional[dict[str, Any]] = None  # run_id, metric, log_params, trials
     trial: Optional[dict[str, Any]] = None  # trial_id, run_id, status
     notes: list[str] = field(default_factory=list)  # what is missing and why
+    tags: dict[str, str] = field(default_factory=dict)  # the version's animalclf.* tags (e.g. the promotion gate's)
 
     @property
     def label(self) -> str:
@@ -123,6 +124,7 @@ class Registry:
                            run={"run_id": mv.run_id, "run_name": run.info.run_name, "kind": tags.get("animalclf.kind", "?"),
                                 "status": run.info.status, "experiment_id": run.info.experiment_id,
                                 "start_time": run.info.start_time})
+        info.tags = {k: v for k, v in sorted((mv.tags or {}).items()) if k.startswith("animalclf.")}
         info.report = self._json(mv.run_id, REPORT_ARTIFACT, info.notes)
         search_run = mv.run_id if tags.get("animalclf.kind") == "tune" else tags.get("mlflow.parentRunId")
         if tags.get("animalclf.kind") == "trial":

@@ -177,6 +177,7 @@ def _lineage(info: VersionInfo, uri: str) -> None:
     if info.trial:
         t = info.trial
         rows.append(("trial", f"{t['trial_id']}" + (f" (run {t['run_id']}, {t['status'] or 'status unknown'})" if t.get("run_id") else "")))
+    rows += [(k[len("animalclf."):], v if len(v) <= 200 else v[:200] + "…") for k, v in info.tags.items()]
     st.table({"": [k for k, _ in rows], "value": [v for _, v in rows]})
     key = info.key_params()
     if key:

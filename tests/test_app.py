@@ -193,6 +193,7 @@ def model_store(project):
     (project / "search" / "trials.json").write_text(json.dumps(trials))
     client.log_artifacts(tune, str(project / "search"), "search")
     champion = register(tune)
+    client.set_model_version_tag("animalclf", champion, "animalclf.gate.decision", "promoted")
     client.set_registered_model_alias("animalclf", "champion", champion)
     register(run("bare", "train", {"arch": "efficientnet_b0"}))  # v3: its run logged no report
     return {"uri": uri, "train": train, "tune": tune, "children": children, "weak": weak, "strong": strong}
@@ -258,6 +259,7 @@ def test_model_page_shows_serving_version_search_lineage_and_comparison(monkeypa
     assert list(trials["trial"]) == ["t1", "t2 ★", "t3"] and list(trials["status"])[2] == "STOPPED_BY_ASHA"
     lineage = _table_text(at)
     assert model_store["tune"] in lineage and model_store["children"]["t2"] in lineage and "COMPLETED" in lineage
+    assert "'gate.decision'" in lineage and "'promoted'" in lineage, "the version's own tags (the promotion gate's)"
     assert any("**lr** 0.002" in m.value and "**unfreeze** 3" in m.value for m in at.markdown), "the best trial's parameters"
     compared = at.table[1].value.set_index("")
     assert list(compared.columns) == ["v2 @champion", "v1"]
