@@ -115,7 +115,7 @@ def _guard(what: str) -> Iterator[None]:
                             f"and credentials, then retry.") from None
 
 
-def current_champion(client: Optional["MlflowClient"], model_name: str) -> Optional[str]:
+def current_champion(model_name: str, *, client: Optional["MlflowClient"] = None) -> Optional[str]:
     """The version ``@champion`` points to; ``None`` when the model or the alias does not exist.
 
     Anything else (network, 401, 5xx) raises :class:`ChampionUnreadable`: "cannot read" never means
@@ -138,8 +138,8 @@ def classes_fingerprint(classes: Sequence[str]) -> str:
     return text if len(text) <= _MAX_TAG else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def tag_version(client: Optional["MlflowClient"], model_name: str, version: str | int, classes: Sequence[str],
-                tags: Optional[dict] = None) -> None:
+def tag_version(model_name: str, version: str | int, classes: Sequence[str], tags: Optional[dict] = None, *,
+                client: Optional["MlflowClient"] = None) -> None:
     """Tag a newly registered version with its class list (and ``tags``); call right after registering."""
     c = _client(client)
     with _guard(f"tag {model_name} v{version}"):
@@ -148,7 +148,7 @@ def tag_version(client: Optional["MlflowClient"], model_name: str, version: str 
             c.set_model_version_tag(model_name, str(version), k, str(v)[:_MAX_TAG])
 
 
-def version_classes(client: Optional["MlflowClient"], model_name: str, version: str | int) -> Optional[str]:
+def version_classes(model_name: str, version: str | int, *, client: Optional["MlflowClient"] = None) -> Optional[str]:
     """A version's class fingerprint: its tag, else (versions registered before the tag) its meta file."""
     import mlflow
 
@@ -181,7 +181,7 @@ class Lease:
 
 
 @contextlib.contextmanager
-def lease(client: Optional["MlflowClient"], model_name: str, timing: Lease = Lease()) -> Iterator[str]:
+def lease(model_name: str, timing: Lease = Lease(), *, client: Optional["MlflowClient"] = None) -> Iterator[str]:
     """Hold the model's promotion lease (see the module docstring); yields the owner token."""
     c, me, failures = _client(client), uuid.uuid4().hex, 0
     deadline = time.monotonic() + timing.wait_s
@@ -236,7 +236,8 @@ def _record(client: "MlflowClient", model_name: str, version: str, d: Decision) 
     try:
         for k, v in tags.items():
             if v is not None:
-                client.set_model_version_tag(model_name, version, f"{GATE_TAG}.{k}", f"{v:.6g}" if isinstance(v, float) else str(v))
+                text = f"{v:.6g}" if isinstance(v, float) else str(v)
+                client.set_model_version_tag(model_name, version, f"{GATE_TAG}.{k}", text)
     except Exception as e:  # noqa: BLE001
         log.warning("Could not tag %s v%s with the gate decision (%s)", model_name, version, _cause(e))
     return d
@@ -270,7 +271,7 @@ def _gate(model_name: str, cand: str, champ: Optional[str], candidate_eval: Eval
 
 
 def _check_classes(client: "MlflowClient", model_name: str, cand: str, champ: str, fp: str, force: bool) -> None:
-    theirs = version_classes(client, model_name, champ)
+    theirs = version_classes(model_name, champ, client=client)
     if theirs is None and not force:
         raise ChampionUnreadable(f"Cannot read the class list of champion v{champ} of {model_name!r} (no {CLASSES_TAG} "
                                  f"tag, no meta file): tag it with registry.tag_version or pass --force-promote.")
@@ -281,10 +282,10 @@ def _check_classes(client: "MlflowClient", model_name: str, cand: str, champ: st
         raise ClassMismatch(msg)
 
 
-def promote(client: Optional["MlflowClient"], model_name: str, candidate_version: str | int,
-            candidate_eval: Evaluation, evaluate_champion: Callable[[str], Evaluation], *, classes: Sequence[str],
-            eligible: bool = True, force: bool = False, min_improvement: float = DEFAULT_MIN_IMPROVEMENT,
-            confidence: float = DEFAULT_CONFIDENCE, max_rounds: int = 5, timing: Lease = Lease()) -> Decision:
+def promote(model_name: str, candidate_version: str | int, candidate_eval: Evaluation,
+            evaluate_champion: Callable[[str], Evaluation], *, classes: Sequence[str], eligible: bool = True,
+            force: bool = False, min_improvement: float = DEFAULT_MIN_IMPROVEMENT, confidence: float = DEFAULT_CONFIDENCE,
+            client: Optional["MlflowClient"] = None, max_rounds: int = 5, timing: Lease = Lease()) -> Decision:
     """Move ``@champion`` to ``candidate_version`` only if the evidence gate says so (compare-and-set).
 
     ``candidate_eval``: the candidate's predictions on the gate images; ``evaluate_champion(version)``
@@ -296,36 +297,40 @@ def promote(client: Optional["MlflowClient"], model_name: str, candidate_version
     if not eligible:
         return _record(c, model_name, cand, Decision(False, "not eligible: only completed trials take part",
                                                      outcome="ineligible", n=len(candidate_eval.ids)))
-    with _guard(f"read {model_name} v{cand}"):
-        own = c.get_model_version(model_name, cand).tags.get(CLASSES_TAG)
-    if own and own != fp:
-        raise ClassMismatch(f"{model_name} v{cand} was registered with other classes than the ones passed to the gate.")
-    if not own:
-        tag_version(c, model_name, cand, classes)
     try:
-        champ = current_champion(c, model_name)
+        champ, unreadable = current_champion(model_name, client=c), False
     except ChampionUnreadable as e:
         if not force:
             _record(c, model_name, cand, Decision(False, str(e), outcome="refused-unreadable"))
             raise
         log.warning("%s Forced: moving @%s without a lease.", e, ALIAS)
+        champ, unreadable = None, True
+    with _guard(f"read {model_name} v{cand}"):
+        own = c.get_model_version(model_name, cand).tags.get(CLASSES_TAG)
+    if own and own != fp:
+        raise ClassMismatch(f"{model_name} v{cand} was registered with other classes than the ones passed to the gate.")
+    if not own:
+        tag_version(model_name, cand, classes, client=c)
+    if unreadable:
         _set_alias(c, model_name, cand)
         return _record(c, model_name, cand, Decision(True, "--force-promote: champion unreadable, not compared",
                                                      outcome="forced", n=len(candidate_eval.ids)))
     for _ in range(max_rounds):
         if champ is not None and champ != cand:
             _check_classes(c, model_name, cand, champ, fp, force)
-        d = _gate(model_name, cand, champ, candidate_eval, evaluate_champion, force, min_improvement, confidence)
-        if not d.promote:
+        try:
+            d = _gate(model_name, cand, champ, candidate_eval, evaluate_champion, force, min_improvement, confidence)
+        except ChampionUnreadable as e:
+            _record(c, model_name, cand, Decision(False, str(e), outcome="refused-unreadable", champion_version=champ))
+            raise
+        if not d.promote or d.outcome == "already-champion":
             return _record(c, model_name, cand, d)
-        with lease(c, model_name, timing):
-            now = current_champion(c, model_name)
-            if now == champ and d.outcome == "already-champion":
-                return _record(c, model_name, cand, d)
-            if now == champ:
+        with lease(model_name, timing, client=c):
+            now = current_champion(model_name, client=c)
+            if now == champ or d.outcome == "forced":
                 _set_alias(c, model_name, cand)
                 time.sleep(timing.settle_s)
-                now = current_champion(c, model_name)
+                now = current_champion(model_name, client=c)
                 if now == cand:
                     return _record(c, model_name, cand, d)
         log.info("@%s of %s moved from v%s to v%s during this promotion: comparing v%s against v%s",

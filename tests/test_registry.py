@@ -56,7 +56,7 @@ def register(client, root: Path, name: str, classes=CLASSES, tag: bool = True) -
     client.set_terminated(run.info.run_id)
     version = str(client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version)
     if tag:
-        registry.tag_version(client, name, version, classes)
+        registry.tag_version(name, version, classes, client=client)
     return version
 
 
@@ -90,7 +90,7 @@ def store(tmp_path, monkeypatch):
 
 def promote(client, name, version, masks, **kw):
     kw.setdefault("timing", FAST)
-    return registry.promote(client, name, version, evaluation(masks[version]), evaluator(masks), classes=CLASSES, **kw)
+    return registry.promote(name, version, evaluation(masks[version]), evaluator(masks), classes=CLASSES, client=client, **kw)
 
 
 # ---------------------------------------------------------------- facts
@@ -105,13 +105,13 @@ def test_refs():
 # ---------------------------------------------------------------- the gate on a sqlite store
 
 def test_first_promotion_when_there_is_no_champion(store, tmp_path):
-    assert registry.current_champion(store, "clf") is None  # no registered model
+    assert registry.current_champion("clf", client=store) is None  # no registered model
     v1 = register(store, tmp_path, "clf")
-    assert registry.current_champion(store, "clf") is None  # a model without the alias
+    assert registry.current_champion("clf", client=store) is None  # a model without the alias
     calls: list = []
-    d = registry.promote(store, "clf", v1, evaluation(first(30)), evaluator({}, calls=calls), classes=CLASSES, timing=FAST)
+    d = registry.promote("clf", v1, evaluation(first(30)), evaluator({}, calls=calls), classes=CLASSES, client=store, timing=FAST)
     assert d.promote and d.outcome == "first" and calls == []
-    assert registry.current_champion(store, "clf") == v1
+    assert registry.current_champion("clf", client=store) == v1
     assert gate_tags(store, "clf", v1)["decision"] == "first"
     assert registry.LEASE_TAG not in store.get_registered_model("clf").tags  # released
 
@@ -122,7 +122,7 @@ def test_win(store, tmp_path):
     d = promote(store, "clf", v2, {v1: first(35), v2: first(55)})
     assert d.promote and d.outcome == "promoted" and d.champion_version == v1
     assert d.delta == pytest.approx(20 / 60) and d.p_value < 1e-5 and d.ci_low > 0
-    assert registry.current_champion(store, "clf") == v2
+    assert registry.current_champion("clf", client=store) == v2
     tags = gate_tags(store, "clf", v2)
     assert tags["decision"] == "promoted" and tags["champion_version"] == v1
     assert float(tags["delta"]) == pytest.approx(20 / 60, abs=1e-4) and float(tags["p_value"]) < 1e-5
@@ -134,7 +134,7 @@ def test_lose(store, tmp_path):
     store.set_registered_model_alias("clf", registry.ALIAS, v1)
     d = promote(store, "clf", v2, {v1: first(50), v2: first(40)})
     assert not d.promote and d.outcome == "kept" and d.delta < 0
-    assert registry.current_champion(store, "clf") == v1
+    assert registry.current_champion("clf", client=store) == v1
     assert gate_tags(store, "clf", v2)["decision"] == "kept"
 
 
@@ -143,9 +143,9 @@ def test_tie_is_not_promoted(store, tmp_path):
     store.set_registered_model_alias("clf", registry.ALIAS, v1)
     champ = first(40)
     cand = [i < 34 or 40 <= i < 46 for i in range(N)]  # 6 images won each way
-    d = registry.promote(store, "clf", v2, evaluation(cand), evaluator({v1: champ}), classes=CLASSES, timing=FAST)
+    d = registry.promote("clf", v2, evaluation(cand), evaluator({v1: champ}), classes=CLASSES, client=store, timing=FAST)
     assert not d.promote and d.delta == 0 and d.p_value > 0.5
-    assert registry.current_champion(store, "clf") == v1
+    assert registry.current_champion("clf", client=store) == v1
 
 
 def test_no_better_beyond_noise_is_not_promoted(store, tmp_path):
@@ -155,7 +155,7 @@ def test_no_better_beyond_noise_is_not_promoted(store, tmp_path):
     d = promote(store, "clf", v2, {v1: first(45), v2: first(48)})
     assert not d.promote and d.delta == pytest.approx(0.05) and d.p_value == pytest.approx(1 / 8)
     assert "not better beyond noise" in d.reason
-    assert registry.current_champion(store, "clf") == v1
+    assert registry.current_champion("clf", client=store) == v1
     assert gate_tags(store, "clf", v2)["decision"] == "kept"
 
 
@@ -164,7 +164,7 @@ def test_only_eligible_candidates(store, tmp_path):
     store.set_registered_model_alias("clf", registry.ALIAS, v1)
     d = promote(store, "clf", v2, {v1: first(10), v2: first(60)}, eligible=False)
     assert not d.promote and d.outcome == "ineligible"
-    assert registry.current_champion(store, "clf") == v1
+    assert registry.current_champion("clf", client=store) == v1
 
 
 @pytest.mark.parametrize("tagged", [True, False], ids=["tag", "meta-file"])
@@ -175,7 +175,7 @@ def test_class_mismatch_names_model_name(store, tmp_path, tagged):
     with pytest.raises(registry.ClassMismatch, match="--model-name") as e:
         promote(store, "clf", v2, {v1: first(10), v2: first(60)})
     assert "\n" not in str(e.value)
-    assert registry.current_champion(store, "clf") == v1
+    assert registry.current_champion("clf", client=store) == v1
     assert gate_tags(store, "clf", v2)["decision"] == "refused-classes"
 
 
@@ -195,12 +195,13 @@ def test_champion_that_cannot_be_evaluated_refuses_unless_forced(store, tmp_path
         raise FileNotFoundError(f"artifacts of v{version} are gone")
 
     with pytest.raises(registry.ChampionUnreadable, match="--force-promote") as e:
-        registry.promote(store, "clf", v2, evaluation(first(50)), broken, classes=CLASSES, timing=FAST)
+        registry.promote("clf", v2, evaluation(first(50)), broken, classes=CLASSES, client=store, timing=FAST)
     assert "\n" not in str(e.value) and "FileNotFoundError" in str(e.value)
-    assert registry.current_champion(store, "clf") == v1
-    d = registry.promote(store, "clf", v2, evaluation(first(50)), broken, classes=CLASSES, force=True, timing=FAST)
+    assert registry.current_champion("clf", client=store) == v1
+    assert gate_tags(store, "clf", v2)["decision"] == "refused-unreadable"
+    d = registry.promote("clf", v2, evaluation(first(50)), broken, classes=CLASSES, client=store, force=True, timing=FAST)
     assert d.promote and d.outcome == "forced"
-    assert registry.current_champion(store, "clf") == v2
+    assert registry.current_champion("clf", client=store) == v2
 
 
 def run_threads(*targets) -> None:
@@ -234,7 +235,7 @@ def test_lease_excludes(store, tmp_path):
 
         c = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
         for _ in range(3):
-            with registry.lease(c, "clf", FAST):
+            with registry.lease("clf", FAST, client=c):
                 with lock:
                     inside[0] += 1
                     most[0] = max(most[0], inside[0])
@@ -256,8 +257,8 @@ def race(client_for, name: str, champion: str, fast: str, slow: str, masks, dela
     def run(version: str, wait: float):
         c = client_for()
         barrier.wait()
-        out[version] = registry.promote(c, name, version, evaluation(masks[version]), evaluator(masks, wait),
-                                        classes=CLASSES, timing=registry.Lease(ttl_s=20, settle_s=0.2, wait_s=30))
+        out[version] = registry.promote(name, version, evaluation(masks[version]), evaluator(masks, wait),
+                                        classes=CLASSES, client=c, timing=registry.Lease(ttl_s=20, settle_s=0.2, wait_s=30))
 
     run_threads(lambda: run(fast, 0.0), lambda: run(slow, delay))
     return out
@@ -273,7 +274,7 @@ def test_two_promotions_racing_the_better_one_wins(store, tmp_path, better_first
     fast, slow = (better, worse) if better_first else (worse, better)
     out = race(lambda: MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri),
                "clf", v1, fast, slow, masks, delay=1.0)
-    assert registry.current_champion(store, "clf") == better
+    assert registry.current_champion("clf", client=store) == better
     # the slow one found the alias moved and was compared again, against the fast one
     assert out[slow].champion_version == fast
     assert out[worse].outcome == ("kept" if better_first else "promoted")
@@ -322,10 +323,14 @@ def test_lookup_error_refuses_with_one_line(monkeypatch, status):
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         expect = {500: "HTTP 500", 401: "HTTP 401", None: "connection refused"}[status]
         with pytest.raises(registry.ChampionUnreadable) as e:
-            registry.current_champion(client, "clf")
+            registry.current_champion("clf", client=client)
         assert expect in str(e.value) and "--force-promote" in str(e.value) and "\n" not in str(e.value)
-        with pytest.raises(registry.RegistryError) as e:  # nothing can be read: the candidate's tags neither
-            registry.promote(client, "clf", "2", evaluation(first(50)), evaluator({}), classes=CLASSES, timing=FAST)
+        with pytest.raises(registry.ChampionUnreadable) as e:
+            registry.promote("clf", "2", evaluation(first(50)), evaluator({}), classes=CLASSES, client=client, timing=FAST)
+        assert expect in str(e.value) and "--force-promote" in str(e.value) and "\n" not in str(e.value)
+        with pytest.raises(registry.RegistryError) as e:  # forced, but nothing can be written either
+            registry.promote("clf", "2", evaluation(first(50)), evaluator({}), classes=CLASSES, client=client,
+                             force=True, timing=FAST)
         assert expect in str(e.value) and "\n" not in str(e.value)
 
 
@@ -403,17 +408,17 @@ def test_remote_lookup_error_refuses_unless_forced(server, tmp_path, monkeypatch
     client = server.client()
     v1, v2 = register(client, tmp_path, "remote-force"), register(client, tmp_path, "remote-force")
     client.set_registered_model_alias("remote-force", registry.ALIAS, v1)
-    assert registry.current_champion(client, "remote-force") == v1  # aliases come back over REST
+    assert registry.current_champion("remote-force", client=client) == v1  # aliases come back over REST
     server.failing = {"registered-models/get": 1}  # the champion lookup fails once
     with pytest.raises(registry.ChampionUnreadable, match="HTTP 500.*--force-promote"):
         promote(client, "remote-force", v2, {v1: first(10), v2: first(60)})
     assert server.failing["registered-models/get"] == 0
-    assert registry.current_champion(client, "remote-force") == v1
+    assert registry.current_champion("remote-force", client=client) == v1
     assert gate_tags(client, "remote-force", v2)["decision"] == "refused-unreadable"
     server.failing = {"registered-models/get": 1}
     d = promote(client, "remote-force", v2, {v1: first(60), v2: first(10)}, force=True)  # worse, but forced
     assert d.promote and d.outcome == "forced"
-    assert registry.current_champion(client, "remote-force") == v2
+    assert registry.current_champion("remote-force", client=client) == v2
     assert gate_tags(client, "remote-force", v2)["decision"] == "forced"
 
 
@@ -434,8 +439,8 @@ RACER = textwrap.dedent("""
         return evaluation(version)
     client = MlflowClient(tracking_uri=spec["uri"], registry_uri=spec["uri"])
     time.sleep(max(0.0, spec["start_at"] - time.time()))
-    d = registry.promote(client, spec["name"], spec["version"], evaluation(spec["version"]), evaluate,
-                         classes=spec["classes"], timing=registry.Lease(ttl_s=30, settle_s=0.3, wait_s=60))
+    d = registry.promote(spec["name"], spec["version"], evaluation(spec["version"]), evaluate,
+                         classes=spec["classes"], client=client, timing=registry.Lease(ttl_s=30, settle_s=0.3, wait_s=60))
     print(json.dumps({"outcome": d.outcome, "champion_version": d.champion_version}))
 """)
 
@@ -449,8 +454,8 @@ def test_two_processes_racing_on_a_remote_server(server, tmp_path):
     start_at = time.time() + 8  # both processes are up and importing is done by then
     procs = {}
     for version, delay in ((better, 0.0), (worse, 2.0)):  # without compare-and-set, worse writes last
-        spec = dict(uri=server.uri, name="remote-race", version=version, masks=masks, delay=delay, start_at=start_at,
-                    classes=CLASSES)
+        spec = {"uri": server.uri, "name": "remote-race", "version": version, "masks": masks, "delay": delay,
+                "start_at": start_at, "classes": CLASSES}
         procs[version] = subprocess.Popen([sys.executable, "-c", RACER, json.dumps(spec)], stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, text=True)
     out = {}
@@ -458,6 +463,6 @@ def test_two_processes_racing_on_a_remote_server(server, tmp_path):
         stdout, stderr = p.communicate(timeout=120)
         assert p.returncode == 0, stderr[-2000:]
         out[version] = json.loads(stdout.strip().splitlines()[-1])
-    assert registry.current_champion(client, "remote-race") == better
+    assert registry.current_champion("remote-race", client=client) == better
     assert out[better]["outcome"] == "promoted"
     assert out[worse] == {"outcome": "kept", "champion_version": better}
