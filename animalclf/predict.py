@@ -21,15 +21,55 @@ from animalclf.model import Preprocess
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "decode_image", "MAX_BYTES", "MAX_PIXELS"]
+__all__ = ["Predictor", "decode_image", "bound_aspect", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE", "MAX_ASPECT"]
 
 MAX_BYTES = 10 * 1024 * 1024  # 10 MiB per image
 MAX_PIXELS = 40_000_000  # well under Pillow's ~179 MP bomb error; a 8000x5000 photo fits
+MAX_SIDE = 20_000  # longest side accepted; a 200 MP phone sensor is 16320 px wide
+MAX_ASPECT = 4.0  # wider/taller images keep only their central part (the model sees the centre)
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
 
 
-def decode_image(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Bytes from a client to an upright RGB image, or :class:`InvalidImage` with an HTTP status."""
+def bound_aspect(im: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """The central part of ``im`` whose long side is at most ``max_aspect`` times the short side.
+
+    The eval transform scales the *short* side and keeps only a centre crop, so predictions
+    barely change (a wide margin around the crop is kept), while a 16000x1 strip no longer becomes a 4096000x256 tensor."""
+    w, h = im.size
+    short = max(1, min(w, h))
+    keep = max(1, int(short * max_aspect))
+    if w > keep:
+        left = (w - keep) // 2
+        return im.crop((left, 0, left + keep, h))
+    if h > keep:
+        top = (h - keep) // 2
+        return im.crop((0, top, w, top + keep))
+    return im
+
+
+def _shrink(im: Image.Image, min_side: int) -> Image.Image:
+    """Box-reduce by an integer factor keeping the short side >= 2 x ``min_side`` (like Pillow's
+    ``thumbnail`` with ``reducing_gap=2``); unchanged for modes ``reduce`` does not support."""
+    factor = min(im.size) // (2 * min_side)
+    if factor < 2:
+        return im
+    try:
+        return im.reduce(factor)
+    except ValueError:
+        return im
+
+
+def decode_image(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
+                 *, min_side: Optional[int] = None) -> Image.Image:
+    """Bytes from a client to an upright RGB image, or :class:`InvalidImage` with an HTTP status.
+
+    Limits hold before any pixel is decoded (bytes, pixels, longest side); extreme aspect ratios
+    keep their centre (:func:`bound_aspect`). With ``min_side`` (the short side the model's
+    preprocessing needs) a large JPEG is decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft mode)
+    (short side still >= ``min_side``) and other large images are box-reduced (short side still
+    >= 2 x ``min_side``).
+    Animated GIF/WebP/PNG: the first frame.
+    """
     if not data:
         raise InvalidImage("empty body: send the image bytes (multipart field 'file' or the raw body)", 400)
     if len(data) > max_bytes:
@@ -45,11 +85,19 @@ def decode_image(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_
     w, h = im.size
     if w * h > max_pixels:
         raise InvalidImage(f"image is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels", 413)
+    if max(w, h) > MAX_SIDE:
+        raise InvalidImage(f"image is {w}x{h} pixels; the longest side may be at most {MAX_SIDE} pixels", 413)
     try:
+        if min_side and im.format in ("JPEG", "MPO"):
+            im.draft(None, (min_side, min_side))  # DCT scaling: never below min_side
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im.load()
-        return to_rgb(im)
+        im = bound_aspect(im)
+        if min_side:
+            im = _shrink(im, min_side)
+        im = to_rgb(im)
+        return _shrink(im, min_side) if min_side else im
     except Exception as e:  # truncated data, bad Huffman tables, ...
         raise InvalidImage(f"corrupt or truncated image ({e})", 400) from None
 
@@ -111,9 +159,14 @@ class Predictor:
             return cls.from_mlflow(ref, device)
         return cls.from_checkpoint(ref, device)
 
+    def decode(self, data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
+        """Untrusted bytes to an RGB image decoded only as large as this model's preprocessing
+        needs (see :func:`decode_image`); what Serve does with every upload."""
+        return decode_image(data, max_bytes, max_pixels, min_side=self.preprocess.resize_size)
+
     def tensor(self, image: Image.Image) -> torch.Tensor:
-        """Preprocess one RGB image to a CHW tensor."""
-        return self.transform(image)
+        """Preprocess one RGB image to a CHW tensor (extreme aspect ratios keep their centre)."""
+        return self.transform(bound_aspect(image))
 
     @torch.no_grad()
     def predict_tensors(self, batch: torch.Tensor) -> torch.Tensor:

@@ -55,13 +55,13 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def in_process(model: str, data: bytes, n: int, warmup: int) -> list[float]:
-    from animalclf.predict import Predictor, decode_image
+    from animalclf.predict import Predictor
 
     p = Predictor.load(model)
     out = []
     for i in range(warmup + n):
         t0 = time.perf_counter()
-        p.predict([decode_image(data)], 5)
+        p.predict([p.decode(data)], 5)
         if i >= warmup:
             out.append((time.perf_counter() - t0) * 1000)
     return out

@@ -36,7 +36,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from animalclf.errors import InvalidImage
-from animalclf.predict import MAX_BYTES, MAX_PIXELS, Predictor, decode_image
+from animalclf.predict import MAX_BYTES, MAX_PIXELS, Predictor
 
 log = logging.getLogger("ray.serve")
 
@@ -46,6 +46,7 @@ DEFAULT_MODEL = "models:/animalclf@champion"
 DEPLOYMENT_NAME = "Classifier"
 MAX_IMAGES = 16  # images per /predict/batch request
 MULTIPART_OVERHEAD = 64 * 1024
+BODY_TIMEOUT_S = 10.0  # the whole request body must arrive within this (else 408)
 ROUTES = ("/predict", "/predict/batch", "/healthz", "/metadata")
 
 
@@ -153,13 +154,14 @@ class Classifier:
     def __init__(self, model_ref: str = DEFAULT_MODEL, top_k: int = 5, max_batch_size: int = 16,
                  batch_wait_timeout_s: float = 0.005, max_images: int = MAX_IMAGES, max_bytes: int = MAX_BYTES,
                  max_pixels: int = MAX_PIXELS, tracking_uri: Optional[str] = None, device: str = "cpu",
-                 num_threads: Optional[int] = None):
+                 num_threads: Optional[int] = None, body_timeout_s: float = BODY_TIMEOUT_S):
         if tracking_uri:
             os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.device = device
         self.max_bytes, self.max_pixels = int(max_bytes), int(max_pixels)
+        self.body_timeout_s = float(body_timeout_s)
         self.top_k_default, self.max_images = int(top_k), int(max_images)
         self.last_load_error: Optional[str] = None
         self.model_ref = model_ref
@@ -224,8 +226,7 @@ class Classifier:
         return out  # type: ignore[return-value]
 
     def _prepare(self, data: bytes, predictor: Predictor) -> torch.Tensor:
-        im = decode_image(data, self.max_bytes, self.max_pixels)
-        return predictor.tensor(im)
+        return predictor.tensor(predictor.decode(data, self.max_bytes, self.max_pixels))
 
     async def _classify(self, blobs: list[bytes], top_k: int) -> tuple[list[list[dict]], str]:
         predictor = self.predictor
@@ -258,18 +259,37 @@ class Classifier:
         if length is not None and length.isdigit() and int(length) > limit:
             raise ClientError(f"request body is {length} bytes; the limit is {limit} bytes", 413)
 
-    async def _read_body(self, request: Request, limit: int) -> bytes:
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ClientError(f"request body is over the limit of {limit} bytes", 413)
-            chunks.append(chunk)
-        return b"".join(chunks)
+    def _guarded(self, request: Request, limit: int) -> Request:
+        """The same request, whose body is cut off at ``limit`` bytes (413) and at
+        ``body_timeout_s`` (408) while it streams in, with or without Content-Length: a chunked
+        upload cannot grow past the limit, and a client trickling bytes cannot keep its slot."""
+        self._check_length(request, limit)
+        receive, timeout_s = request.receive, self.body_timeout_s
+        deadline, seen = time.monotonic() + timeout_s, 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise ClientError(f"the request body did not arrive within {timeout_s:g} s; "
+                                  "send it in one go (or a smaller image)", 408) from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise ClientError(f"request body is over the limit of {limit} bytes", 413)
+            return message
+
+        return Request(request.scope, limited)
+
+    async def _read_body(self, request: Request) -> bytes:
+        return b"".join([chunk async for chunk in request.stream()])
 
     async def _files(self, request: Request, field: str, max_files: int) -> list[bytes]:
         try:
             form = await request.form(max_files=max_files + 1, max_fields=max_files + 16)
+        except ClientError:
+            raise
         except StarletteHTTPException as e:
             status = 413 if "Too many files" in str(e.detail) else 400
             raise ClientError(f"bad multipart body: {e.detail}", status) from None
@@ -297,13 +317,12 @@ class Classifier:
     async def predict(self, request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         top_k = self._top_k(request)
-        self._check_length(request, self.max_bytes + MULTIPART_OVERHEAD)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            blobs = await self._files(request, "file", 1)
+            blobs = await self._files(self._guarded(request, self.max_bytes + MULTIPART_OVERHEAD), "file", 1)
             if len(blobs) != 1:
                 raise ClientError("send one image in field 'file' (use /predict/batch for several)")
         else:
-            blobs = [await self._read_body(request, self.max_bytes)]
+            blobs = [await self._read_body(self._guarded(request, self.max_bytes))]
         preds, version = await self._classify(blobs, top_k)
         _metrics()["images"].inc(1, tags={"route": "/predict"})
         return JSONResponse({"predictions": preds[0], "model_version": version,
@@ -313,10 +332,10 @@ class Classifier:
     async def predict_batch(self, request: Request) -> JSONResponse:
         t0 = time.perf_counter()
         top_k = self._top_k(request)
-        self._check_length(request, self.max_images * (self.max_bytes + MULTIPART_OVERHEAD))
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ClientError("send images as multipart/form-data, one part per image in field 'files'", 415)
-        blobs = await self._files(request, "files", self.max_images)
+        limit = self.max_images * (self.max_bytes + MULTIPART_OVERHEAD)
+        blobs = await self._files(self._guarded(request, limit), "files", self.max_images)
         preds, version = await self._classify(blobs, top_k)
         _metrics()["images"].inc(len(blobs), tags={"route": "/predict/batch"})
         return JSONResponse({"results": [{"predictions": p} for p in preds], "model_version": version,
@@ -332,7 +351,8 @@ class Classifier:
     async def metadata(self) -> dict[str, Any]:
         return {**self.predictor.metadata(), "model_ref": self.model_ref, "loaded_at": self.loaded_at,
                 "last_load_error": self.last_load_error, "replica": self.replica_id,
-                "limits": {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels, "max_images": self.max_images},
+                "limits": {"max_bytes": self.max_bytes, "max_pixels": self.max_pixels, "max_images": self.max_images,
+                           "body_timeout_s": self.body_timeout_s},
                 "batching": {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s},
                 "top_k_default": self.top_k_default}
 
@@ -378,6 +398,7 @@ def build_app(args: Optional[dict[str, Any]] = None):
         max_images=int(a.get("max_images", MAX_IMAGES)), max_bytes=int(a.get("max_bytes", MAX_BYTES)),
         max_pixels=int(a.get("max_pixels", MAX_PIXELS)), tracking_uri=tracking_uri, device=device,
         num_threads=int(a["num_threads"]) if a.get("num_threads") else None,
+        body_timeout_s=float(a.get("body_timeout_s", BODY_TIMEOUT_S)),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from animalclf.checkpoint import save_checkpoint
 from animalclf.config import TrainConfig
 from animalclf.errors import InvalidImage
 from animalclf.model import build_model
-from animalclf.predict import MAX_BYTES, Predictor, decode_image
+from animalclf.predict import MAX_ASPECT, MAX_BYTES, MAX_SIDE, Predictor, bound_aspect, decode_image
 from animalclf.trainer import checkpoint_meta
 
 CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "Giraffe", "Horse",
@@ -138,3 +139,70 @@ def test_load_bad_ref_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="not an animalclf checkpoint"):
         Predictor.load(str(tmp_path))
+
+
+# --- hostile but valid uploads stay cheap ------------------------------------------------------
+def test_extreme_aspect_ratio_keeps_the_centre_and_is_fast(predictor):
+    for size in [(16000, 1), (1, 16000), (3000, 20)]:
+        data = encode(Image.new("RGB", size, (10, 200, 30)), "PNG")
+        t0 = time.perf_counter()
+        im = predictor.decode(data)
+        x = predictor.tensor(im)
+        assert time.perf_counter() - t0 < 0.1, size
+        assert max(im.size) <= MAX_ASPECT * min(im.size) and x.shape == (3, 64, 64), (size, im.size)
+    wide = photo(900, 100)  # red left, blue right: the centre column is where they meet
+    assert bound_aspect(wide).size == (400, 100)
+    assert predictor.tensor(wide).shape == (3, 64, 64)
+
+
+def test_aspect_crop_barely_changes_the_prediction(predictor):
+    rng = np.random.default_rng(3)
+    # a smooth scene (like a photo at this scale); the crop moves the resampling grid by < 1 pixel
+    im = Image.fromarray(rng.integers(0, 255, (8, 120, 3), np.uint8)).resize((1800, 120), Image.BICUBIC)
+    full = predictor.transform(im)  # the transform on the whole strip
+    assert (predictor.tensor(im) - full).abs().mean() < 0.05  # of a range of 2: about 1%
+    p = predictor.predict_tensors(torch.stack([full, predictor.tensor(im)]))
+    assert p[0].argmax() == p[1].argmax() and torch.allclose(p[0], p[1], atol=0.01)
+
+
+def test_longest_side_is_bounded_before_decoding():
+    with pytest.raises(InvalidImage) as e:
+        decode_image(encode(Image.new("1", (MAX_SIDE + 1, 1)), "PNG"))
+    assert e.value.status == 413 and "longest side" in str(e.value)
+
+
+def test_large_jpeg_is_decoded_at_reduced_size(predictor):
+    big = encode(photo(4000, 3000), "JPEG", quality=85)
+    im = predictor.decode(big)
+    need = predictor.preprocess.resize_size
+    assert need <= min(im.size) < 2 * need * 2 and im.size[0] > im.size[1], im.size  # draft: 1/8 scale
+    assert decode_image(big).size == (4000, 3000)  # without a target: full size
+    left, right = np.asarray(im)[im.size[1] // 2, 2].astype(int), np.asarray(im)[im.size[1] // 2, -3].astype(int)
+    assert left[0] > left[2] + 80 and right[2] > right[0] + 80
+
+
+def test_large_png_is_box_reduced(predictor):
+    im = predictor.decode(encode(photo(3000, 2000), "PNG"))
+    need = predictor.preprocess.resize_size
+    assert 2 * need <= min(im.size) < 4 * need, im.size
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_animated_images_use_the_first_frame(fmt):
+    frames = [Image.new("RGB", (50, 40), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
+    buf = io.BytesIO()
+    frames[0].save(buf, fmt, save_all=True, append_images=frames[1:], duration=50, loop=0,
+                   **({"lossless": True} if fmt == "WEBP" else {}))
+    assert Image.open(io.BytesIO(buf.getvalue())).n_frames == 3
+    im = decode_image(buf.getvalue())
+    assert im.mode == "RGB" and im.size == (50, 40)
+    r, g, b = im.getpixel((5, 5))
+    assert r > 200 and g < 50 and b < 50
+
+
+def test_16_bit_tiff_is_scaled():
+    arr = np.full((40, 60), 40000, np.uint16)
+    data = encode(Image.fromarray(arr), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    im = decode_image(data)
+    assert im.mode == "RGB" and im.size == (60, 40) and 150 < np.asarray(im)[0, 0, 0] < 160

@@ -4,8 +4,11 @@ under traffic fails no request; our metrics reach Ray's Prometheus endpoint."""
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
 import re
+import select
 import socket
 import threading
 import time
@@ -24,6 +27,7 @@ from animalclf.predict import MAX_BYTES, Predictor
 from animalclf.trainer import checkpoint_meta
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
+BODY_TIMEOUT_S = 3.0  # the test app's limit for a request body to arrive
 
 CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "Giraffe", "Horse",
            "Kangaroo", "Lion", "Panda", "Tiger", "Zebra"]
@@ -61,7 +65,7 @@ def endpoint(ray_session, checkpoints):
     from serve import deploy
 
     url = deploy.start(str(checkpoints[0]), port=free_port(), max_ongoing_requests=2, max_queued_requests=2,
-                       max_batch_size=4, batch_wait_timeout_s=0.01)
+                       max_batch_size=4, batch_wait_timeout_s=0.01, body_timeout_s=BODY_TIMEOUT_S)
     yield url
     deploy.stop()
 
@@ -72,10 +76,8 @@ def local(checkpoints) -> dict[str, Predictor]:
 
 
 def expected(local: dict[str, Predictor], version: str, path: Path, k: int = 5) -> list[dict]:
-    from animalclf.predict import decode_image
-
     p = local[version[len("checkpoint:"):]]
-    return p.predict([decode_image(path.read_bytes())], k)[0]
+    return p.predict([p.decode(path.read_bytes())], k)[0]
 
 
 def same(a: list[dict], b: list[dict]) -> bool:
@@ -190,6 +192,14 @@ def _modes(photo: Path) -> dict[str, bytes]:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° on display
     out["exif_rotated"] = _jpeg(base, exif=exif)
+    for fmt in ("GIF", "WEBP"):
+        frames = [base, base.rotate(90), base.convert("L").convert("RGB")]
+        buf = io.BytesIO()
+        frames[0].save(buf, fmt, save_all=True, append_images=frames[1:], duration=40, loop=0)
+        out[f"animated_{fmt.lower()}"] = buf.getvalue()
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257).save(buf, "TIFF")
+    out["tiff16"] = buf.getvalue()
     return out
 
 
@@ -298,3 +308,83 @@ def test_metrics_on_prometheus_endpoint(endpoint, ray_session, photos):
         time.sleep(2)
     else:
         pytest.fail("animalclf metrics not on the Prometheus endpoint: " + "\n".join(l for l in text.splitlines() if "animalclf_" in l)[:2000])
+
+
+def test_extreme_aspect_ratio_is_cheap(endpoint):
+    """A 132-byte 16000x1 PNG used to cost seconds and GBs: now the centre is classified at once."""
+    for size in [(16000, 1), (1, 16000)]:
+        buf = io.BytesIO()
+        Image.new("RGB", size, (120, 90, 60)).save(buf, "PNG")
+        t0 = time.perf_counter()
+        r = requests.post(f"{endpoint}/predict", data=buf.getvalue(), timeout=30)
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 5, r.text
+        assert time.perf_counter() - t0 < 2.0
+    huge = io.BytesIO()
+    Image.new("1", (100_000, 1)).save(huge, "PNG")
+    r = requests.post(f"{endpoint}/predict", data=huge.getvalue(), timeout=30)
+    assert r.status_code == 413 and "longest side" in r.json()["error"]
+
+
+def raw_post(url: str, path: str, chunks, pause: float = 0.0, headers: str = "") -> tuple[int, dict, float]:
+    """POST with ``Transfer-Encoding: chunked`` (no Content-Length) from a plain socket, one chunk
+    per ``pause`` s; stops sending once the server answers. Returns (status, JSON body, seconds)."""
+    host, port = url.split("//")[1].split(":")
+    s = socket.create_connection((host, int(port)), timeout=60)
+    t0 = time.monotonic()
+    try:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n{headers}\r\n".encode())
+        for c in chunks:
+            if select.select([s], [], [], pause)[0]:
+                break  # answered (or closed) before the body was complete
+            try:
+                s.sendall(b"%x\r\n%s\r\n" % (len(c), c))
+            except OSError:
+                break
+        else:
+            s.sendall(b"0\r\n\r\n")
+        resp = http.client.HTTPResponse(s)
+        resp.begin()
+        text = resp.read()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = {"error": f"not JSON: {text[:200]!r}"}
+        return resp.status, body, time.monotonic() - t0
+    finally:
+        s.close()
+
+
+def test_chunked_body_over_the_limit_is_413_while_streaming(endpoint, photos):
+    mib = bytes(1024 * 1024)
+    status, body, _ = raw_post(endpoint, "/predict", (mib for _ in range(MAX_BYTES // len(mib) + 4)))
+    assert status == 413 and "limit" in body["error"], body
+    boundary = "xYzBoundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    parts = [head] + [mib] * (MAX_BYTES // len(mib) + 4)
+    status, body, _ = raw_post(endpoint, "/predict", parts,
+                               headers=f"Content-Type: multipart/form-data; boundary={boundary}\r\n")
+    assert status == 413 and "limit" in body["error"], body
+    small = photos[0].read_bytes()  # a chunked upload under the limit still works
+    status, body, _ = raw_post(endpoint, "/predict", [small[:1000], small[1000:]])
+    assert status == 200 and len(body["predictions"]) == 5
+
+
+def test_slow_body_is_cut_off_and_others_are_served(endpoint, photos):
+    """Three clients send one byte a second (more than the app's 2 ongoing + 2 queued requests
+    would allow for long): each gets 408 after BODY_TIMEOUT_S, and a normal request meanwhile is
+    answered."""
+    before = health(endpoint)
+    with ThreadPoolExecutor(3) as ex:
+        slow = [ex.submit(raw_post, endpoint, "/predict", (b"x" for _ in range(120)), 1.0) for _ in range(3)]
+        time.sleep(0.5)
+        t0 = time.perf_counter()
+        r = requests.post(f"{endpoint}/predict", data=photos[0].read_bytes(), timeout=60)
+        assert r.status_code == 200, r.text
+        assert time.perf_counter() - t0 < BODY_TIMEOUT_S + 5
+        for f in slow:
+            status, body, seconds = f.result(timeout=60)
+            assert status == 408 and "did not arrive" in body["error"], body
+            assert BODY_TIMEOUT_S - 0.5 < seconds < BODY_TIMEOUT_S + 5, seconds
+    after = health(endpoint)
+    assert (after["pid"], after["replica"]) == (before["pid"], before["replica"])

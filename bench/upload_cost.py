@@ -1,0 +1,140 @@
+"""What a hostile or just large upload costs: a 12-megapixel phone JPEG vs a 224 px photo, and a
+16000x1 PNG, in-process and over HTTP through Ray Serve, with the replica's memory before/after.
+
+    python bench/upload_cost.py [--n 30] [--smoke-test]
+
+Targets (issue 10.5): the 12 MP JPEG's p50 <= 2x the 224 px photo's; the 16000x1 PNG answered
+(4xx or a right-sized 200) in < 100 ms with no memory growth in the replica.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import io
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import requests
+import torch
+from PIL import Image
+
+from animalclf.localray import free_port
+from serve_latency import make_model, photo_bytes
+
+
+def phone_jpeg(photo: bytes, size: tuple[int, int] = (4032, 3024)) -> bytes:
+    """A 12 MP JPEG like a phone's (quality 92, sensor-like noise, EXIF orientation): the photo
+    upscaled, so it is a real scene rather than noise that would not compress."""
+    im = Image.open(io.BytesIO(photo)).convert("RGB").resize(size, Image.BICUBIC)
+    noise = np.random.default_rng(0).integers(-10, 11, (size[1], size[0], 3))
+    im = Image.fromarray(np.clip(np.asarray(im, np.int16) + noise, 0, 255).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=92, exif=exif)
+    return buf.getvalue()
+
+
+def strip_png(size: tuple[int, int] = (16000, 1)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (120, 90, 60)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(fn, n: int, warmup: int) -> list[float]:
+    out = []
+    for i in range(warmup + n):
+        t0 = time.perf_counter()
+        fn()
+        if i >= warmup:
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Cost of large and extreme uploads", add_help=add_help)
+    p.add_argument("--n", type=int, default=30, help="timed requests per image and path (default: 30)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed requests first (default: 5)")
+    p.add_argument("--smoke-test", action="store_true", help="n=3, warmup=1")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    import ray
+
+    from animalclf.predict import Predictor
+    from serve import deploy
+
+    if args.smoke_test:
+        args.n, args.warmup = 3, 1
+    small = photo_bytes(None)
+    big, strip = phone_jpeg(small), strip_png()
+    images = {f"224 px photo ({len(small) // 1024} KiB)": small,
+              f"12 MP phone JPEG ({len(big) / 2**20:.1f} MiB)": big,
+              f"16000x1 PNG ({len(strip)} B)": strip}
+    threads = torch.get_num_threads()
+    rows: list[tuple[str, str, list[float]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = make_model(os.path.join(tmp, "lite0"))
+        p = Predictor.load(model)
+        for name, data in images.items():
+            rows.append(("in-process", name, timed(lambda: p.predict([p.decode(data)], 5), args.n, args.warmup)))
+        old = timed(lambda: p.predict_tensors(p.transform(Image.open(io.BytesIO(big)).convert("RGB"))[None]),
+                    max(3, args.n // 5), 1)
+        os.environ.setdefault("RAY_ADDRESS", "local")
+        ray.init(num_cpus=4, logging_level="ERROR")
+        try:
+            url = deploy.start(model, port=free_port(), num_threads=threads, max_batch_size=1, batch_wait_timeout_s=0.0)
+            s = requests.Session()
+            pid = s.get(f"{url}/healthz", timeout=10).json()["pid"]
+
+            def post(data: bytes) -> None:
+                r = s.post(f"{url}/predict", data=data, timeout=60)
+                assert r.status_code < 500, r.text
+
+            for name, data in images.items():
+                post(data)
+            rss0 = rss_mib(pid)
+            for name, data in images.items():
+                rows.append(("HTTP", name, timed(lambda: post(data), args.n, args.warmup)))
+            strip_n = timed(lambda: post(strip), 10 * args.n, 0)
+            rss1 = rss_mib(pid)
+            status = s.post(f"{url}/predict", data=strip, timeout=60).status_code
+        finally:
+            deploy.stop()
+            ray.shutdown()
+    load = os.getloadavg()
+    print(f"\nLite0 224 px, batch 1, torch threads {threads}, {os.cpu_count()} CPUs, {args.n} timed requests each")
+    print(f"{'path':11s} {'image':34s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs 224 px':>10s}")
+    base = {}
+    for path, name, xs in rows:
+        base.setdefault(path, statistics.median(xs))
+        print(f"{path:11s} {name:34s} {statistics.median(xs):8.2f} {max(xs):8.2f} {statistics.median(xs) / base[path]:10.2f}")
+    print(f"in-process, 12 MP decoded at full size (the old path): p50 {statistics.median(old):.2f} ms")
+    print(f"16000x1 PNG over HTTP: status {status}, p50 {statistics.median(strip_n):.2f} ms, max {max(strip_n):.2f} ms "
+          f"over {len(strip_n)} requests; replica RSS {rss0:.0f} MiB before, {rss1:.0f} MiB after ({rss1 - rss0:+.0f} MiB)")
+    print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    http = {name: statistics.median(xs) for path, name, xs in rows if path == "HTTP"}
+    ratio = list(http.values())[1] / list(http.values())[0]
+    print(f"\n12 MP / 224 px over HTTP = {ratio:.2f} (target <= 2): {'met' if ratio <= 2 else 'MISSED'}; "
+          f"16000x1 p50 {statistics.median(strip_n):.1f} ms (target < 100): {'met' if statistics.median(strip_n) < 100 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
