@@ -77,7 +77,20 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), meta
 
 
+def _numpy_scalars() -> list:
+    """NumPy scalar types a metric history may hold (``np.float64`` is a ``float``): data, no code."""
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core
+    return [core.multiarray.scalar, np.dtype,
+            *(type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_))]
+
+
 def load_train_state(directory: str | Path) -> Optional[dict[str, Any]]:
-    """Optimizer/epoch state for resuming, or ``None`` for an export-only checkpoint."""
+    """Optimizer/epoch state for resuming, or ``None`` for an export-only checkpoint; loaded with
+    ``weights_only=True`` (tensors, numbers, strings, NumPy scalars: nothing is executed)."""
     p = Path(directory) / STATE_FILE
-    return torch.load(p, map_location="cpu", weights_only=False) if p.is_file() else None
+    if not p.is_file():
+        return None
+    with torch.serialization.safe_globals(_numpy_scalars()):
+        return torch.load(p, map_location="cpu", weights_only=True)

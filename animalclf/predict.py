@@ -5,7 +5,6 @@ evaluation preprocessing stored in the checkpoint; plus safe decoding of untrust
 from __future__ import annotations
 
 import io
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -14,14 +13,17 @@ from typing import Any, Optional, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from animalclf.checkpoint import META_FILE, load_model
+from animalclf.checkpoint import META_FILE, MODEL_FILE, load_model
 from animalclf.data import eval_transform, to_rgb
 from animalclf.errors import InvalidImage, UserError
 from animalclf.model import Preprocess
+from animalclf.registry import is_model_ref
+
+EXTRA_FILES = "extra_files"  # where mlflow.pytorch.log_model(extra_files=...) puts them
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "decode_image", "bound_aspect", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE", "MAX_ASPECT"]
+__all__ = ["Predictor", "pin_version", "decode_image", "bound_aspect", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE", "MAX_ASPECT"]
 
 MAX_BYTES = 10 * 1024 * 1024  # 10 MiB per image
 MAX_PIXELS = 40_000_000  # well under Pillow's ~179 MP bomb error; a 8000x5000 photo fits
@@ -102,6 +104,21 @@ def decode_image(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_
         raise InvalidImage(f"corrupt or truncated image ({e})", 400) from None
 
 
+def pin_version(ref: str) -> str:
+    """``models:/NAME@ALIAS`` -> ``models:/NAME/N`` (the version the alias names now); a
+    ``models:/NAME/N`` as it is. The one place an alias is resolved."""
+    from mlflow import MlflowClient
+
+    name, sep, alias = ref[len("models:/"):].partition("@")
+    if not sep:
+        return ref
+    try:
+        return f"models:/{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"
+    except Exception as e:
+        raise UserError(f"Could not resolve {ref} in the MLflow registry ({type(e).__name__}: {e}); check the "
+                        "model name, the alias and MLFLOW_TRACKING_URI.") from None
+
+
 class Predictor:
     """A loaded model plus its classes and preprocessing; thread-compatible, no Ray needed."""
 
@@ -121,41 +138,36 @@ class Predictor:
 
     @classmethod
     def from_mlflow(cls, uri: str, device: str = "cpu") -> "Predictor":
-        """Load ``models:/NAME@alias``, ``models:/NAME/VERSION`` or ``runs:/ID/model``."""
+        """Load ``models:/NAME@alias``, ``models:/NAME/VERSION`` or ``runs:/ID/model`` without
+        unpickling anything: only the model's ``extra_files/`` (the state dict, read with
+        ``weights_only=True``, and ``animalclf.json``) are downloaded; the pickled MLflow model
+        beside them, there for MLflow users, is never fetched. An alias is resolved once, here,
+        and :attr:`version` names the version that was loaded."""
         import mlflow
-        import mlflow.pytorch
 
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-        except Exception as e:
-            raise UserError(f"Could not fetch model {uri} from MLflow ({type(e).__name__}: {e}); check the name/alias and MLFLOW_TRACKING_URI.") from None
-        metas = list(local.rglob(META_FILE))
-        if not metas:
-            raise UserError(f"Model {uri} has no {META_FILE}: it was not logged by animalclf.")
-        meta = json.loads(metas[0].read_text())
-        model = mlflow.pytorch.load_model(str(local), map_location=device)
-        version = uri
         if uri.startswith("models:/"):
-            version = cls._registry_version(uri) or uri
-        return cls(model, meta, version=version, device=device)
+            pinned = pin_version(uri)
+            name, number = pinned[len("models:/"):].rsplit("/", 1)
+            from mlflow import MlflowClient
 
-    @staticmethod
-    def _registry_version(uri: str) -> Optional[str]:
-        from mlflow import MlflowClient
-
-        ref = uri[len("models:/"):]
+            base, version = MlflowClient().get_model_version_download_uri(name, number), f"{name}/{number}"
+        else:
+            base, version = uri, uri
         try:
-            if "@" in ref:
-                name, alias = ref.split("@", 1)
-                return f"{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"
-            return ref
-        except Exception:
-            return None
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base.rstrip('/')}/{EXTRA_FILES}"))
+        except Exception as e:
+            raise UserError(f"Could not fetch the weights of {uri} from MLflow ({type(e).__name__}: {e}); check the "
+                            "name/alias and MLFLOW_TRACKING_URI.") from None
+        if not (local / MODEL_FILE).is_file() or not (local / META_FILE).is_file():
+            raise UserError(f"Model {uri} ({version}) has no {EXTRA_FILES}/{MODEL_FILE} + {META_FILE}: it was logged "
+                            "before animalclf stored a state dict, and pickles are not loaded; register it again.")
+        model, meta = load_model(local, device)
+        return cls(model, meta, version=version, device=device)
 
     @classmethod
     def load(cls, ref: str, device: str = "cpu") -> "Predictor":
         """A checkpoint directory or an MLflow model URI."""
-        if ref.startswith(("models:/", "runs:/")):
+        if is_model_ref(ref):
             return cls.from_mlflow(ref, device)
         return cls.from_checkpoint(ref, device)
 

@@ -228,6 +228,8 @@ class Tracker:
 
         Returns the registered version (as a string) or ``None`` when not registering.
         """
+        import tempfile
+
         import mlflow
         import mlflow.pytorch
         import timm
@@ -240,10 +242,16 @@ class Tracker:
             out = model(example).softmax(1)
         signature = infer_signature(example.numpy(), out.numpy())
         reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
-        with mlflow.start_run(run_id=self.run_id):
+        # What animalclf loads is extra_files/ (the state dict, read with weights_only=True, and
+        # animalclf.json); the pickled model beside it is for MLflow users and never loaded by us.
+        from animalclf.checkpoint import MODEL_FILE
+
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=self.run_id):
+            weights = Path(tmp) / MODEL_FILE
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
             info = mlflow.pytorch.log_model(
                 model, name="model", signature=signature, registered_model_name=registered_name,
-                extra_files=[str(meta_file)], pip_requirements=reqs, await_registration_for=60,
+                extra_files=[str(meta_file), str(weights)], pip_requirements=reqs, await_registration_for=60,
                 serialization_format="pickle",
             )
         version = getattr(info, "registered_model_version", None)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -13,14 +14,34 @@ def test_checkpoint_round_trip_without_ray(tmp_path):
     model = build_model(cfg.arch, 3, cfg.unfreeze, "none").eval()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad])
     meta = checkpoint_meta(cfg, ["x", "y", "z"], {"val_accuracy": 0.5, "note": "dropped"}, epoch=3)
-    save_checkpoint(tmp_path / "ck", model, meta, {"epoch": 3, "optimizer": opt.state_dict()})
+    history = [{"val_accuracy": np.float64(0.5), "loss": np.float32(1.5), "epoch": 1}]
+    save_checkpoint(tmp_path / "ck", model, meta, {"epoch": 3, "optimizer": opt.state_dict(), "history": history})
     loaded, m = load_model(tmp_path / "ck")
     assert m["classes"] == ["x", "y", "z"] and m["epoch"] == 3 and m["metrics"] == {"val_accuracy": 0.5}
     assert m["preprocess"]["crop_size"] == 64 and m["config"]["unfreeze"] == 2
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), loaded(x))
-    assert load_train_state(tmp_path / "ck")["epoch"] == 3
+    state = load_train_state(tmp_path / "ck")  # weights_only=True, NumPy scalars in the history too
+    assert state["epoch"] == 3 and state["history"] == history
+    assert state["optimizer"]["param_groups"][0]["lr"] == opt.state_dict()["param_groups"][0]["lr"]
     assert not list((tmp_path / "ck").glob(".*"))  # no temp files left behind
     with pytest.raises(UserError, match="not an animalclf checkpoint"):
         read_meta(tmp_path)
+
+
+class _Payload:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_train_state_with_code_is_refused(tmp_path):
+    model = build_model("efficientnet_lite0", 3, 0, "none")
+    meta = checkpoint_meta(TrainConfig(arch="efficientnet_lite0", weights="none", image_size=64), ["x", "y", "z"], {}, 1)
+    save_checkpoint(tmp_path / "ck", model, meta, {"epoch": 1, "evil": _Payload(str(tmp_path / "pwned"))})
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_train_state(tmp_path / "ck")
+    assert not (tmp_path / "pwned").exists()

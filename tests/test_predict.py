@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +207,71 @@ def test_16_bit_tiff_is_scaled():
     assert Image.open(io.BytesIO(data)).mode == "I;16"
     im = decode_image(data)
     assert im.mode == "RGB" and im.size == (60, 40) and 150 < np.asarray(im)[0, 0, 0] < 160
+
+
+# --- registry versions load without unpickling ---------------------------------------------------
+class _Payload:
+    """Unpickling this creates ``path``: proof that a pickle was executed."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def register_version(name: str, classes=CLASSES, seed: int = 0) -> tuple[str, Predictor]:
+    """Log a Lite0 (random weights) to the current MLflow store as a new version of ``name``."""
+    import tempfile
+
+    from animalclf.checkpoint import META_FILE
+    from animalclf.tracking import Tracker
+
+    torch.manual_seed(seed)
+    cfg = TrainConfig(arch="efficientnet_lite0", weights="none", unfreeze=0, image_size=64)
+    model = build_model(cfg.arch, len(classes), 0, "none").eval()
+    d = save_checkpoint(Path(tempfile.mkdtemp()) / "ck", model, checkpoint_meta(cfg, classes, {"val_accuracy": 0.5}, 1))
+    tracker = Tracker.start("pickles", "run")
+    version = tracker.log_model(model, d / META_FILE, torch.zeros(1, 3, 64, 64), name)
+    tracker.end()
+    return version, Predictor.from_checkpoint(d)
+
+
+def test_registry_versions_load_without_unpickling(project, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    version, local = register_version("pwn")
+    client = MlflowClient()
+    client.set_registered_model_alias("pwn", "champion", version)
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/pwn/{version}"))
+    stored = Path(client.get_model_version_download_uri("pwn", version).removeprefix("file://"))
+    pickles = list(stored.rglob("*.pth")) + list(stored.rglob("*.pkl"))
+    assert pickles and (stored / "extra_files" / "model.pt").is_file(), sorted(p.name for p in stored.rglob("*"))
+    marker = tmp_path / "pwned"
+    for p in pickles:  # the attacker overwrites the pickled model in the artifact store
+        torch.save(_Payload(str(marker)), p)
+
+    x = torch.stack([local.tensor(photo(90, 70))])
+    for ref in ("models:/pwn@champion", f"models:/pwn/{version}"):
+        p = Predictor.load(ref)
+        assert p.version == f"pwn/{version}" and p.classes == CLASSES
+        assert torch.allclose(p.predict_tensors(x), local.predict_tensors(x), atol=1e-5)
+    assert not marker.exists(), "loading through Predictor ran the planted pickle"
+    assert (model_dir / "MLmodel").is_file()  # still an MLflow model for MLflow users ...
+    with pytest.raises(Exception):
+        mlflow.pytorch.load_model(f"models:/pwn/{version}")  # ... and the payload is live:
+    assert marker.exists()  # MLflow's own loader runs it, so the check above could fail
+
+
+def test_unknown_alias_is_a_user_error(project, tmp_path, monkeypatch):
+    import mlflow
+
+    from animalclf.errors import UserError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(UserError, match="Could not resolve models:/nothing@champion"):
+        Predictor.load("models:/nothing@champion")
