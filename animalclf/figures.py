@@ -61,7 +61,7 @@ def search_figures(trials: Sequence[Mapping[str, Any]], metric: str, log_params:
     score = [t["best"][metric] for t in done]
     dims.append(dict(label=metric, values=score))
     parcoords = go.Figure(go.Parcoords(line=dict(color=score, colorscale="Viridis", showscale=True), dimensions=dims),
-                          layout=dict(title=f"Search: parameters vs best {metric}"))
+                          layout=dict(title=f"Search: parameters vs best {metric}", margin=dict(l=70, r=40)))  # room for axis labels
     curves = go.Figure(layout=dict(title=f"Per-trial {metric} (dashed: stopped by ASHA)", xaxis_title="epoch", yaxis_title=metric))
     for t in trials:
         h = t.get("history") or []

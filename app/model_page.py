@@ -127,7 +127,7 @@ def _evaluation(info: VersionInfo) -> None:
         return
     st.markdown("#### Evaluation on the validation split")
     figs = report_figures(r)
-    left, right = st.columns([3, 2])
+    left, right = st.columns([5, 4])
     left.plotly_chart(figs["confusion_matrix"].update_layout(height=520), width="stretch", key="fig-confusion")
     rows = [{"class": c, "precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "AUC": m["auroc"],
              "AP": m["average_precision"], "support": m["support"]} for c, m in r["per_class"].items()]
