@@ -14,10 +14,27 @@ from pathlib import Path
 from typing import Any, Optional
 
 from animalclf.errors import UserError
+from animalclf.evidence import DEFAULT_MIN_IMPROVEMENT
 
 ARCHS = ("efficientnet_b0", "efficientnet_lite0")
+# What `unfreeze` counts: the stem, the 16 MBConv blocks and the final 1x1 conv (both archs).
+NUM_LAYERS = 18
 METRICS = ("val_accuracy", "val_f1", "val_loss")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # files read as images
+
+
+def better(value: float, best: Optional[float], mode: str) -> bool:
+    """Whether ``value`` beats ``best`` (``None``: anything does) for a metric that ``mode`` ("max"
+    or "min") optimises."""
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def check_unfreeze(arch: str, *values: int) -> None:
+    """The one range check of ``unfreeze`` (flags, search ranges): 0 (head only) to NUM_LAYERS (all)."""
+    for value in values:
+        if value != int(value) or not 0 <= value <= NUM_LAYERS:
+            raise UserError(f"--unfreeze {value} is out of range for {arch}: use an integer within 0:{NUM_LAYERS} "
+                            f"(0 = head only, {NUM_LAYERS} = all).")
 
 
 def project_dir() -> Path:
@@ -80,6 +97,9 @@ class TrainConfig:
     storage_path: Optional[str] = None
     experiment: str = "animalclf"
     model_name: Optional[str] = "animalclf"
+    # promotion of the registered version to @champion (animalclf.registry)
+    force_promote: bool = False
+    min_improvement: float = DEFAULT_MIN_IMPROVEMENT
     track: bool = True
 
     @property
@@ -103,15 +123,9 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check values that do not need the data or the model; raise :class:`UserError`."""
-        from animalclf.model import num_layers
-
         if self.arch not in ARCHS:
             raise UserError(f"Unknown arch {self.arch!r}: choose one of {', '.join(ARCHS)}.")
-        n = num_layers(self.arch)
-        if not 0 <= self.unfreeze <= n:
-            raise UserError(
-                f"--unfreeze {self.unfreeze} is out of range for {self.arch}: use 0 (head only) to {n} (all)."
-            )
+        check_unfreeze(self.arch, self.unfreeze)
         if not (self.data or (self.train_dir and self.val_dir)):
             raise UserError("No data given: pass --data DIR (class folders) or both --train-dir and --val-dir.")
         if self.data and (self.train_dir or self.val_dir):
@@ -169,6 +183,11 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--experiment", default=d.experiment, help="MLflow experiment (default: animalclf)")
     g.add_argument("--model-name", default=d.model_name, help="MLflow registered model name (default: animalclf)")
     g.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow")
+    g.add_argument("--min-improvement", type=float, default=d.min_improvement,
+                   help="accuracy gain (fraction) a new version needs, beyond noise, to become @champion "
+                        f"(default: {d.min_improvement})")
+    g.add_argument("--force-promote", action="store_true",
+                   help="make the new version @champion without the gate (also when the champion cannot be read)")
     return parser
 
 
@@ -188,4 +207,5 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
     )
 
 
-__all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "runs_dir", "ARCHS", "METRICS"]
+__all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "runs_dir", "check_runs_dir", "ARCHS",
+           "METRICS", "NUM_LAYERS", "better", "check_unfreeze"]

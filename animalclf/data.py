@@ -96,14 +96,3 @@ class LocalFolder(ClassFolders):
         return EpochLoader(make_loader(dataset, batch_size, sampler=ShardSampler(len(dataset), rank, world),
                                        workers=workers, pin_memory=pin_memory))
 
-
-# --- Old names, kept until trainer.py, tuning.py, bench/, predict.py and app/ import from the new
-# modules (animalclf.datasource, .split, .transforms, .loaders); then delete this block. ---
-def load_split(data: Optional[str], train_dir: Optional[str], val_dir: Optional[str], val_ratio: float, seed: int) -> Split:
-    """Deprecated: ``LocalFolder(data, train_dir, val_dir).split(val_ratio, seed)``."""
-    return LocalFolder(data, train_dir, val_dir).split(val_ratio, seed)
-
-
-from animalclf.loaders import open_image  # noqa: E402,F401
-from animalclf.split import stratified_split  # noqa: E402,F401
-from animalclf.transforms import to_rgb  # noqa: E402,F401

@@ -31,7 +31,7 @@ from animalclf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LocalHead", "start_head", "init_ray", "stop_owned", "free_port", "stop_processes", "head_processes",
+__all__ = ["LocalHead", "start_head", "init_ray", "owns_head", "stop_owned", "free_port", "stop_processes", "head_processes",
            "recorded_address_file", "lost_head"]
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -178,6 +178,11 @@ def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = N
 # ------------------------------------------------------------------ joining, or a private head
 
 _owned: list[LocalHead] = []
+
+
+def owns_head() -> bool:
+    """Whether this process started (and will stop) the Ray it runs on."""
+    return bool(_owned)
 
 
 def stop_owned() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from animalclf.config import NUM_LAYERS
 from animalclf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def num_layers(arch: str) -> int:
     """How many units ``unfreeze`` can count for ``arch`` (18 for both EfficientNets)."""
     if arch not in _PREPROCESS:
         raise UserError(f"Unknown arch {arch!r}: choose one of {', '.join(_PREPROCESS)}.")
-    return 18
+    return NUM_LAYERS
 
 
 def feature_layers(model: nn.Module) -> list[nn.Module]:

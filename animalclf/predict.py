@@ -14,7 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from animalclf.checkpoint import META_FILE, MODEL_FILE, load_model
-from animalclf.data import eval_transform, to_rgb
+from animalclf.transforms import eval_transform, to_rgb
 from animalclf.errors import InvalidImage, UserError
 from animalclf.model import Preprocess
 from animalclf.registry import is_model_ref

@@ -10,121 +10,27 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
-import yaml
-
-from animalclf import tracking
-from animalclf.config import TrainConfig
-from animalclf.data import Split
+from animalclf import localray, tracking
+from animalclf.config import TrainConfig, better
 from animalclf.errors import UserError
-from animalclf.model import num_layers
-from animalclf.trainer import fit, prepare, publish, start_tracker
+from animalclf.evidence import Decision
+from animalclf.figures import search_figures
+from animalclf.search_space import ParamSpec
+from animalclf.split import Split
+from animalclf.training import fit, prepare, publish, start_tracker
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "ParamSpec", "SEARCHABLE", "default_space", "parse_space", "TuneOptions", "TuneOutcome", "run_search",
-    "promote_if_better", "plan_concurrency",
-]
+__all__ = ["TuneOptions", "TuneOutcome", "run_search", "plan_concurrency", "ELIGIBLE"]
 
-# name -> kind; what a trial can vary of TrainConfig
-SEARCHABLE = {"lr": "loguniform", "weight_decay": "loguniform", "unfreeze": "int", "batch_size": "choice",
-              "label_smoothing": "uniform", "dropout": "uniform"}
-CHAMPION = "champion"
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One search dimension: a range (``low``..``high``) or a list of ``values``."""
-
-    kind: str
-    low: Optional[float] = None
-    high: Optional[float] = None
-    values: tuple = ()
-
-    def to_tune(self):
-        from ray import tune
-
-        if self.kind == "loguniform":
-            return tune.loguniform(self.low, self.high)
-        if self.kind == "uniform":
-            return tune.uniform(self.low, self.high)
-        if self.kind == "int":
-            return tune.randint(int(self.low), int(self.high) + 1)  # high inclusive
-        return tune.choice(list(self.values))
-
-    def describe(self) -> str:
-        return f"{self.kind}{list(self.values)}" if self.kind == "choice" else f"{self.kind}[{self.low}, {self.high}]"
-
-
-def default_space(arch: str) -> dict[str, ParamSpec]:
-    """Learning rate (log-uniform) and unfreeze depth over the whole range the model defines."""
-    return {"lr": ParamSpec("loguniform", 1e-4, 1e-2), "unfreeze": ParamSpec("int", 0, num_layers(arch))}
-
-
-def _spec(name: str, value: Any, arch: str) -> ParamSpec:
-    if name not in SEARCHABLE:
-        raise UserError(f"Unknown search parameter {name!r}: choose from {', '.join(SEARCHABLE)}.")
-    kind = SEARCHABLE[name]
-    if isinstance(value, str) and ":" in value:
-        lo, hi = value.split(":", 1)
-        value = {"low": lo, "high": hi}
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v]
-    if isinstance(value, Mapping):
-        try:
-            low, high = float(value["low"]), float(value["high"])
-        except (KeyError, ValueError):
-            raise UserError(f"Search range for {name!r} must be LOW:HIGH numbers, got {value!r}.") from None
-        if not low < high and not (kind == "int" and low == high):
-            raise UserError(f"Search range for {name!r} is empty or inverted ({low}:{high}): give LOW < HIGH.")
-        if kind == "loguniform" and low <= 0:
-            raise UserError(f"Search range for {name!r} is log-uniform: LOW must be > 0, got {low}.")
-        if name == "unfreeze" and not (0 <= low and high <= num_layers(arch) and low == int(low) and high == int(high)):
-            raise UserError(f"unfreeze range {int(low)}:{int(high)} must be integers within 0:{num_layers(arch)} for {arch}.")
-        if kind == "choice":
-            raise UserError(f"{name!r} takes a list of values (e.g. {name}=32,64), not a range.")
-        return ParamSpec(kind, low, high)
-    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    if not values:
-        raise UserError(f"Search values for {name!r} are empty: give at least one.")
-    cast = int if name in ("batch_size", "unfreeze") else float
-    try:
-        values = tuple(cast(v) for v in values)
-    except ValueError:
-        raise UserError(f"Search values for {name!r} must be numbers, got {list(values)}.") from None
-    return ParamSpec("choice", values=values)
-
-
-def parse_space(items: Sequence[str] = (), file: Optional[str] = None, arch: str = "efficientnet_b0") -> dict[str, ParamSpec]:
-    """Default space, updated from a YAML file (``space: {lr: "1e-4:1e-2", batch_size: [32, 64]}``)
-    and then from ``NAME=LOW:HIGH`` / ``NAME=V1,V2`` items. ``NAME=`` (empty) removes a dimension."""
-    space = default_space(arch)
-    raw: dict[str, Any] = {}
-    if file:
-        p = Path(file)
-        if not p.is_file():
-            raise UserError(f"Search space file {file!r} does not exist.")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        raw.update((loaded.get("space") if isinstance(loaded, dict) and "space" in loaded else loaded) or {})
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--space {item!r}: write NAME=LOW:HIGH or NAME=V1,V2 (e.g. lr=1e-4:1e-2).")
-        k, v = item.split("=", 1)
-        raw[k.strip()] = v.strip()
-    for k, v in raw.items():
-        if v in ("", None):
-            if k not in SEARCHABLE:
-                raise UserError(f"Unknown search parameter {k!r}: choose from {', '.join(SEARCHABLE)}.")
-            space.pop(k, None)
-        else:
-            space[k] = _spec(k, v, arch)
-    if not space:
-        raise UserError("The search space is empty: keep at least one of " + ", ".join(SEARCHABLE) + ".")
-    return space
+# Trials that ran their whole budget (or stopped by our own patience rule) may become the model;
+# a trial ASHA stopped or that failed never does.
+ELIGIBLE = ("COMPLETED", "EARLY_STOPPED")
 
 
 @dataclass
@@ -143,6 +49,28 @@ class TuneOptions:
     resume: bool = False
     check_resources: bool = True
 
+    @staticmethod
+    def parse_points(text: Optional[str]) -> list[dict[str, Any]]:
+        """``--points``: a JSON list of configs to try first."""
+        try:
+            points = json.loads(text) if text else []
+        except json.JSONDecodeError as e:
+            raise UserError(f"--points is not valid JSON ({e.msg}): e.g. '[{{\"lr\": 0.001}}]'.") from None
+        if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+            raise UserError("--points must be a JSON list of objects.")
+        return points
+
+    def validate(self) -> "TuneOptions":
+        """Check values that need neither data nor Ray; raise :class:`UserError`."""
+        for flag, value in (("--num-samples", self.num_samples), ("--grace-period", self.grace_period)):
+            if value < 1:
+                raise UserError(f"{flag} must be at least 1, got {value}.")
+        if self.reduction_factor < 2:
+            raise UserError(f"--reduction-factor must be at least 2, got {self.reduction_factor}.")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise UserError(f"--max-concurrent must be at least 1, got {self.max_concurrent}.")
+        return self
+
 
 @dataclass
 class TuneOutcome:
@@ -158,6 +86,7 @@ class TuneOutcome:
     epochs_run: int
     epochs_budget: int
     path: str
+    decision: Optional[Decision] = None
 
 
 def plan_concurrency(cfg: TrainConfig, requested: Optional[int], resources: Mapping[str, float], check: bool = True) -> int:
@@ -224,10 +153,6 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from animalclf.localray import init_ray
-
-    import os
-
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic reporter takes our table columns
     for point in opts.points:
         unknown = set(point) - set(space)
@@ -235,7 +160,7 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
             raise UserError(f"--points names {sorted(unknown)} outside the search space {sorted(space)}.")
     split, uri = prepare(cfg)
     cfg = cfg.replace(storage_path=cfg.resolved_storage())  # trials run in their own working dirs
-    init_ray()
+    localray.init_ray()
     concurrency = plan_concurrency(cfg, opts.max_concurrent, ray.cluster_resources(), opts.check_resources)
     storage = cfg.resolved_storage()
     path = Path(storage) / opts.name
@@ -305,11 +230,10 @@ def _trial_rows(results, cfg: TrainConfig, space: Mapping[str, ParamSpec]) -> li
             status = "EARLY_STOPPED"  # our patience rule
         else:
             status = "STOPPED_BY_ASHA"
-        values = [h[cfg.metric] for h in hist if h.get(cfg.metric) is not None]
         best_i = None
-        if values:
-            best_v = max(values) if cfg.mode == "max" else min(values)
-            best_i = next(i for i, h in enumerate(hist) if h.get(cfg.metric) == best_v)
+        for i, h in enumerate(hist):
+            if h.get(cfg.metric) is not None and better(h[cfg.metric], hist[best_i][cfg.metric] if best_i is not None else None, cfg.mode):
+                best_i = i
         rows.append({
             "trial_id": last.get("trial_id") or Path(r.path).name, "status": status, "epochs": epochs,
             "config": {k: r.config.get(k) for k in space}, "history": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in hist],
@@ -321,17 +245,20 @@ def _trial_rows(results, cfg: TrainConfig, space: Mapping[str, ParamSpec]) -> li
 def _finish(cfg, space, opts, split, results, parent, path) -> TuneOutcome:
     rows = _trial_rows(results, cfg, space)
     scored = [t for t in rows if t["best"] is not None and t["best"].get("checkpoint_path")]
-    if not scored:
+    eligible = [t for t in scored if t["status"] in ELIGIBLE]
+    _mark_children(parent, rows)
+    if not eligible:
         if parent:
             parent.end("FAILED")
-        raise RuntimeError("No trial reported a checkpoint; nothing to publish (see the trial errors above).")
-    sign = 1 if cfg.mode == "max" else -1
-    best = max(scored, key=lambda t: sign * t["best"][cfg.metric])
+        raise RuntimeError("No trial completed with a checkpoint; nothing is published or promoted (see the trial errors above).")
+    best = eligible[0]
+    for t in eligible[1:]:
+        if better(t["best"][cfg.metric], best["best"][cfg.metric], cfg.mode):
+            best = t
     epochs_run = sum(t["epochs"] for t in rows)
     budget = len(rows) * cfg.epochs
-    _mark_children(parent, rows)
     best_cfg = cfg.replace(**best["config"])
-    log.info("Best trial %s: %s  %s=%.4f at epoch %d", best["trial_id"], best["config"], cfg.metric,
+    log.info("Best completed trial %s: %s  %s=%.4f at epoch %d", best["trial_id"], best["config"], cfg.metric,
              best["best"][cfg.metric], best["best"]["epoch"])
     log.info("Trials: %s; epochs run %d of %d (%.0f%% saved by early stopping)",
              ", ".join(f"{t['trial_id']}={t['status']}" for t in rows), epochs_run, budget, 100 * (1 - epochs_run / max(budget, 1)))
@@ -343,20 +270,19 @@ def _finish(cfg, space, opts, split, results, parent, path) -> TuneOutcome:
         out = publish(best_cfg, split, d, best["history"], parent, key=parent.run_id if parent else opts.name)
     search_dir = Path(out.report_dir) / "search"
     _write_search_plots(search_dir, rows, space, cfg)
-    promoted, champion = False, None
+    decision = out.decision
     if parent:
         parent.log_artifacts(search_dir, "search")
         parent.log_metrics({"epochs_run": epochs_run, "epochs_budget": budget, "trials": len(rows),
                             f"best_{cfg.metric}": best["best"][cfg.metric]}, step=0)
         parent.set_tags({"animalclf.best_trial": best["trial_id"], "animalclf.best_config": json.dumps(best["config"])})
-        if out.model_version and cfg.model_name:
-            promoted, champion = promote_if_better(cfg.model_name, out.model_version, out.report, split)
-            parent.set_tags({"animalclf.promoted": promoted, "animalclf.champion_version": champion})
         parent.end("FINISHED")
+    promoted = bool(decision and decision.promote)
+    champion = out.model_version if promoted else (decision.champion_version if decision else None)
     return TuneOutcome(best_config=best["config"], best_metrics=best["best"], trials=rows,
                        parent_run_id=parent.run_id if parent else None, checkpoint=out.checkpoint,
                        report_dir=out.report_dir, model_version=out.model_version, champion_version=champion,
-                       promoted=promoted, epochs_run=epochs_run, epochs_budget=budget, path=path)
+                       promoted=promoted, epochs_run=epochs_run, epochs_budget=budget, path=path, decision=decision)
 
 
 def _mark_children(parent, rows) -> None:
@@ -379,45 +305,7 @@ def _mark_children(parent, rows) -> None:
         client.set_terminated(child.info.run_id, status)
 
 
-def promote_if_better(model_name: str, version: str, report: dict[str, Any], split: Split) -> tuple[bool, str]:
-    """Move ``@champion`` to ``version`` only if it beats the current champion on ``split.val``."""
-    from mlflow import MlflowClient
-
-    from animalclf.predict import Predictor
-    from animalclf.trainer import evaluate_model
-
-    client = MlflowClient()
-    new_score = (report["accuracy"], report["macro_avg"]["f1"])
-    try:
-        current = client.get_model_version_by_alias(model_name, CHAMPION)
-    except Exception:
-        current = None
-    if current is None:
-        client.set_registered_model_alias(model_name, CHAMPION, version)
-        log.info("No champion yet: %s version %s is now @%s (accuracy %.4f)", model_name, version, CHAMPION, new_score[0])
-        return True, version
-    if str(current.version) == str(version):
-        return True, version
-    champ = Predictor.from_mlflow(f"models:/{model_name}/{current.version}")
-    if champ.classes != list(split.classes):
-        client.set_registered_model_alias(model_name, CHAMPION, version)
-        log.info("Champion v%s has other classes, so it cannot be compared: v%s is now @%s", current.version, version, CHAMPION)
-        return True, version
-    old = evaluate_model(champ.model, champ.meta, split.val, split.classes)
-    old_score = (old["accuracy"], old["macro_avg"]["f1"])
-    if new_score > old_score:
-        client.set_registered_model_alias(model_name, CHAMPION, version)
-        log.info("New champion: v%s (accuracy %.4f, F1 %.4f) beats v%s (%.4f, %.4f) on the same validation split",
-                 version, *new_score, current.version, *old_score)
-        return True, version
-    log.info("Champion stays v%s (accuracy %.4f, F1 %.4f): v%s scored %.4f, %.4f on the same validation split",
-             current.version, *old_score, version, *new_score)
-    return False, current.version
-
-
 def _write_search_plots(out: Path, rows: list[dict[str, Any]], space: Mapping[str, ParamSpec], cfg: TrainConfig) -> None:
-    from animalclf.figures import search_figures
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
     log_params = [k for k, spec in space.items() if spec.kind == "loguniform"]

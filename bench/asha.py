@@ -46,7 +46,8 @@ def main(args: argparse.Namespace) -> dict:
         os.environ.pop(k, None)
     from animalclf.config import TrainConfig
     from animalclf.logs import setup_logging
-    from animalclf.tuning import TuneOptions, parse_space, run_search
+    from animalclf.search_space import parse_space
+    from animalclf.tuning import TuneOptions, run_search
 
     setup_logging("WARNING")
     cfg = TrainConfig(data=args.data, arch=args.arch, weights="imagenet", image_size=args.image_size, batch_size=args.batch_size,

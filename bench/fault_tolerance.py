@@ -144,13 +144,13 @@ def run_once(workdir: Path, args: list[str], kill_after: Optional[float]) -> dic
         proc.cleanup()
         raise
     wall = time.monotonic() - proc.started
-    resumed = re.findall(r"(\d\d:\d\d:\d\d) INFO animalclf.trainer: Resumed from checkpoint after epoch (\d+)", out)
+    resumed = re.findall(r"(\d\d:\d\d:\d\d) INFO animalclf.worker: Resumed from checkpoint after epoch (\d+)", out)
     restart_s = None
     if resumed and killed_clock is not None:  # kill -> resumed worker running (log stamps: 1 s resolution)
         stamp = time.strptime(resumed[0][0], "%H:%M:%S")
         k = time.localtime(killed_clock)
         restart_s = (stamp.tm_hour * 3600 + stamp.tm_min * 60 + stamp.tm_sec) - (k.tm_hour * 3600 + k.tm_min * 60 + k.tm_sec + killed_clock % 1)
-    epochs_run = len(re.findall(r"INFO animalclf.trainer: epoch \d+/", out))
+    epochs_run = len(re.findall(r"INFO animalclf.worker: epoch \d+/", out))
     return {"wall_s": wall, "killed_at_s": killed_at, "resumed_after_epoch": [int(r[1]) for r in resumed],
             "restart_s": restart_s, "epochs_trained": epochs_run,
             "epoch_seconds": [h["epoch_seconds"] for h in report_history(out)]}

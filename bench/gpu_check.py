@@ -54,7 +54,7 @@ def main() -> int:
     fast = step_speed(True, True, args.batch, args.steps)
     print(f"B0 full fine-tune train step: fp32 NCHW {base:.0f} img/s, channels-last+bf16 {fast:.0f} img/s, ratio {fast / base:.2f}")
     from animalclf.localray import start_head
-    from animalclf.trainer import run_training
+    from animalclf.training import run_training
 
     head = start_head()
     try:

@@ -43,7 +43,7 @@ def main(args: argparse.Namespace) -> dict:
     from animalclf.config import TrainConfig
     from animalclf.logs import setup_logging
     from animalclf.report import format_table
-    from animalclf.trainer import run_training
+    from animalclf.training import run_training
 
     setup_logging("WARNING")
     cfg = TrainConfig(data=args.data, arch=args.arch, weights="imagenet", unfreeze=args.unfreeze, image_size=args.image_size,

@@ -37,7 +37,7 @@ def make_model(directory: str, image_size: int = 224) -> str:
     from animalclf.checkpoint import save_checkpoint
     from animalclf.config import TrainConfig
     from animalclf.model import build_model
-    from animalclf.trainer import checkpoint_meta
+    from animalclf.worker import checkpoint_meta
 
     cfg = TrainConfig(arch="efficientnet_lite0", weights="imagenet", unfreeze=0, image_size=image_size)
     save_checkpoint(directory, build_model(cfg.arch, len(CLASSES), 0, "imagenet"), checkpoint_meta(cfg, CLASSES, {}, 0))

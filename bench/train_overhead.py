@@ -3,7 +3,7 @@
 Same data (the shared photos, seeded 80:20 stratified split), same model (EfficientNet-Lite0 with
 ImageNet weights, ``--unfreeze``), same batch, same sampler order, same transforms, same threads:
 
-* ray: ``animalclf.trainer.make_trainer(cfg, split)`` -> ``TorchTrainer.fit()`` on a private Ray
+* ray: ``animalclf.worker.make_trainer(cfg, split)`` -> ``TorchTrainer.fit()`` on a private Ray
   head (``bench/_ray_head.py``); the worker's own per-epoch ``train_seconds`` / ``epoch_seconds``
   (train + validation) are read from the reported metrics, and a Train callback timestamps every
   ``ray.train.report`` so the full epoch period (including the checkpoint save and report) is known.
@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from animalclf.config import TrainConfig  # noqa: E402
-from animalclf.data import ImageList, ShardSampler, eval_transform, load_split, make_loader, train_transform  # noqa: E402
+from animalclf.datasource import open_source  # noqa: E402
 from animalclf.engine import evaluate, train_one_epoch  # noqa: E402
 from animalclf.model import build_model, frozen_modules, preprocess_for  # noqa: E402
 
@@ -58,8 +58,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def plain_run(cfg: TrainConfig, split) -> dict:
     """The worker loop's body without Ray (same calls, same order)."""
-    from torch.utils.data.distributed import DistributedSampler
-
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
@@ -69,15 +67,14 @@ def plain_run(cfg: TrainConfig, split) -> dict:
     frozen = frozen_modules(model)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    train_ds = ImageList(split.train, train_transform(pre))
-    sampler = DistributedSampler(train_ds, num_replicas=1, rank=0, shuffle=True, seed=cfg.seed)
-    train_loader = make_loader(train_ds, cfg.batch_size, sampler=sampler, workers=0, seed=cfg.seed)
-    val_loader = make_loader(ImageList(split.val, eval_transform(pre)), cfg.batch_size, sampler=ShardSampler(len(split.val), 0, 1))
+    source = open_source(cfg.data)
+    train_loader = source.train_loader(split, pre, cfg.batch_size, rank=0, world=1, seed=cfg.seed)
+    val_loader = source.val_loader(split, pre, cfg.batch_size, rank=0, world=1)
     criterion = nn.CrossEntropyLoss()
     epochs = []
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
         tm = train_one_epoch(model, train_loader, criterion, optimizer, device, n_classes, frozen=frozen,
                              channels_last=True, amp=False, max_steps=cfg.max_steps_per_epoch)
         vm, _ = evaluate(model, val_loader, criterion, device, n_classes, channels_last=True)
@@ -100,7 +97,7 @@ def _report_clock_callback(path: str):
 
 
 def ray_run(cfg: TrainConfig, split, tag: str) -> dict:
-    from animalclf.trainer import make_trainer
+    from animalclf.worker import make_trainer
 
     clock = Path(cfg.resolved_storage()) / f"clock-{tag}.txt"
     clock.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +126,7 @@ def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.cpus_per_worker)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads in the plain loop, {os.cpu_count()} CPUs, {load_average()}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    split = load_split(cfg.data, None, None, cfg.val_ratio, cfg.seed)
+    split = open_source(cfg.data).split(cfg.val_ratio, cfg.seed)
     print(f"data: {len(split.train)} train / {len(split.val)} val, {len(split.classes)} classes; {cfg.arch} unfreeze "
           f"{cfg.unfreeze}, {cfg.image_size} px, batch {cfg.batch_size}, {cfg.epochs} epochs per run", flush=True)
     storage = tempfile.mkdtemp(prefix="bench-overhead-")

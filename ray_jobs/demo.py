@@ -29,8 +29,9 @@ from animalclf.config import TrainConfig  # noqa: E402
 from animalclf.errors import UserError  # noqa: E402
 from animalclf.model import build_model  # noqa: E402
 from animalclf.localray import start_head  # noqa: E402
-from animalclf.trainer import run_training  # noqa: E402
-from animalclf.tuning import TuneOptions, parse_space, run_search  # noqa: E402
+from animalclf.training import run_training  # noqa: E402
+from animalclf.search_space import parse_space  # noqa: E402
+from animalclf.tuning import TuneOptions, run_search  # noqa: E402
 
 log = logging.getLogger("animalclf.demo")
 

@@ -13,15 +13,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from animalclf.cli import run_main  # noqa: E402
+from animalclf.cli import add_config_arg, run_main  # noqa: E402
 from animalclf.config import add_train_args, config_from_args, smoke  # noqa: E402
-from animalclf.trainer import run_training  # noqa: E402
+from animalclf.training import run_training  # noqa: E402
 
 log = logging.getLogger("animalclf.jobs.train")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Fine-tune EfficientNet on Ray Train", add_help=add_help)
+    add_config_arg(parser)
     add_train_args(parser)
     parser.add_argument("--smoke-test", action="store_true", help="tiny images, 2 short epochs: seconds")
     return parser
@@ -38,6 +39,10 @@ def main(args: argparse.Namespace) -> int:
     log.info("Report: %s", out.report_dir)
     if out.run_id:
         log.info("MLflow run %s%s", out.run_id, f", registered {cfg.model_name} version {out.model_version}" if out.model_version else "")
+    if out.decision:
+        log.info("%s", out.decision.reason)
+        log.info("@champion of %s: version %s", cfg.model_name,
+                 out.model_version if out.decision.promote else out.decision.champion_version)
     return 0
 
 

@@ -12,23 +12,29 @@ import argparse
 import json
 import logging
 import sys
+import time
+from typing import Optional
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
+import requests  # noqa: E402
 
-from animalclf.cli import run_main  # noqa: E402
+
+from animalclf import localray  # noqa: E402
+from animalclf.cli import add_config_arg, run_main  # noqa: E402
 from animalclf.config import add_train_args, config_from_args, smoke  # noqa: E402
 from animalclf.errors import UserError  # noqa: E402
-from animalclf.tuning import TuneOptions, parse_space, run_search  # noqa: E402
+from animalclf.registry import champion_ref  # noqa: E402
+from animalclf.search_space import parse_space  # noqa: E402
+from animalclf.tuning import TuneOptions, run_search  # noqa: E402
 
 log = logging.getLogger("animalclf.jobs.tune")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Tune the fine-tune with Ray Tune + Optuna + ASHA", add_help=add_help)
-    parser.add_argument("-c", "--config", help="YAML of flag defaults (dest names) and a `space:` mapping")
+    add_config_arg(parser)  # plus a `space:` mapping
     add_train_args(parser)
     g = parser.add_argument_group("Search")
     g.add_argument("--space", action="append", default=[], metavar="NAME=LOW:HIGH|V1,V2",
@@ -44,6 +50,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--no-resource-check", dest="check_resources", action="store_false",
                    help="do not check --max-concurrent against current resources (autoscaling clusters)")
     g.add_argument("--smoke-test", action="store_true", help="2 trials of tiny images and 2 short epochs")
+    g.add_argument("--deploy", action="store_true",
+                   help="then serve @champion on this Ray: start Ray Serve, or move the running one to the new champion")
+    g.add_argument("--serve-port", type=int, default=None, help="HTTP port of the endpoint with --deploy (default: Serve's, 8000)")
     parser.set_defaults(name="animalclf-tune", epochs=6, patience=0)
     return parser
 
@@ -53,23 +62,14 @@ def main(args: argparse.Namespace) -> int:
     if args.smoke_test:
         cfg = smoke(cfg)
         args.num_samples = min(args.num_samples, 2)
-    file_space = args.config if args.config else None
-    space = parse_space(args.space, file_space, cfg.arch)
-    try:
-        points = json.loads(args.points) if args.points else []
-    except json.JSONDecodeError as e:
-        raise UserError(f"--points is not valid JSON ({e.msg}): e.g. '[{{\"lr\": 0.001}}]'.") from None
-    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
-        raise UserError("--points must be a JSON list of objects.")
-    for name, value in (("--num-samples", args.num_samples), ("--grace-period", args.grace_period)):
-        if value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}.")
-    if args.reduction_factor < 2:
-        raise UserError(f"--reduction-factor must be at least 2, got {args.reduction_factor}.")
+    space = parse_space(args.space, args.config, cfg.arch)
     opts = TuneOptions(name=cfg.name, num_samples=args.num_samples, time_budget_s=args.time_budget_s,
                        max_concurrent=args.max_concurrent, grace_period=args.grace_period,
-                       reduction_factor=args.reduction_factor, asha=args.asha, seed=cfg.seed, points=points,
-                       resume=args.resume, check_resources=args.check_resources)
+                       reduction_factor=args.reduction_factor, asha=args.asha, seed=cfg.seed,
+                       points=TuneOptions.parse_points(args.points), resume=args.resume,
+                       check_resources=args.check_resources).validate()
+    if args.deploy and not (cfg.track and cfg.model_name):
+        raise UserError("--deploy serves the registered @champion: drop --no-track and keep a --model-name.")
     out = run_search(cfg, space, opts)
     log.info("Best config %s: %s %.4f (epoch %d)", out.best_config, cfg.metric, out.best_metrics[cfg.metric], out.best_metrics["epoch"])
     log.info("Validation accuracy of the best model %.4f; report: %s", json.load(open(Path(out.report_dir) / "report.json"))["accuracy"], out.report_dir)
@@ -78,27 +78,29 @@ def main(args: argparse.Namespace) -> int:
     if out.parent_run_id:
         state = "promoted to @champion" if out.promoted and out.champion_version == out.model_version else f"champion stays v{out.champion_version}"
         log.info("MLflow parent run %s; registered %s v%s, %s", out.parent_run_id, cfg.model_name, out.model_version, state)
+    if args.deploy:
+        serve_champion(cfg.model_name, args.serve_port)
     return 0
 
 
-def parse_with_config(argv=None) -> argparse.Namespace:
-    """Apply ``--config`` YAML as parser defaults, then parse the command line over them."""
-    parser = get_args_parser()
-    pre, _ = parser.parse_known_args(argv)
-    if pre.config:
-        p = Path(pre.config)
-        if not p.is_file():
-            print(f"error: --config {pre.config!r} does not exist.", file=sys.stderr)
-            sys.exit(2)
-        data = yaml.safe_load(p.read_text()) or {}
-        dests = {a.dest for a in parser._actions}
-        unknown = set(data) - dests - {"space"}
-        if unknown:
-            print(f"error: unknown keys in {pre.config}: {sorted(unknown)}; use flag names with underscores.", file=sys.stderr)
-            sys.exit(2)
-        parser.set_defaults(**{k: v for k, v in data.items() if k != "space"})
-    return parser
+def serve_champion(model_name: str, port: Optional[int]) -> None:
+    """Make Ray Serve on this Ray serve ``@champion`` now: move a running endpoint in place, or start one."""
+    from serve import deploy
+    from serve.settings import ServeSettings
+
+    ref = champion_ref(model_name)
+    url = f"http://127.0.0.1:{port or ServeSettings().port}"
+    try:
+        health = deploy.refresh(url)
+    except UserError:  # nothing answers there yet
+        url = deploy.start(ref, follow=False, **({"port": port} if port else {}))
+        health = requests.get(f"{url}/healthz", timeout=30).json()
+    log.info("Serving %s = %s at %s (POST %s/predict)", ref, health.get("model_version"), url, url)
+    if localray.owns_head():  # this command's private Ray ends with it: keep serving until Ctrl-C
+        log.info("The endpoint runs on this command's private Ray: Ctrl-C stops it (a `make head-start` head keeps it).")
+        while True:
+            time.sleep(3600)
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, parse_with_config()))
+    sys.exit(run_main(main, get_args_parser()))

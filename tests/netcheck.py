@@ -18,7 +18,7 @@ LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 RAY_GRPC_METHODS = (
     "/ray.rpc.NodeInfoGcsService/GetClusterId", "/ray.rpc.NodeManagerService/GetNodeStats",
     "/ray.rpc.ObjectManagerService/Push", "/ray.rpc.CoreWorkerService/NumPendingTasks",
-    "/ray.rpc.RayletDriver/ClusterInfo", "/ray.rpc.ReporterService/GetTraceback",
+    "/ray.rpc.RayletDriver/ClusterInfo", "/ray.rpc.ReporterService/GetTraceback", "/ray.serve.ASGIService/HandleRequest",
 )
 
 

@@ -325,7 +325,8 @@ def test_app_imports_no_torch(model_store, metadata_server):
 def test_model_page_reads_what_a_real_search_logged(monkeypatch, ray_session, project, tiny_folder, metadata_server):
     """The contract with the jobs: a real search's parent run, trials, report and registered version."""
     from animalclf.config import TrainConfig
-    from animalclf.tuning import TuneOptions, parse_space, run_search
+    from animalclf.search_space import parse_space
+    from animalclf.tuning import TuneOptions, run_search
 
     cfg = TrainConfig(data=str(tiny_folder), arch="efficientnet_lite0", image_size=64, batch_size=8, epochs=2, patience=0,
                       model_name="tiny-ui", experiment="ui-test", unfreeze=0)
@@ -354,7 +355,7 @@ def endpoint(ray_session, tmp_path_factory):
     from animalclf.checkpoint import save_checkpoint
     from animalclf.config import TrainConfig
     from animalclf.model import build_model
-    from animalclf.trainer import checkpoint_meta
+    from animalclf.worker import checkpoint_meta
     from serve import deploy
 
     torch.manual_seed(0)

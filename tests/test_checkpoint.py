@@ -6,7 +6,7 @@ from animalclf.checkpoint import load_model, load_train_state, read_meta, save_c
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
 from animalclf.model import build_model
-from animalclf.trainer import checkpoint_meta
+from animalclf.worker import checkpoint_meta
 
 
 def test_checkpoint_round_trip_without_ray(tmp_path):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from animalclf.data import eval_transform, to_rgb
+from animalclf.transforms import eval_transform, to_rgb
 from animalclf.errors import UserError
 from animalclf.model import build_model, feature_layers, lite0_imagenet_state, num_layers, preprocess_for
 

@@ -16,7 +16,7 @@ from animalclf.config import TrainConfig
 from animalclf.errors import InvalidImage
 from animalclf.model import build_model
 from animalclf.predict import MAX_ASPECT, MAX_BYTES, MAX_SIDE, Predictor, bound_aspect, decode_image
-from animalclf.trainer import checkpoint_meta
+from animalclf.worker import checkpoint_meta
 
 CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "Giraffe", "Horse",
            "Kangaroo", "Lion", "Panda", "Tiger", "Zebra"]

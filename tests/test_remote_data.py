@@ -191,7 +191,8 @@ def test_training_from_s3_matches_the_local_folder(ray_session, project, s3, tmp
     # per-epoch validation metrics must agree however the training images were ordered or augmented
     base = TrainConfig(arch="efficientnet_lite0", unfreeze=0, image_size=64, batch_size=8, epochs=2, lr=1e-9,
                        patience=0, seed=3, track=False, channels_last=False)
-    from animalclf.trainer import evaluate_checkpoint, prepare, run_training
+    from animalclf.evaluation import evaluate_checkpoint
+    from animalclf.training import prepare, run_training
 
     s3_cfg = base.replace(data=uri, num_workers=2, name="s3run")
     local_cfg = base.replace(data=str(data), num_workers=1, name="localrun")

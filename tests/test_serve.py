@@ -24,7 +24,7 @@ from animalclf.checkpoint import save_checkpoint
 from animalclf.config import TrainConfig
 from animalclf.model import build_model
 from animalclf.predict import MAX_BYTES, Predictor
-from animalclf.trainer import checkpoint_meta
+from animalclf.worker import checkpoint_meta
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 BODY_TIMEOUT_S = 3.0  # the test app's limit for a request body to arrive
@@ -65,7 +65,7 @@ def endpoint(ray_session, checkpoints):
     from serve import deploy
 
     url = deploy.start(str(checkpoints[0]), port=free_port(), max_ongoing_requests=2, max_queued_requests=2,
-                       max_batch_size=4, batch_wait_timeout_s=0.01, body_timeout_s=BODY_TIMEOUT_S)
+                       max_batch_size=2, batch_wait_timeout_s=0.01, body_timeout_s=BODY_TIMEOUT_S)
     yield url
     deploy.stop()
 
@@ -289,25 +289,37 @@ def test_failed_swap_keeps_old_model_and_says_why(endpoint, checkpoints, photos,
 
 
 def test_metrics_on_prometheus_endpoint(endpoint, ray_session, photos):
+    """Counts only this test's own traffic: the counters are read until they stop moving (earlier
+    tests' requests flushed), then must grow by exactly 10 answers of 200 and one of 415."""
     port = ray_session.nodes()[0]["MetricsExportPort"]
-    for _ in range(10):  # this test's own traffic: 10 good requests and one of the wrong type
-        assert requests.post(f"{endpoint}/predict", data=photos[0].read_bytes(), timeout=60).status_code == 200
-    assert requests.post(f"{endpoint}/predict", data=b"%PDF-1.4 not an image", timeout=60).status_code == 415
     want_ok = re.compile(r'^ray_animalclf_requests(_total)?\{[^}]*route="/predict"[^}]*status="200"[^}]*\} ([0-9.e+]+)$', re.M)
     want_err = re.compile(r'^ray_animalclf_errors(_total)?\{[^}]*status="415"[^}]*\} ([0-9.e+]+)$', re.M)
     want_lat = re.compile(r'^ray_animalclf_request_latency_ms_count\{[^}]*route="/predict"[^}]*\} ([0-9.e+]+)$', re.M)
-    def total(pattern, text, group):  # one series per replica process: add them up
-        return sum(float(m.group(group)) for m in pattern.finditer(text))
 
-    deadline, text = time.monotonic() + 90, ""
-    while time.monotonic() < deadline:
+    def totals() -> tuple[float, float, float]:  # one series per replica process: add them up
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        ok, err, lat = total(want_ok, text, 2), total(want_err, text, 2), total(want_lat, text, 1)
-        if ok >= 10 and err >= 1 and lat >= 10:
+        return tuple(sum(float(m.groups()[-1]) for m in p.finditer(text)) for p in (want_ok, want_err, want_lat))
+
+    before, deadline = totals(), time.monotonic() + 60
+    while time.monotonic() < deadline:  # settle: two equal reads a few seconds apart
+        time.sleep(4)
+        now = totals()
+        if now == before:
+            break
+        before = now
+    for _ in range(10):
+        assert requests.post(f"{endpoint}/predict", data=photos[0].read_bytes(), timeout=60).status_code == 200
+    assert requests.post(f"{endpoint}/predict", data=b"%PDF-1.4 not an image", timeout=60).status_code == 415
+    deadline, grown = time.monotonic() + 90, (0.0, 0.0, 0.0)
+    while time.monotonic() < deadline:
+        grown = tuple(n - b for n, b in zip(totals(), before))
+        if grown[0] >= 10 and grown[1] >= 1 and grown[2] >= 11:
             break
         time.sleep(2)
-    else:
-        pytest.fail("animalclf metrics not on the Prometheus endpoint: " + "\n".join(l for l in text.splitlines() if "animalclf_" in l)[:2000])
+    time.sleep(4)  # nothing more may arrive
+    grown = tuple(n - b for n, b in zip(totals(), before))
+    assert grown == (10, 1, 11), f"ok/415/latency-count grew by {grown}, expected (10, 1, 11)"
+
 
 
 def test_extreme_aspect_ratio_is_cheap(endpoint):

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from animalclf.config import TrainConfig
 from animalclf.predict import Predictor, decode_image
-from animalclf.trainer import run_training
+from animalclf.training import run_training
 from conftest import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
 from animalclf.predict import Predictor
-from animalclf.tuning import TuneOptions, parse_space, plan_concurrency, run_search
+from animalclf.search_space import parse_space
+from animalclf.tuning import TuneOptions, plan_concurrency, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,98 @@
+"""The one evaluation every consumer uses: a model (or checkpoint, or registered version) on a list
+of samples, as a report and as per-image predictions for the promotion gate; and the export of a
+checkpoint's inference part. Runs in the calling process, without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from animalclf import registry
+from animalclf.checkpoint import META_FILE, MODEL_FILE, load_model
+from animalclf.config import TrainConfig
+from animalclf.engine import evaluate
+from animalclf.errors import UserError
+from animalclf.evidence import Decision, Evaluation
+from animalclf.loaders import ImageList, make_loader
+from animalclf.model import Preprocess
+from animalclf.report import build_report
+from animalclf.split import Sample, Split
+from animalclf.transforms import eval_transform
+
+log = logging.getLogger(__name__)
+
+__all__ = ["predict_samples", "evaluate_model", "evaluate_checkpoint", "gate_evaluation", "export_checkpoint",
+           "promote_candidate"]
+
+
+def predict_samples(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], classes: Sequence[str],
+                    batch_size: int = 32, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities and targets of ``model`` on ``samples`` (in order), with the model's own
+    eval preprocessing."""
+    if list(meta["classes"]) != list(classes):
+        raise UserError(f"Model classes {meta['classes']} differ from the data's {list(classes)}.")
+    loader = make_loader(ImageList(samples, eval_transform(Preprocess.from_dict(meta["preprocess"]))), batch_size)
+    _, (probs, targets) = evaluate(model.to(device), loader, nn.CrossEntropyLoss(), torch.device(device), len(classes),
+                                   channels_last=False, collect=True)
+    if len(targets) != len(samples):
+        raise UserError(f"Only {len(targets)} of {len(samples)} images could be read for the evaluation: fix or remove "
+                        f"the unreadable files named above.")
+    return probs, targets
+
+
+def evaluate_model(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], classes: Sequence[str],
+                   batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a loaded model (with its checkpoint meta) on ``samples``; return the report dict."""
+    probs, targets = predict_samples(model, meta, samples, classes, batch_size, device)
+    return build_report(probs, targets, classes)
+
+
+def evaluate_checkpoint(checkpoint_dir: str | Path, samples: Sequence[Sample], classes: Sequence[str],
+                        batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a checkpoint on ``samples`` in this process; return the full report dict."""
+    model, meta = load_model(checkpoint_dir, device)
+    return evaluate_model(model, meta, samples, classes, batch_size, device)
+
+
+def gate_evaluation(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], classes: Sequence[str]) -> Evaluation:
+    """Per-image predictions on ``samples``: what the promotion gate compares."""
+    probs, targets = predict_samples(model, meta, samples, classes)
+    return Evaluation.from_probabilities([p for p, _ in samples], targets.numpy(), probs.numpy())
+
+
+def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy the inference part (weights + JSON) of a checkpoint to ``dst`` (replaced whole)."""
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in (MODEL_FILE, META_FILE):
+        shutil.copy2(Path(src) / f, tmp / f)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    return dst
+
+
+def promote_candidate(cfg: TrainConfig, version: str, model: nn.Module, meta: dict[str, Any], split: Split, *,
+                      eligible: bool = True) -> Decision:
+    """Put registered ``version`` through the evidence gate against the current champion, both
+    evaluated on ``split.val`` (the champion loaded from the registry without unpickling)."""
+    from animalclf.predict import Predictor
+
+    def champion_eval(champion_version: str) -> Evaluation:
+        champ = Predictor.from_mlflow(registry.version_ref(cfg.model_name, champion_version))
+        return gate_evaluation(champ.model, champ.meta, split.val, split.classes)
+
+    candidate = gate_evaluation(model, meta, split.val, split.classes)
+    decision = registry.promote(cfg.model_name, version, candidate, champion_eval, classes=split.classes,
+                                eligible=eligible, force=cfg.force_promote, min_improvement=cfg.min_improvement)
+    log.info("Promotion of %s v%s: %s (%s)", cfg.model_name, version, "@champion" if decision.promote else "not promoted",
+             decision.reason)
+    return decision
+

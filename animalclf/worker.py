@@ -1,0 +1,192 @@
+"""The Ray Train side: the per-worker loop around the engine, and the ``TorchTrainer`` that runs it.
+
+Nothing else lives here: what to train on comes from :mod:`animalclf.datasource`, the epoch from
+:mod:`animalclf.engine`, the checkpoint format from :mod:`animalclf.checkpoint`. The driver
+(:mod:`animalclf.training`) and each Tune trial build the trainer with :func:`make_trainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from animalclf import tracking
+from animalclf.checkpoint import load_train_state, save_checkpoint, unwrap
+from animalclf.config import TrainConfig, better
+from animalclf.datasource import source_of
+from animalclf.engine import evaluate, train_one_epoch
+from animalclf.logs import fmt_seconds, setup_logging
+from animalclf.model import build_model, frozen_modules, preprocess_for
+from animalclf.monitoring import TrainingMetrics
+from animalclf.split import Split
+
+log = logging.getLogger(__name__)
+
+__all__ = ["checkpoint_meta", "train_loop_per_worker", "make_trainer"]
+
+
+def checkpoint_meta(cfg: TrainConfig, classes: Sequence[str], metrics: dict[str, Any], epoch: int) -> dict[str, Any]:
+    """The JSON that makes a checkpoint self-describing."""
+    return {
+        "format": 1, "arch": cfg.arch, "classes": list(classes), "unfreeze": cfg.unfreeze, "dropout": cfg.dropout,
+        "preprocess": preprocess_for(cfg.arch, cfg.image_size).to_dict(), "epoch": epoch,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "config": cfg.to_dict(),
+    }
+
+
+@dataclass
+class _Progress:
+    """What survives a restart: epochs done, metric history, early-stopping state."""
+
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: Optional[float] = None
+    bad_epochs: int = 0
+
+    def record(self, cfg: TrainConfig, metrics: dict[str, Any]) -> bool:
+        """Add an epoch; return whether early stopping says stop."""
+        value = metrics[cfg.metric]
+        if better(value, self.best, cfg.mode):
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        stop = cfg.patience > 0 and self.bad_epochs >= cfg.patience and metrics["epoch"] < cfg.epochs
+        metrics[f"best_{cfg.metric}"] = self.best
+        metrics["early_stopped"] = int(stop)
+        self.epoch = metrics["epoch"]
+        self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        return stop
+
+
+def _build(cfg: TrainConfig, n_classes: int):
+    model = build_model(cfg.arch, n_classes, cfg.unfreeze, cfg.weights, cfg.dropout)
+    frozen = frozen_modules(model)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return model, frozen, optimizer
+
+
+def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> _Progress:
+    """Ray Train's checkpoint after a restart (weights, optimizer, progress), or a fresh start."""
+    import ray.train
+
+    resumed = ray.train.get_checkpoint()
+    if not resumed:
+        return _Progress()
+    with resumed.as_directory() as d:
+        model.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
+        saved = load_train_state(d)
+    optimizer.load_state_dict(saved.pop("optimizer"))
+    progress = _Progress(**{k: saved[k] for k in ("epoch", "history", "best", "bad_epochs")})
+    if rank == 0:
+        log.info("Resumed from checkpoint after epoch %d", progress.epoch)
+    return progress
+
+
+def _log_epoch(cfg: TrainConfig, metrics: dict[str, Any], epoch_times: list[float], stop: bool) -> None:
+    epoch = metrics["epoch"]
+    eta = 0 if stop else sum(epoch_times) / len(epoch_times) * (cfg.epochs - epoch)
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f f1 %.4f | val loss %.4f acc %.4f f1 %.4f | %.1f img/s | %s | ETA %s",
+        epoch, cfg.epochs, metrics["train_loss"], metrics["train_accuracy"], metrics["train_f1"], metrics["val_loss"],
+        metrics["val_accuracy"], metrics["val_f1"], metrics["train_images_per_sec"], fmt_seconds(metrics["epoch_seconds"]),
+        fmt_seconds(eta),
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: build, resume, train, evaluate, report a checkpoint every epoch."""
+    import ray.train
+    import ray.train.torch
+
+    setup_logging()
+    cfg = TrainConfig.from_dict(config["cfg"])
+    split = Split(**config["split"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+    pre = preprocess_for(cfg.arch, cfg.image_size)
+    n_classes = len(split.classes)
+
+    model, frozen, optimizer = _build(cfg, n_classes)
+    progress = _resume(model, optimizer, rank)
+    model = ray.train.torch.prepare_model(model)
+
+    per_worker = max(1, cfg.batch_size // world)
+    source, pin = source_of(cfg), device.type == "cuda"
+    train_loader = source.train_loader(split, pre, per_worker, rank=rank, world=world, seed=cfg.seed,
+                                       workers=cfg.loader_workers, pin_memory=pin)
+    val_loader = source.val_loader(split, pre, per_worker, rank=rank, world=world, workers=cfg.loader_workers, pin_memory=pin)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    tracker = None
+    if rank == 0 and config.get("run_id"):
+        tracking.configure(uri=config["tracking_uri"])  # credentials (DagsHub's too) from this env: inherited or the job's
+        tracker = tracking.Tracker(config["run_id"])
+    monitor = TrainingMetrics(config.get("run_name") or cfg.name) if rank == 0 else None
+    amp = cfg.amp and device.type == "cuda"
+
+    epoch_times: list[float] = []
+    for epoch in range(progress.epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        tm = train_one_epoch(model, train_loader, criterion, optimizer, device, n_classes, frozen=frozen,
+                             channels_last=cfg.channels_last, amp=amp, max_steps=cfg.max_steps_per_epoch)
+        if tm["train_images"] == 0:
+            raise RuntimeError(f"No training image could be read on worker {rank} (e.g. {split.train[0][0]}): "
+                               f"the data must be visible at the same path on every node (shared storage or s3://).")
+        vm, _ = evaluate(unwrap(model), val_loader, criterion, device, n_classes, channels_last=cfg.channels_last, amp=amp)
+        metrics: dict[str, Any] = {**tm, **vm, "epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0}
+        stop = progress.record(cfg, metrics)
+        epoch_times.append(metrics["epoch_seconds"])
+        if rank == 0:
+            monitor.record(metrics)
+            if vm["val_images"] < len(split.val):  # files that stopped decoding were dropped
+                log.warning("Skipped %d unreadable validation image(s) of %d", len(split.val) - vm["val_images"], len(split.val))
+            _log_epoch(cfg, metrics, epoch_times, stop)
+            if tracker:
+                tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                train_state = {**asdict(progress), "optimizer": optimizer.state_dict()}
+                save_checkpoint(tmp, model, checkpoint_meta(cfg, split.classes, metrics, epoch + 1), train_state)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+        if stop:
+            if rank == 0:
+                log.info("Early stop: %s did not improve for %d epochs (best %.4f)", cfg.metric, cfg.patience, progress.best)
+            break
+
+
+def make_trainer(cfg: TrainConfig, split: Split, run_id: Optional[str], *, name: Optional[str] = None,
+                 callbacks: Sequence[Any] = (), tracking_uri: Optional[str] = None):
+    """A ``TorchTrainer`` for ``cfg``: scaling, storage, best-k checkpoints, failure budget."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    inputs = source_of(cfg).trainer_inputs(split, preprocess_for(cfg.arch, cfg.image_size), cfg.seed, cfg.num_workers)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "split": asdict(split), "run_id": run_id, "tracking_uri": tracking_uri,
+                           "run_name": name or cfg.name},
+        **inputs,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(
+            name=name or cfg.name,
+            storage_path=cfg.resolved_storage(),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=cfg.metric,
+                                               checkpoint_score_order=cfg.mode),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            callbacks=list(callbacks),
+        ),
+    )
