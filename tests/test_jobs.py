@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from animalclf.localray import free_port
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +31,6 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SCRUB = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI",
          "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME",
          "DAGSHUB_USER_TOKEN", "ANIMALCLF_HOME")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pids_matching(marker: str) -> list[int]:
@@ -230,3 +225,179 @@ def test_stop_running_job(head, jobs, tiny_folder):
     assert "Best checkpoint:" not in logs and "epoch 200/200" not in logs
     client = MlflowClient(tracking_uri=f"sqlite:///{jobs.db}")
     assert client.search_model_versions("name='jobs-stopped'") == []
+
+
+# ------------------------------------------------------------------ the README's journeys, as a user runs them
+
+@pytest.fixture
+def user_jobs(head, tmp_path):
+    """`make -f mk/jobs.mk ...` as the README writes it: no venv on PATH, no PY/RAY/JOB_PYTHON given,
+    the token in ~/.ray/auth_token of the user's HOME, a relative DATA, outputs to ANIMALCLF_HOME."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(head.token_file.read_text())
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != VENV_BIN)
+    env = {k: v for k, v in os.environ.items() if k not in SCRUB and not k.startswith(("RAY_", "VIRTUAL_ENV"))}
+    env.update(HOME=str(home), PATH=path, RAY_USAGE_STATS_ENABLED="0")
+    project = tmp_path / "project"
+
+    def run(target: str, check: bool = True, extra_env: dict | None = None, **variables) -> subprocess.CompletedProcess:
+        cmd = ["make", "--no-print-directory", "-f", "mk/jobs.mk", target, f"RAY_JOB_ADDRESS={head.address}",
+               f"JOB_ID_FILE={tmp_path / 'last-job'}", f"ANIMALCLF_HOME={project}",
+               *(f"{k}={v}" for k, v in variables.items())]
+        r = subprocess.run(cmd, cwd=ROOT, env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=120)
+        if check:
+            assert r.returncode == 0, f"make {target} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+        return r
+
+    run.project = project
+    return run
+
+
+def finish(head: Head, jobs, job: str, timeout: float = 300) -> tuple[str, str]:
+    status = wait_for(lambda: (s := job_status(head, job)) in TERMINAL and s, timeout, f"job {job}")
+    return status, jobs("job-logs", JOB=job).stdout
+
+
+def relative_data(folder: Path) -> str:
+    return os.path.relpath(folder, ROOT)
+
+
+def test_job_outputs_last_in_animalclf_home_and_mlflow_ui_shows_them(head, user_jobs, tiny_folder, tmp_path):
+    """The README's submit-train from a shell without the venv: the job finds our packages (the
+    venv's Python), the data (a relative DATA), and writes its store, registry, checkpoints and
+    reports to ANIMALCLF_HOME, never into Ray's copy of the working dir; `mlflow ui` shows them."""
+    job = f"home-{secrets.token_hex(3)}"
+    out = user_jobs("submit-train", JOB_ID=job, DATA=relative_data(tiny_folder),
+                    TRAIN_ARGS="--arch efficientnet_lite0 --smoke-test --experiment lasting --model-name lasting").stdout
+    assert f"outputs: {user_jobs.project}/runs" in out
+    status, logs = finish(head, user_jobs, job)
+    assert status == "SUCCEEDED", logs[-4000:]
+    runs = user_jobs.project / "runs"
+    assert f"Outputs (checkpoints, reports, local MLflow store): {runs}" in logs
+    assert (runs / "mlflow.db").is_file() and any((runs / "models").iterdir()) and any((runs / "reports").iterdir())
+    assert any((runs / "mlartifacts" / "lasting").rglob("report.json")), "artifacts not beside the store"
+    leaked = [p for p in head.temp_dir.rglob("runs") if "working_dir_files" in str(p)]
+    assert not leaked, leaked
+
+    # The README's command, pointed at the job's store, serves the run and the champion.
+    port = free_port()
+    ui = subprocess.Popen([str(VENV_BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{runs / 'mlflow.db'}",
+                           "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+
+        def experiment():
+            try:
+                return requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": "lasting"}, timeout=5).json()
+            except requests.RequestException:
+                return None
+        exp = wait_for(experiment, 90, "mlflow ui", interval=2)["experiment"]
+        found = requests.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment_id"]]}, timeout=10).json()
+        assert [r["info"]["status"] for r in found["runs"]] == ["FINISHED"]
+        champion = requests.get(f"{api}/registered-models/alias", params={"name": "lasting", "alias": "champion"},
+                                timeout=10).json()
+        assert champion["model_version"]["run_id"] == found["runs"][0]["info"]["run_id"]
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(20)
+
+
+@pytest.fixture(scope="module")
+def dagshub(tmp_path_factory):
+    """A basic-auth MLflow server answering at DagsHub's path (/<owner>/<repo>.mlflow), with the
+    owner as a user whose password is the DagsHub token."""
+    from mlflow_server import Server
+
+    s = Server(tmp_path_factory.mktemp("dagshub"), prefix="/alice/animals.mlflow")
+    s.start()
+    s.token = "dh-" + secrets.token_urlsafe(20)
+    s.add_user("alice", s.token)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def dagshub_env(server, token: str) -> dict[str, str]:
+    return {"DAGSHUB_REPO_OWNER": "alice", "DAGSHUB_REPO_NAME": "animals", "DAGSHUB_USER_TOKEN": token,
+            "DAGSHUB_CLIENT_HOST": server.host}
+
+
+def files_with(root: Path, needle: str) -> list[str]:
+    hits = []
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            try:
+                if needle.encode() in p.read_bytes():
+                    hits.append(str(p))
+            except OSError:
+                pass
+    return hits
+
+
+def test_train_and_tune_jobs_track_on_dagshub_with_only_its_variables(head, user_jobs, dagshub, tiny_folder):
+    """Only DAGSHUB_REPO_OWNER/NAME/USER_TOKEN (+ DAGSHUB_CLIENT_HOST for the stand-in) set: the train
+    run, the search's parent run, every trial's run with its per-epoch metrics, the models, the
+    versions and @champion land on the server; neither job logs nor the head's logs hold the token."""
+    from mlflow import MlflowClient
+
+    env = dagshub_env(dagshub, dagshub.token)
+    train, tune = f"dh-train-{secrets.token_hex(3)}", f"dh-tune-{secrets.token_hex(3)}"
+    user_jobs("submit-train", extra_env=env, JOB_ID=train, DATA=relative_data(tiny_folder),
+              TRAIN_ARGS="--arch efficientnet_lite0 --smoke-test --experiment dh --model-name dh-clf")
+    status, train_logs = finish(head, user_jobs, train)
+    assert status == "SUCCEEDED", train_logs[-4000:]
+    user_jobs("submit-tune", extra_env=env, JOB_ID=tune, DATA=relative_data(tiny_folder),
+              TUNE_ARGS="--arch efficientnet_lite0 --smoke-test --experiment dh --model-name dh-clf --max-concurrent 1 "
+                        "--name dh-search")
+    status, tune_logs = finish(head, user_jobs, tune, timeout=420)
+    assert status == "SUCCEEDED", tune_logs[-4000:]
+
+    os.environ.update(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=dagshub.token)
+    try:
+        client = MlflowClient(tracking_uri=dagshub.uri, registry_uri=dagshub.uri)
+        exp = client.get_experiment_by_name("dh")
+        runs = client.search_runs([exp.experiment_id])
+        kinds = sorted(r.data.tags.get("animalclf.kind") for r in runs)
+        assert kinds == ["train", "trial", "trial", "tune"], kinds
+        assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+        parent = next(r for r in runs if r.data.tags["animalclf.kind"] == "tune")
+        trials = [r for r in runs if r.data.tags["animalclf.kind"] == "trial"]
+        assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+        for r in trials:
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_accuracy")]
+            assert steps and steps == list(range(1, len(steps) + 1)), steps
+        versions = client.search_model_versions("name='dh-clf'")
+        assert len(versions) == 2
+        champion = client.get_model_version_by_alias("dh-clf", "champion")
+        assert champion.version in {v.version for v in versions}
+        assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"report", "search", "checkpoint"}
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME")
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+    for logs in (train_logs, tune_logs):
+        assert dagshub.token not in logs
+    assert files_with(head.temp_dir, dagshub.token) == [], "token in the head's session logs"
+
+
+def test_wrong_dagshub_token_fails_before_training(head, user_jobs, dagshub, tiny_folder):
+    from mlflow import MlflowClient
+
+    wrong = "wrong-" + secrets.token_urlsafe(12)
+    job = f"dh-wrong-{secrets.token_hex(3)}"
+    user_jobs("submit-train", extra_env=dagshub_env(dagshub, wrong), JOB_ID=job, DATA=relative_data(tiny_folder),
+              TRAIN_ARGS="--arch efficientnet_lite0 --smoke-test --experiment dh-wrong --model-name dh-wrong")
+    status, logs = finish(head, user_jobs, job)
+    assert status == "FAILED"
+    errors = [line for line in logs.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "rejected the credentials" in errors[0] and "DAGSHUB_USER_TOKEN" in errors[0], logs[-3000:]
+    assert "Traceback" not in logs and "train loss" not in logs and wrong not in logs
+    os.environ.update(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=dagshub.token)
+    try:
+        client = MlflowClient(tracking_uri=dagshub.uri, registry_uri=dagshub.uri)
+        assert client.search_model_versions("name='dh-wrong'") == []
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME")
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD")

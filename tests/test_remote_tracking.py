@@ -8,8 +8,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,22 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from animalclf.errors import UserError
-from animalclf.tracking import check_tracking, resolve_tracking, worker_env
+from animalclf.localray import free_port
+from animalclf.tracking import TRACKING_VARS, check_tracking, resolve_tracking, worker_env
+from mlflow_server import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "ray_jobs" / "train.py"
 TRAIN_ARGS = ["--arch", "efficientnet_lite0", "--smoke-test", "--experiment", "remote", "--model-name", "remote-clf"]
-TRACKING_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                 "DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USER_TOKEN", "DAGSHUB_USERNAME")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- resolve_tracking (fast)
@@ -55,72 +46,6 @@ def test_resolve_tracking_dagshub(project):
 
 
 # ---------------------------------------------------------------- a real basic-auth server
-
-class Server:
-    def __init__(self, root: Path):
-        self.root = root
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.admin_password = "adm-" + secrets.token_urlsafe(16)
-        self.user, self.password = "trainer", "pw-" + secrets.token_urlsafe(18)
-        self.log = root / "server.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        ini = self.root / "basic_auth.ini"
-        ini.write_text(
-            "[mlflow]\ndefault_permission = READ\n"
-            f"database_uri = sqlite:///{self.root / 'auth.db'}\nadmin_username = admin\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            # PBKDF2 per request is slow on 2 cores; cache verified credentials for a minute.
-            "auth_cache_ttl_seconds = 60\n"
-        )
-        env = {k: v for k, v in os.environ.items() if k not in TRACKING_VARS}
-        env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=self.admin_password,
-                   MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'backend.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{self.log.read_text()[-3000:]}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.uri}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(1)
-        r = requests.post(f"{self.uri}/api/2.0/mlflow/users/create", auth=("admin", self.admin_password),
-                          json={"username": self.user, "password": self.password}, timeout=60)
-        r.raise_for_status()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-    @contextlib.contextmanager
-    def client(self):
-        """An MlflowClient for this server, logged in as the trainer user."""
-        from mlflow import MlflowClient
-
-        saved = {k: os.environ.get(k) for k in TRACKING_VARS}
-        os.environ.update(MLFLOW_TRACKING_USERNAME=self.user, MLFLOW_TRACKING_PASSWORD=self.password)
-        try:
-            yield MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

@@ -1,3 +1,12 @@
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
 import pytest
 
 from animalclf.errors import UserError
@@ -25,3 +34,58 @@ def test_unreachable_server_fails_fast_with_one_line():
 
 def test_flatten_params():
     assert flatten_params({"a": 1, "b": None, "c": {"d": [1, 2]}}) == {"a": "1", "c.d": "[1, 2]"}
+
+
+class _DagsHubUserAPI(BaseHTTPRequestHandler):
+    """DagsHub's `GET /api/v1/user`, which the `dagshub` package asks to check a token."""
+
+    token = ""
+
+    def do_GET(self):
+        ok = self.path == "/api/v1/user" and self.headers.get("Authorization") == f"Bearer {self.token}"
+        body = json.dumps({"login": "alice", "username": "alice"} if ok else {"message": "bad token"}).encode()
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_dagshub_login_token_is_found_without_dagshub_user_token(tmp_path):
+    """`dagshub login --token` saves a token; with DAGSHUB_USER_TOKEN unset our jobs find it. A run
+    that tracks locally never imports `dagshub` (so never calls the network)."""
+    _DagsHubUserAPI.token = "login-" + secrets.token_hex(8)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DagsHubUserAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSHUB_", "MLFLOW_"))}
+    env.update(HOME=str(tmp_path), DAGSHUB_CLIENT_HOST=host, ANIMALCLF_HOME=str(tmp_path))
+    dagshub_cli = str(Path(sys.executable).parent / "dagshub")
+    try:
+        r = subprocess.run([dagshub_cli, "login", "--token", _DagsHubUserAPI.token, "--host", host, "-q"], env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        probe = ("import json, sys; from animalclf.errors import UserError; from animalclf.tracking import resolve_tracking\n"
+                 "try: print('RESOLVED', json.dumps(resolve_tracking()), 'dagshub' in sys.modules)\n"
+                 "except UserError as e: print('ERROR', e)")
+
+        def resolved(extra: dict) -> str:
+            r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env={**env, **extra})
+            return next(line for line in r.stdout.splitlines() if line.startswith(("RESOLVED", "ERROR")))
+
+        repo = {"DAGSHUB_REPO_OWNER": "alice", "DAGSHUB_REPO_NAME": "animals"}
+        line = resolved(repo)
+        assert line.startswith("RESOLVED ") and line.endswith(" True"), line
+        assert json.loads(line[len("RESOLVED "):-len(" True")]) == {
+            "MLFLOW_TRACKING_URI": f"{host}/alice/animals.mlflow", "MLFLOW_TRACKING_USERNAME": "alice",
+            "MLFLOW_TRACKING_PASSWORD": _DagsHubUserAPI.token}
+        assert resolved({}).endswith(" False"), "dagshub imported on a run that tracks locally"
+        # No saved token and none in the environment: one line naming both ways.
+        os.remove(next(tmp_path.rglob("tokens")))
+        line = resolved(repo)
+        assert line.startswith("ERROR No DagsHub token") and "DAGSHUB_USER_TOKEN or run `dagshub login`" in line
+    finally:
+        server.shutdown()
