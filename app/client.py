@@ -13,7 +13,8 @@ from typing import Any, Optional, Sequence
 
 import requests
 
-from animalclf.config import IMAGE_EXTENSIONS
+from animalclf.config import IMAGE_EXTENSIONS, TrainConfig
+from animalclf.registry import champion_ref
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Client:
         except requests.ConnectionError:
             raise EndpointError(
                 f"Cannot reach the classifier at {self.base_url}: is it running? Start it with "
-                f"`python serve/deploy.py --model models:/animalclf@champion` or set ANIMALCLF_ENDPOINT.") from None
+                f"`python serve/deploy.py --model {champion_ref(TrainConfig.model_name)}` or set ANIMALCLF_ENDPOINT.") from None
         except requests.Timeout:
             raise EndpointError(f"The classifier at {self.base_url} did not answer within {self.timeout:.0f} s.") from None
         except requests.RequestException as e:

@@ -15,6 +15,7 @@ import streamlit as st
 
 from animalclf.config import TrainConfig
 from animalclf.figures import report_figures, search_figures
+from animalclf.registry import ALIAS
 from app.model_info import Registry, StoreError, VersionInfo, parse_model_version
 
 __all__ = ["model_page"]
@@ -61,14 +62,14 @@ def model_page(meta: Optional[dict[str, Any]], meta_error: Optional[str]) -> Non
         return f"v{v}" + "".join(f" @{a}" for a in versions[v]) + (" (serving)" if v == serving else "")
 
     order = list(versions)  # newest first
-    shown_default = serving if serving in versions else next((v for v in order if versions[v]), order[0])
+    champion = next((v for v in order if ALIAS in versions[v]), None)
+    shown_default = serving if serving in versions else champion or order[0]
     left, right = st.columns(2)
     shown = left.selectbox(f"Version of {name}", order, index=order.index(shown_default), format_func=label, key="model_version")
     others = [v for v in order if v != shown]
     older = [v for v in others if int(v) < int(shown)]
-    aliased = [v for v in others if versions[v]]
-    # a version with no alias against the aliased one (the champion); otherwise against its predecessor
-    other_default = (aliased[0] if aliased and not versions[shown] else (older or others or [None])[0])
+    # the champion against its predecessor; any other version against the champion
+    other_default = champion if champion and champion != shown else (older or others or [None])[0]
     other = right.selectbox("Compare with", [None, *others], format_func=lambda v: "(none)" if v is None else label(v),
                             index=([None, *others].index(other_default)), key="compare_version")
     try:

@@ -297,7 +297,7 @@ def test_model_page_messages_instead_of_tracebacks(monkeypatch, project, metadat
 def test_model_page_endpoint_down_or_unknown_version(monkeypatch, model_store, metadata_server):
     at = _app(monkeypatch, closed_endpoint())
     assert any("Cannot reach the classifier" in w.value for w in at.warning)
-    assert at.selectbox(key="model_version").value == "2", "without the endpoint, the aliased version"
+    assert at.selectbox(key="model_version").value == "2", "without the endpoint, the champion"
     assert not at.error and len(_charts(at)) == 7
     _Metadata.meta = _meta("animalclf/9")
     at = _app(monkeypatch, metadata_server)
