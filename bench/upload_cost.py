@@ -115,6 +115,8 @@ def main(args: argparse.Namespace) -> None:
                 rows.append(("HTTP", name, timed(lambda: post(data), args.n, args.warmup)))
             strip_n = timed(lambda: post(strip), 10 * args.n, 0)
             rss1 = rss_mib(pid)
+            strip_n += timed(lambda: post(strip), 10 * args.n, 0)
+            rss2 = rss_mib(pid)
             status = s.post(f"{url}/predict", data=strip, timeout=60).status_code
         finally:
             deploy.stop()
@@ -128,7 +130,8 @@ def main(args: argparse.Namespace) -> None:
         print(f"{path:11s} {name:34s} {statistics.median(xs):8.2f} {max(xs):8.2f} {statistics.median(xs) / base[path]:10.2f}")
     print(f"in-process, 12 MP decoded at full size (the old path): p50 {statistics.median(old):.2f} ms")
     print(f"16000x1 PNG over HTTP: status {status}, p50 {statistics.median(strip_n):.2f} ms, max {max(strip_n):.2f} ms "
-          f"over {len(strip_n)} requests; replica RSS {rss0:.0f} MiB before, {rss1:.0f} MiB after ({rss1 - rss0:+.0f} MiB)")
+          f"over {len(strip_n)} requests; replica RSS {rss0:.0f} MiB before, {rss1:.0f} MiB after half of them, "
+          f"{rss2:.0f} MiB after all ({rss2 - rss1:+.0f} MiB over the second half)")
     print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     http = {name: statistics.median(xs) for path, name, xs in rows if path == "HTTP"}
     ratio = list(http.values())[1] / list(http.values())[0]

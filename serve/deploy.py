@@ -1,18 +1,29 @@
-"""Start, update and stop the classifier on the current Ray from Python (demo, tests, benches).
+"""Start, follow, update and stop the classifier on the current Ray (CLI, demo, jobs, tests, benches).
 
 ::
 
     from serve import deploy
-    url = deploy.start("models:/animalclf@champion")      # blocks until /healthz answers
-    deploy.swap_model("models:/animalclf/7")               # in place, no downtime
+    url = deploy.start("models:/animalclf@champion")   # serves the version @champion names now,
+                                                       # and follows the alias every poll_s
+    deploy.refresh()                                   # after a promotion: move now (any process)
+    deploy.swap_model("models:/animalclf/7")           # in place, no downtime
     deploy.stop()
 
-    python serve/deploy.py --model models:/animalclf@champion [--host 127.0.0.1 --port 8000]
+    python serve/deploy.py --model-ref models:/animalclf@champion [--port 8000 --poll-s 30 ...]
 
-The application is deployed the way ``serve deploy serve/config.yaml`` does it (a declarative
-config whose ``import_path`` is ``serve.app:build_app``), so a later change of only
-``user_config`` (a new ``model_ref``, batch size, top-k) reaches the running replicas through
-``reconfigure`` instead of restarting them.
+Every flag is a :class:`~serve.settings.ServeSettings` field (``--help`` lists them with defaults).
+
+How Serve follows ``@champion``: the alias is resolved to one version in one place
+(:func:`animalclf.predict.pin_version`, called by :func:`refresh`), and the application gets a new
+``user_config`` naming that version (``pinned_ref``), so every replica's ``reconfigure()`` loads
+the same version in place, a replica started later loads it too, and a failed load keeps the old
+model. ``refresh()`` runs every ``poll_s`` seconds in the process that called :func:`start` (the CLI
+keeps running), and any process (the promoting job) can call it to move at once.
+
+The application is deployed declaratively, as ``serve deploy serve/config.yaml`` does (``import_path``
+``serve.app:build_app``), through ``ServeControllerClient.deploy_apps``: the one private Ray API
+left here. Ray 2.60's public ``serve.run`` gives every deployment a fresh random version, so a
+``user_config`` change would restart the replicas instead of reconfiguring them in place.
 """
 
 from __future__ import annotations
@@ -24,24 +35,28 @@ if __package__ in (None, ""):  # run as a script: import from the repo root, not
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import copy
+import dataclasses
 import ipaddress
 import logging
-import os
+import threading
 import time
 from typing import Any, Optional
 
 import requests
 
+from animalclf.checkpoint import META_FILE
 from animalclf.errors import UserError
+from animalclf.predict import pin_version
+from animalclf.registry import is_model_ref
+from serve.settings import ServeSettings, from_environment
 
 log = logging.getLogger(__name__)
 
-__all__ = ["start", "stop", "reconfigure", "swap_model", "APP_NAME", "get_args_parser", "main"]
+__all__ = ["start", "refresh", "reconfigure", "swap_model", "stop", "APP_NAME", "get_args_parser", "main"]
 
 APP_NAME = "animalclf"
 IMPORT_PATH = "serve.app:build_app"
-_STATE: dict[str, Any] = {}
+_STATE: dict[str, Any] = {}  # this process's launch: settings, url, follower thread
 
 
 def _is_loopback(host: str) -> bool:
@@ -53,6 +68,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _url(s: ServeSettings) -> str:
+    shown = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
+    return f"http://{'[' + shown + ']' if ':' in shown else shown}:{s.port}"
+
+
 def _ensure_ray() -> None:
     import ray
 
@@ -62,15 +82,27 @@ def _ensure_ray() -> None:
         ray.init(logging_level="WARNING")
 
 
+def _app_config(s: ServeSettings, pinned: str) -> dict[str, Any]:
+    """The declarative config: ``args`` (what a change restarts replicas for) and the deployment's
+    ``user_config`` (applied in place)."""
+    user = s.user_config()
+    args = {k: v for k, v in s.to_dict().items() if k not in user and v is not None}
+    http = {"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s}
+    return {"http_options": http, "applications": [{
+        "name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH, "args": args,
+        "deployments": [{"name": "Classifier", "user_config": {**user, "pinned_ref": pinned}}]}]}
+
+
 def _deploy(config: dict[str, Any]) -> None:
-    from ray.serve.context import _get_global_client
+    from ray.serve.context import _get_global_client  # see the module docstring
     from ray.serve.schema import ServeDeploySchema
 
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
 
 
 def _wait_healthy(url: str, timeout_s: float, want_ref: Optional[str] = None) -> dict[str, Any]:
-    """Poll the app status and ``/healthz`` until the app runs (and serves ``want_ref``)."""
+    """Poll the app status and ``/healthz`` until the app runs (and serves ``want_ref``, or
+    reports the error loading it)."""
     from ray import serve
 
     deadline, last = time.monotonic() + timeout_s, "no answer yet"
@@ -83,82 +115,128 @@ def _wait_healthy(url: str, timeout_s: float, want_ref: Optional[str] = None) ->
                 r = requests.get(f"{url}/healthz", timeout=5)
                 if r.ok:
                     h = r.json()
-                    if want_ref is None or h.get("model_ref") == want_ref or (h.get("last_load_error") or "").find(want_ref) >= 0:
+                    if want_ref is None or h.get("model_ref") == want_ref or want_ref in (h.get("last_load_error") or ""):
                         return h
                 last = f"healthz {r.status_code}: {r.text[:200]}"
             except requests.RequestException as e:
-                last = f"{type(e).__name__}"
+                last = type(e).__name__
         time.sleep(0.25)
-    raise UserError(f"The classifier at {url} did not become healthy within {timeout_s:.0f} s ({last}); see `serve status` and the Ray logs.")
+    raise UserError(f"The classifier at {url} did not become healthy within {timeout_s:.0f} s ({last}); "
+                    "see `serve status` and the Ray logs.")
 
 
-def start(model_ref: str, host: str = "127.0.0.1", port: int = 8000, *, request_timeout_s: float = 30.0,
-          timeout_s: float = 180.0, **options: Any) -> str:
-    """Deploy the classifier for ``model_ref`` on the current Ray (started when none) and
-    return its base URL once ``/healthz`` answers.
+def _apply(s: ServeSettings, timeout_s: float, force: bool = False) -> dict[str, Any]:
+    """Resolve ``s.model_ref`` to one version and deploy it unless it already serves; /healthz."""
+    pinned = pin_version(s.model_ref) if s.model_ref.startswith("models:/") else s.model_ref
+    url = _url(s)
+    if not force:
+        try:
+            h = requests.get(f"{url}/healthz", timeout=5).json()
+            if h.get("model_ref") == pinned:
+                return h
+        except (requests.RequestException, ValueError):
+            pass
+    _deploy(_app_config(s, pinned))
+    h = _wait_healthy(url, timeout_s, want_ref=pinned)
+    if h.get("model_ref") == pinned:
+        log.info("Classifier at %s serves %s (%s)", url, h.get("model_version"), s.model_ref)
+    return h
 
-    ``options`` are :func:`serve.app.build_app` keys: ``top_k``, ``batching``,
-    ``max_batch_size``, ``batch_wait_timeout_s``, ``max_ongoing_requests``,
-    ``max_queued_requests``, ``num_replicas``, ``num_cpus``, ``num_gpus``, ``max_images``,
-    ``max_bytes``, ``max_pixels``, ``tracking_uri``, ``num_threads``.
-    """
+
+def start(model_ref: Optional[str] = None, *, settings: Optional[ServeSettings] = None, follow: bool = True,
+          timeout_s: float = 180.0, **overrides: Any) -> str:
+    """Deploy the classifier on the current Ray (started when none) and return its base URL once
+    ``/healthz`` answers. ``settings`` and/or ``overrides`` (ServeSettings fields: ``port``,
+    ``top_k``, ``max_batch_size``, ``poll_s`` ...). With ``follow`` and an alias ref, this process
+    re-resolves the alias every ``poll_s`` seconds (see :func:`refresh`)."""
     from ray import serve
 
-    if not _is_loopback(host):
-        log.warning("Binding the classifier to %s: the endpoint has no authentication; put it behind a proxy that has.", host)
-    if not model_ref.startswith(("models:/", "runs:/")):
-        if not (Path(model_ref) / "animalclf.json").is_file():
-            raise UserError(f"{model_ref!r} is neither an MLflow model URI (models:/NAME@ALIAS) nor an animalclf checkpoint directory.")
-        model_ref = str(Path(model_ref).resolve())
+    s = (settings or from_environment()).replace(**overrides, **({"model_ref": model_ref} if model_ref else {}))
+    if s.max_ongoing_requests < s.max_batch_size:
+        log.warning("max_ongoing_requests (%d) < max_batch_size (%d): batches can never fill.", s.max_ongoing_requests, s.max_batch_size)
+    if not _is_loopback(s.host):
+        log.warning("Binding the classifier to %s: the endpoint has no authentication; put it behind a proxy that has.", s.host)
+    if not is_model_ref(s.model_ref):
+        if not (Path(s.model_ref) / META_FILE).is_file():
+            raise UserError(f"{s.model_ref!r} is neither an MLflow model URI (models:/NAME@ALIAS) nor an animalclf "
+                            "checkpoint directory.")
+        s = s.replace(model_ref=str(Path(s.model_ref).resolve()))
+    elif s.tracking_uri is None:
+        from animalclf.tracking import resolve_tracking
+
+        s = s.replace(tracking_uri=resolve_tracking()["MLFLOW_TRACKING_URI"])  # the URI only: secrets stay in env
     _ensure_ray()
-    http_options = {"host": host, "port": int(port), "request_timeout_s": float(request_timeout_s)}
-    serve.start(http_options=http_options)
-    args = {"model": model_ref, **{k: v for k, v in options.items() if v is not None}}
-    config = {
-        "http_options": http_options,
-        "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH, "args": args}],
-    }
-    _deploy(config)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{int(port)}"
-    _STATE.update(config=config, url=url, user_config=None)
-    health = _wait_healthy(url, timeout_s)
-    log.info("Classifier serving %s at %s", health.get("model_version"), url)
-    return url
+    serve.start(http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s})
+    _stop_follower()
+    _STATE.update(settings=s, url=_url(s))
+    _apply(s, timeout_s, force=True)
+    if follow and "@" in s.model_ref and s.model_ref.startswith("models:/") and s.poll_s > 0:
+        _start_follower(s.poll_s)
+    return _STATE["url"]
+
+
+def refresh(url: Optional[str] = None, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Make a running classifier serve the version its ``model_ref`` (e.g. ``@champion``) names
+    *now*, in place; returns ``/healthz``. Call it after moving the alias (the promoting job
+    does); from another process pass the endpoint ``url`` (its settings are read from
+    ``/metadata``). A no-op when that version already serves."""
+    if url is None and "settings" in _STATE:
+        s = _STATE["settings"]
+    else:
+        url = url or _url(ServeSettings())
+        try:
+            s = ServeSettings.from_dict(requests.get(f"{url}/metadata", timeout=10).json()["settings"])
+        except (requests.RequestException, ValueError, KeyError) as e:
+            raise UserError(f"No classifier answers at {url} ({type(e).__name__}): start one with serve.deploy.start.") from None
+    _ensure_ray()
+    return _apply(s, timeout_s)
 
 
 def reconfigure(timeout_s: float = 120.0, **user_config: Any) -> dict[str, Any]:
-    """Send a new ``user_config`` (``model_ref``, ``top_k``, ``max_batch_size``,
-    ``batch_wait_timeout_s``, ``max_images``) to the running replicas in place.
-
-    Returns ``/healthz`` once a replica reports the new model (or the error loading it)."""
-    if "config" not in _STATE:
+    """Change ``user_config`` settings (``model_ref``, ``top_k``, ``max_batch_size``, limits ...)
+    of the classifier this process started, in place; returns ``/healthz``."""
+    if "settings" not in _STATE:
         raise UserError("The classifier is not running from this process: call serve.deploy.start first.")
-    config = copy.deepcopy(_STATE["config"])
-    args = config["applications"][0]["args"]
-    base = _STATE["user_config"] or {
-        "model_ref": args["model"], "top_k": int(args.get("top_k", 5)),
-        **({"max_batch_size": 1, "batch_wait_timeout_s": 0.0} if str(args.get("batching", True)).lower() in ("false", "0", "no", "off")
-           else {"max_batch_size": int(args.get("max_batch_size", 16)), "batch_wait_timeout_s": float(args.get("batch_wait_timeout_s", 0.005))}),
-    }
-    new = {**base, **user_config}
-    config["applications"][0]["deployments"] = [{"name": "Classifier", "user_config": new}]
-    _deploy(config)
-    _STATE["user_config"] = new
-    return _wait_healthy(_STATE["url"], timeout_s, want_ref=new["model_ref"] if "model_ref" in user_config else None)
+    wrong = sorted(set(user_config) - set(ServeSettings().user_config()))
+    if wrong:
+        raise UserError(f"{wrong} cannot change in place; in place: {sorted(ServeSettings().user_config())}")
+    s = _STATE["settings"] = _STATE["settings"].replace(**user_config)
+    return _apply(s, timeout_s, force=True)
 
 
 def swap_model(model_ref: str, timeout_s: float = 120.0) -> dict[str, Any]:
     """Load ``model_ref`` into the running replicas without downtime (see :func:`reconfigure`)."""
-    if not model_ref.startswith(("models:/", "runs:/")):
+    if not is_model_ref(model_ref):
         model_ref = str(Path(model_ref).resolve())
     return reconfigure(timeout_s=timeout_s, model_ref=model_ref)
 
 
+def _start_follower(poll_s: float) -> None:
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(poll_s):
+            try:
+                refresh()
+            except Exception as e:  # the registry or Serve is briefly unreachable: try next time
+                log.warning("Following %s failed (%s); still serving the last version.", _STATE["settings"].model_ref, e)
+
+    t = threading.Thread(target=loop, name="animalclf-follow", daemon=True)
+    _STATE.update(follower=t, follower_stop=stop)
+    t.start()
+
+
+def _stop_follower() -> None:
+    if "follower_stop" in _STATE:
+        _STATE.pop("follower_stop").set()
+        _STATE.pop("follower").join(timeout=30)
+
+
 def stop() -> None:
-    """Delete the application and shut Serve down (Ray itself keeps running)."""
+    """Stop following, delete the application and shut Serve down (Ray itself keeps running)."""
     from ray import serve
 
+    _stop_follower()
     try:
         serve.delete(APP_NAME)
     except Exception as e:  # already gone
@@ -168,31 +246,23 @@ def stop() -> None:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """One flag per ServeSettings field (``--top-k`` for ``top_k``), defaults and help from it."""
     p = argparse.ArgumentParser(description="Serve the animal classifier over HTTP on Ray Serve.", add_help=add_help)
-    p.add_argument("--model", default=os.environ.get("ANIMALCLF_MODEL", "models:/animalclf@champion"),
-                   help="checkpoint directory or MLflow model URI (default: $ANIMALCLF_MODEL or models:/animalclf@champion)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback exposes an endpoint without auth (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
-    p.add_argument("--top-k", type=int, default=5, help="classes returned per image unless ?top_k= (default: 5)")
-    p.add_argument("--no-batching", dest="batching", action="store_false", help="run each image on its own (default: dynamic batching)")
-    p.add_argument("--max-batch-size", type=int, default=16, help="images per forward pass (default: 16)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="wait for a batch to fill (default: 5.0)")
-    p.add_argument("--max-ongoing", type=int, default=32, help="requests in flight per replica (default: 32)")
-    p.add_argument("--max-queued", type=int, default=64, help="requests waiting before 503 (default: 64)")
-    p.add_argument("--replicas", default=None, help="replicas: a number or 'auto' (default: 1)")
-    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica (default: 1.0)")
-    p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica; >0 runs the model on CUDA (default: 0.0)")
-    p.add_argument("--request-timeout", type=float, default=30.0, help="end-to-end HTTP timeout in s, then 408 (default: 30.0)")
+    for f in dataclasses.fields(ServeSettings):
+        default, text = f.default, f.metadata["help"]
+        names = [f"--{f.name.replace('_', '-')}"] + (["--model"] if f.name == "model_ref" else [])
+        kind = {"int": int, "float": float}.get(str(f.type).replace("Optional[", "").rstrip("]"), str)
+        p.add_argument(*names, dest=f.name, type=kind, default=None,
+                       help=f"{text} (default: {'$ANIMALCLF_MODEL or ' if f.name == 'model_ref' else ''}{default})")
+    p.add_argument("--no-follow", dest="follow", action="store_false", help="serve the version the alias names at start and stay on it")
     return p
 
 
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    given = {k: v for k, v in vars(args).items() if k != "follow" and v is not None}
     try:
-        url = start(args.model, args.host, args.port, request_timeout_s=args.request_timeout, top_k=args.top_k,
-                    batching=args.batching, max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000,
-                    max_ongoing_requests=args.max_ongoing, max_queued_requests=args.max_queued, num_replicas=args.replicas,
-                    num_cpus=args.num_cpus, num_gpus=args.num_gpus)
+        url = start(settings=from_environment(given), follow=args.follow)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -65,7 +65,7 @@ def endpoint(ray_session, checkpoints):
     from serve import deploy
 
     url = deploy.start(str(checkpoints[0]), port=free_port(), max_ongoing_requests=2, max_queued_requests=2,
-                       max_batch_size=2, batch_wait_timeout_s=0.01, body_timeout_s=BODY_TIMEOUT_S)
+                       max_batch_size=4, batch_wait_timeout_s=0.01, body_timeout_s=BODY_TIMEOUT_S)
     yield url
     deploy.stop()
 
@@ -383,12 +383,12 @@ def test_chunked_body_over_the_limit_is_413_while_streaming(endpoint, photos):
 
 
 def test_slow_body_is_cut_off_and_others_are_served(endpoint, photos):
-    """Three clients send one byte a second (more than the app's 2 ongoing + 2 queued requests
-    would allow for long): each gets 408 after BODY_TIMEOUT_S, and a normal request meanwhile is
-    answered."""
+    """Two clients send one byte a second, taking both of the app's request slots
+    (max_ongoing_requests=2): each gets 408 after BODY_TIMEOUT_S instead of holding its slot for
+    minutes, and a normal request sent meanwhile (queued behind them) is answered."""
     before = health(endpoint)
-    with ThreadPoolExecutor(3) as ex:
-        slow = [ex.submit(raw_post, endpoint, "/predict", (b"x" for _ in range(120)), 1.0) for _ in range(3)]
+    with ThreadPoolExecutor(2) as ex:
+        slow = [ex.submit(raw_post, endpoint, "/predict", (b"x" for _ in range(120)), 1.0) for _ in range(2)]
         time.sleep(0.5)
         t0 = time.perf_counter()
         r = requests.post(f"{endpoint}/predict", data=photos[0].read_bytes(), timeout=60)

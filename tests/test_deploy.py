@@ -1,0 +1,117 @@
+"""serve.deploy follows @champion: a real Serve app (two replicas) on a real sqlite MLflow
+registry; the alias moves under traffic and the app rolls to the new version in place with no
+failed request, both replicas agree, and every answer and /metadata name the version."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from animalclf.checkpoint import META_FILE, save_checkpoint
+from animalclf.config import TrainConfig
+from animalclf.localray import free_port
+from animalclf.model import build_model
+from animalclf.predict import Predictor
+from animalclf.worker import checkpoint_meta
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "Giraffe", "Horse",
+           "Kangaroo", "Lion", "Panda", "Tiger", "Zebra"]
+
+
+def register(name: str, seed: int) -> tuple[str, Predictor]:
+    """A Lite0 with a seeded random head logged and registered like training does it."""
+    from animalclf.tracking import Tracker
+
+    torch.manual_seed(seed)
+    cfg = TrainConfig(arch="efficientnet_lite0", weights="none", unfreeze=0, image_size=64)
+    model = build_model(cfg.arch, len(CLASSES), 0, "none").eval()
+    d = save_checkpoint(Path(tempfile.mkdtemp()) / "ck", model, checkpoint_meta(cfg, CLASSES, {"val_accuracy": 0.5}, 1))
+    tracker = Tracker.start("follow", f"v{seed}")
+    version = tracker.log_model(model, d / META_FILE, torch.zeros(1, 3, 64, 64), name)
+    tracker.end()
+    return version, Predictor.from_checkpoint(d)
+
+
+def same(a: list[dict], b: list[dict]) -> bool:
+    return [x["class"] for x in a] == [x["class"] for x in b] and all(
+        abs(x["probability"] - y["probability"]) < 1e-4 for x, y in zip(a, b))
+
+
+def replicas_on(url: str, want: str, seconds: float = 60) -> dict[str, str]:
+    """/healthz until two distinct replicas both report ``want``; {replica: version} seen last."""
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        h = requests.get(f"{url}/healthz", timeout=10).json()
+        seen[h["replica"]] = h["model_version"]
+        if len(seen) >= 2 and set(seen.values()) == {want}:
+            return seen
+        time.sleep(0.1)
+    pytest.fail(f"replicas did not all reach {want}: {seen}")
+
+
+def test_serve_follows_champion_under_traffic(ray_session, project, tmp_path, monkeypatch, shared_data):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from serve import deploy
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    (v1, p1), (v2, p2) = register("follow", 1), register("follow", 2)
+    local = {f"follow/{v1}": p1, f"follow/{v2}": p2}
+    client = MlflowClient()
+    client.set_registered_model_alias("follow", "champion", v1)
+    photo = sorted((shared_data / "Zebra").iterdir())[0].read_bytes()
+
+    url = deploy.start("models:/follow@champion", port=free_port(), poll_s=1.0, num_replicas=2, num_cpus=0.5,
+                       max_batch_size=4, batch_wait_timeout_s=0.002)
+    try:
+        replicas_on(url, f"follow/{v1}")
+        results: list[tuple[int, str, bool]] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            s = requests.Session()
+            while not stop.is_set():
+                r = s.post(f"{url}/predict", data=photo, timeout=30)
+                body = r.json()
+                v = body.get("model_version", body.get("error", ""))
+                ok = r.status_code == 200 and same(body["predictions"], local[v].predict([local[v].decode(photo)], 5)[0])
+                results.append((r.status_code, v, ok))
+
+        t = threading.Thread(target=traffic)
+        t.start()
+        try:
+            time.sleep(1.0)
+            client.set_registered_model_alias("follow", "champion", v2)  # a promotion; nobody tells Serve
+            t0 = time.monotonic()
+            replicas_on(url, f"follow/{v2}")  # the launcher's poll (1 s) noticed and rolled both replicas
+            moved_s = time.monotonic() - t0
+            time.sleep(1.0)
+            client.set_registered_model_alias("follow", "champion", v1)  # ... and the promoting job tells Serve
+            h = deploy.refresh(url)  # as another process would: settings read from /metadata
+            assert h["model_version"] == f"follow/{v1}" and h["model_ref"] == f"models:/follow/{v1}"
+            replicas_on(url, f"follow/{v1}", seconds=10)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            t.join()
+        assert results and all(code == 200 and ok for code, _, ok in results), [r for r in results if r[0] != 200 or not r[2]][:5]
+        assert {v for _, v, _ in results} == {f"follow/{v1}", f"follow/{v2}"}
+        assert moved_s < 30, moved_s
+        meta = requests.get(f"{url}/metadata", timeout=10).json()
+        assert meta["model_version"] == f"follow/{v1}" and meta["model_ref"] == f"models:/follow/{v1}"
+        assert meta["settings"]["model_ref"] == "models:/follow@champion"  # what it follows
+        assert deploy.refresh(url)["model_version"] == f"follow/{v1}"  # no move: a no-op
+    finally:
+        deploy.stop()
