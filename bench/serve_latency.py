@@ -109,7 +109,8 @@ def main(args: argparse.Namespace) -> None:
         ray.init(num_cpus=4, logging_level="ERROR")
         rows, inside = [], []
         try:
-            url = deploy.start(model, port=free_port(), num_threads=threads)
+            url = deploy.start(model, port=free_port(), num_cpus=threads)  # the replica gets (and uses) as many CPUs
+            replica_threads = requests.get(f"{url}/metadata", timeout=10).json()["torch_threads"]
             rows.append(("HTTP, dynamic batching (max 16, wait 5 ms)", over_http(url, data, args.n, args.warmup)))
             deploy.reconfigure(max_batch_size=1, batch_wait_timeout_s=0.0)
             rows.append(("HTTP, no batching", over_http(url, data, args.n, args.warmup, inside)))
@@ -122,7 +123,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"{'in-process Predictor (decode+predict)':45s} {base:8.2f} {pct(local, 99):8.2f} {1.0:10.2f}")
     for name, xs in rows:
         print(f"{name:45s} {statistics.median(xs):8.2f} {pct(xs, 99):8.2f} {statistics.median(xs) / base:10.2f}")
-    print(f"(no batching: the replica's own latency_ms p50 {statistics.median(inside):.2f}; the rest is proxy + HTTP)")
+    print(f"(no batching: the replica's own latency_ms p50 {statistics.median(inside):.2f}; the rest is proxy + HTTP; "
+          f"replica torch threads {replica_threads})")
     load = os.getloadavg()
     print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     best = min(statistics.median(xs) for _, xs in rows) / base

@@ -84,7 +84,7 @@ def main(args: argparse.Namespace) -> None:
         os.environ.setdefault("RAY_ADDRESS", "local")
         ray.init(num_cpus=4, logging_level="ERROR")
         try:
-            url = deploy.start(model, port=free_port(), num_threads=threads, max_ongoing_requests=max(levels),
+            url = deploy.start(model, port=free_port(), num_cpus=threads, max_ongoing_requests=max(levels),
                                max_queued_requests=4 * max(levels), max_batch_size=args.max_batch_size,
                                batch_wait_timeout_s=args.batch_wait_ms / 1000)
             run_level(url, data, 4, 2.0)  # warm up
