@@ -51,13 +51,39 @@ def test_schema_rejects_a_broken_copy(raw):
         validate_config(prepare_config(bad))
 
 
-def test_head_is_cpu_only(prepared):
+# What each instance type has (AWS's figures): the file must state them for the autoscaler.
+INSTANCE_RESOURCES = {"m5.xlarge": {"CPU": 4, "GPU": 0}, "g5.xlarge": {"CPU": 4, "GPU": 1},
+                      "g5.12xlarge": {"CPU": 48, "GPU": 4}}
+
+
+def test_head_has_cpus_for_drivers_and_no_gpu(prepared):
+    """The head advertises CPUs (job entrypoints, 0.01-CPU trial drivers, Serve's controller and
+    proxy have somewhere to go besides the GPU nodes) and no GPU (no --use-gpu worker lands on it)."""
     head = prepared["available_node_types"][prepared["head_node_type"]]
     assert not GPU_FAMILIES.match(head["node_config"]["InstanceType"])
     assert head["resources"].get("GPU", 0) == 0
-    assert head["resources"].get("CPU", 0) == 0, "training workers must not be scheduled on the head"
+    assert head["resources"].get("CPU", 0) >= 1, "trial drivers and Serve would land on (and keep) GPU nodes"
     assert head["max_workers"] == 0
     assert "--num-gpus=0" in _start_command(prepared["head_start_ray_commands"])
+
+
+def test_node_resources_match_instance_types(raw):
+    for name, group in raw["available_node_types"].items():
+        assert group["resources"] == INSTANCE_RESOURCES[group["node_config"]["InstanceType"]], name
+
+
+def test_fake_cluster_is_derived_from_this_file(raw):
+    """tests/test_multinode.py's cluster: the same types, each GPU a fake_gpu with one CPU."""
+    from fakecluster import FAKE_GPU, HEAD_TYPE, fake_node_types
+
+    fake = fake_node_types(raw, max_per_type=2)
+    workers = {k for k in raw["available_node_types"] if k != raw["head_node_type"]}
+    assert set(fake) == workers | {HEAD_TYPE}
+    assert FAKE_GPU not in fake[HEAD_TYPE]["resources"] and fake[HEAD_TYPE]["resources"]["CPU"] >= 1
+    for name in workers:
+        gpus = raw["available_node_types"][name]["resources"]["GPU"]
+        assert fake[name]["resources"] == {"CPU": gpus, FAKE_GPU: gpus}
+        assert fake[name]["min_workers"] == 0 < fake[name]["max_workers"] <= 2
 
 
 def test_autoscaling_gpu_groups(prepared):
