@@ -91,6 +91,8 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     max_failures: int = 0
     keep_checkpoints: int = 2
+    # custom Ray resources each worker also asks for, e.g. {"a10g": 1}: where workers may land
+    worker_resources: dict[str, float] = dataclasses.field(default_factory=dict)
     metric: str = "val_accuracy"
     # outputs and tracking
     name: str = "animalclf"
@@ -153,6 +155,21 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--val-dir", help="explicit validation folder of class folders")
     g.add_argument("--val-ratio", type=float, default=d.val_ratio, help=f"(default: {d.val_ratio})")
     g.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
+def _resources(text: str) -> dict[str, float]:
+    """``--worker-resources``: a JSON object of custom resource names to amounts."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in value.values()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object of amounts, e.g. '{{\"a10g\": 1}}'")
+    if {"CPU", "GPU"} & set(value):
+        raise argparse.ArgumentTypeError("CPU and GPU have their own flags (--cpus-per-worker, --use-gpu)")
+    return value
+
+
     g.add_argument("--image-size", type=int, default=d.image_size, help="crop size (default: the weights')")
     g.add_argument("--loader-workers", type=int, default=d.loader_workers, help="DataLoader processes (default: 0)")
     g = parser.add_argument_group("Model")
@@ -191,6 +208,8 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+    g.add_argument("--worker-resources", type=_resources, default={}, metavar="JSON",
+                   help='custom Ray resources per worker, e.g. \'{"a10g": 1}\' (default: none)')
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """Build a :class:`TrainConfig` from parsed args (unknown attributes are ignored)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -89,22 +89,56 @@ class TuneOutcome:
     decision: Optional[Decision] = None
 
 
-def plan_concurrency(cfg: TrainConfig, requested: Optional[int], resources: Mapping[str, float], check: bool = True) -> int:
-    """Trials that fit at once: workers per trial x (CPU, GPU) per worker against the cluster."""
+# Where the cluster launcher writes the autoscaler's config on the head (cluster.yaml's
+# head_start_ray_commands); ANIMALCLF_AUTOSCALING_CONFIG names another file.
+AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"
+
+
+def _autoscaling_config() -> Optional[dict[str, Any]]:
+    """The autoscaler's config when this driver runs on an autoscaling cluster's head, else ``None``."""
+    import yaml
+
+    path = Path(os.path.expanduser(os.environ.get("ANIMALCLF_AUTOSCALING_CONFIG", AUTOSCALING_CONFIG)))
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def plan_concurrency(cfg: TrainConfig, requested: Optional[int], resources: Mapping[str, float], check: bool = True,
+                     autoscaling: Optional[Mapping[str, Any]] = None) -> int:
+    """Trials that fit at once: workers per trial x (CPU, GPU, custom resources) per worker against
+    the cluster's resources now, or, with ``autoscaling`` (the autoscaler's config), against the most
+    the cluster can grow to: each node type's ``max_workers`` nodes, packed worker by worker, within
+    the cluster's ``max_workers``."""
+    need = {"CPU": cfg.cpus_per_worker, **({"GPU": 1.0} if cfg.use_gpu else {}), **cfg.worker_resources}
     cpu_per_trial = cfg.num_workers * cfg.cpus_per_worker + 0.01
-    fits = math.floor(resources.get("CPU", 0) / cpu_per_trial)
-    if cfg.use_gpu:
-        fits = min(fits, math.floor(resources.get("GPU", 0) / cfg.num_workers))
+    if autoscaling:
+        def per_node(node_type: Mapping[str, Any]) -> int:
+            have = node_type.get("resources") or {}
+            return min(math.floor(have.get(k, 0) / v) for k, v in need.items() if v > 0)
+
+        types = autoscaling["available_node_types"]
+        head = autoscaling.get("head_node_type")
+        workers = per_node(types[head]) if head in types else 0
+        nodes_left = autoscaling.get("max_workers", math.inf)
+        for fit, count in sorted(((per_node(t), t.get("max_workers", 0)) for n, t in types.items() if n != head), reverse=True):
+            take = min(count, nodes_left)
+            workers, nodes_left = workers + fit * take, nodes_left - take
+        fits = workers // cfg.num_workers
+        where = "the most this autoscaling cluster grows to (its autoscaler's available_node_types and max_workers)"
+    else:
+        fits = math.floor(resources.get("CPU", 0) / cpu_per_trial)
+        for key, amount in need.items():
+            if key != "CPU" and amount > 0:
+                fits = min(fits, math.floor(resources.get(key, 0) / (amount * cfg.num_workers)))
+        where = f"the cluster's {dict(resources)}"
     if requested is not None and requested < 1:
         raise UserError(f"--max-concurrent must be at least 1, got {requested}.")
     if check and fits < 1:
-        need = f"{cfg.num_workers} GPU(s) and " if cfg.use_gpu else ""
-        raise UserError(f"One trial needs {need}{cpu_per_trial:.2f} CPUs but the cluster has {dict(resources)}: "
-                        f"lower --num-workers/--cpus-per-worker or add nodes.")
+        extra = "".join(f"{v:g} {k} and " for k, v in need.items() if k != "CPU")
+        raise UserError(f"One trial needs {cfg.num_workers} worker(s) of {extra}{cfg.cpus_per_worker:g} CPU, more than "
+                        f"{where}: lower --num-workers/--cpus-per-worker or add nodes.")
     if check and requested is not None and requested > fits:
         raise UserError(f"--max-concurrent {requested} needs more than the cluster has: {fits} trial(s) of "
-                        f"{cfg.num_workers} worker(s) fit in {dict(resources)}; lower it or pass --no-resource-check "
-                        f"on an autoscaling cluster.")
+                        f"{cfg.num_workers} worker(s) fit in {where}; lower it or pass --no-resource-check.")
     return requested or max(1, fits)
 
 
@@ -161,7 +195,8 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
     split, uri = prepare(cfg)
     cfg = cfg.replace(storage_path=cfg.resolved_storage())  # trials run in their own working dirs
     localray.init_ray()
-    concurrency = plan_concurrency(cfg, opts.max_concurrent, ray.cluster_resources(), opts.check_resources)
+    concurrency = plan_concurrency(cfg, opts.max_concurrent, ray.cluster_resources(), opts.check_resources,
+                                   autoscaling=_autoscaling_config())
     storage = cfg.resolved_storage()
     path = Path(storage) / opts.name
     if opts.resume and not tune.Tuner.can_restore(str(path)):

@@ -180,7 +180,7 @@ def make_trainer(cfg: TrainConfig, split: Split, run_id: Optional[str], *, name:
                            "run_name": name or cfg.name},
         **inputs,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker, **cfg.worker_resources}),
         run_config=RunConfig(
             name=name or cfg.name,
             storage_path=cfg.resolved_storage(),
