@@ -121,3 +121,24 @@ def test_project_installed_from_file_mounts(prepared):
         assert installs[0] in prepared[key]
     excluded = prepared["rsync_exclude"]
     assert ".venv" in excluded and "runs" in excluded
+
+
+def test_tuning_plans_for_what_the_cluster_grows_to(raw):
+    """On the head of this cluster (no worker up yet) the search's resource check counts the nodes
+    the autoscaler may add: 2 gpu_4x (4 workers each) + 4 gpu_1x = 12 one-GPU workers within
+    max_workers 6, so 6 two-worker trials; a smaller max_workers takes the biggest nodes first."""
+    from animalclf.config import TrainConfig
+    from animalclf.errors import UserError
+    from animalclf.tuning import plan_concurrency
+
+    head_only = {"CPU": 4.0}
+    cfg = TrainConfig(use_gpu=True, num_workers=2)
+    with pytest.raises(UserError, match="GPU"):
+        plan_concurrency(cfg, None, head_only)
+    assert plan_concurrency(cfg, None, head_only, autoscaling=raw) == 6
+    assert plan_concurrency(cfg, None, head_only, autoscaling={**raw, "max_workers": 2}) == 4
+    with pytest.raises(UserError, match="--max-concurrent 7 needs more.*autoscaling"):
+        plan_concurrency(cfg, 7, head_only, autoscaling=raw)
+    # A worker that asks for a resource no node type has never fits.
+    with pytest.raises(UserError, match="a100"):
+        plan_concurrency(cfg.replace(worker_resources={"a100": 1}), None, head_only, autoscaling=raw)
