@@ -20,6 +20,7 @@ ARCHS = ("efficientnet_b0", "efficientnet_lite0")
 # What `unfreeze` counts: the stem, the 16 MBConv blocks and the final 1x1 conv (both archs).
 NUM_LAYERS = 18
 METRICS = ("val_accuracy", "val_f1", "val_loss")
+FINAL_MODES = ("refit", "none")  # what a --cv run publishes: a model refit on all images, or nothing
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # files read as images
 
 
@@ -90,9 +91,9 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 0
-    keep_checkpoints: int = 2
     # custom Ray resources each worker also asks for, e.g. {"a10g": 1}: where workers may land
     worker_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+    keep_checkpoints: int = 2
     metric: str = "val_accuracy"
     # outputs and tracking
     name: str = "animalclf"
@@ -103,6 +104,10 @@ class TrainConfig:
     force_promote: bool = False
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
     track: bool = True
+    # cross-validation (animalclf.cv): K stratified folds over all samples, scored by the fold mean
+    cv: int = 0  # 0 = one train/val split
+    final: str = "refit"  # after CV: train on every sample for the chosen epoch count (FINAL_MODES)
+    tta_flip: bool = False  # stored in animalclf.json: the Predictor averages each image with its mirror
 
     @property
     def mode(self) -> str:
@@ -141,20 +146,15 @@ class TrainConfig:
             raise UserError(f"--batch-size {self.batch_size} is smaller than --num-workers {self.num_workers}.")
         if self.metric not in METRICS:
             raise UserError(f"Unknown metric {self.metric!r}: choose one of {', '.join(METRICS)}.")
+        if self.cv == 1 or self.cv < 0:
+            raise UserError(f"--cv {self.cv}: pass K >= 2 folds (e.g. --cv 5), or 0 for one train/val split.")
+        if self.final not in FINAL_MODES:
+            raise UserError(f"Unknown --final {self.final!r}: choose one of {', '.join(FINAL_MODES)}.")
         if self.image_size is not None and self.image_size < 32:
             raise UserError(f"--image-size {self.image_size} is too small: use 32 or more.")
         return self
 
 
-def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the :class:`TrainConfig` flags (kebab-case, defaults shown) to ``parser``."""
-    d = TrainConfig()
-    g = parser.add_argument_group("Data")
-    g.add_argument("--data", help="folder (or s3:// URI) of class folders, split train/val by --val-ratio")
-    g.add_argument("--train-dir", help="explicit training folder of class folders")
-    g.add_argument("--val-dir", help="explicit validation folder of class folders")
-    g.add_argument("--val-ratio", type=float, default=d.val_ratio, help=f"(default: {d.val_ratio})")
-    g.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
 def _resources(text: str) -> dict[str, float]:
     """``--worker-resources``: a JSON object of custom resource names to amounts."""
     import json
@@ -170,8 +170,25 @@ def _resources(text: str) -> dict[str, float]:
     return value
 
 
+def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the :class:`TrainConfig` flags (kebab-case, defaults shown) to ``parser``."""
+    d = TrainConfig()
+    g = parser.add_argument_group("Data")
+    g.add_argument("--data", help="folder (or s3:// URI) of class folders, split train/val by --val-ratio")
+    g.add_argument("--train-dir", help="explicit training folder of class folders")
+    g.add_argument("--val-dir", help="explicit validation folder of class folders")
+    g.add_argument("--val-ratio", type=float, default=d.val_ratio, help=f"(default: {d.val_ratio})")
+    g.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
     g.add_argument("--image-size", type=int, default=d.image_size, help="crop size (default: the weights')")
     g.add_argument("--loader-workers", type=int, default=d.loader_workers, help="DataLoader processes (default: 0)")
+    g.add_argument("--cv", type=int, default=d.cv, metavar="K",
+                   help="K-fold stratified cross-validation over all images (train+val); scores are fold means "
+                        "with the std beside them (default: 0 = one split)")
+    g.add_argument("--final", default=d.final, choices=FINAL_MODES,
+                   help="after --cv: refit = train on all images for the epoch count with the best fold mean, "
+                        "then register it; none = only the CV figures (default: refit)")
+    g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=d.tta_flip,
+                   help="serve with horizontal-flip test-time augmentation (stored in animalclf.json; default: off)")
     g = parser.add_argument_group("Model")
     g.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)} (default: {d.arch})")
     g.add_argument("--weights", default=d.weights, help="imagenet, none, or a state-dict file (default: imagenet)")
@@ -191,6 +208,8 @@ def _resources(text: str) -> dict[str, float]:
     g.add_argument("--num-workers", type=int, default=d.num_workers, help="Ray Train workers (default: 1)")
     g.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     g.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker, help="(default: 1)")
+    g.add_argument("--worker-resources", type=_resources, default={}, metavar="JSON",
+                   help='custom Ray resources per worker, e.g. \'{"a10g": 1}\' (default: none)')
     g.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts (default: 0)")
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="best k kept (default: 2)")
     g.add_argument("--metric", default=d.metric, help=f"checkpoint/early-stop metric (default: {d.metric})")
@@ -208,8 +227,6 @@ def _resources(text: str) -> dict[str, float]:
     return parser
 
 
-    g.add_argument("--worker-resources", type=_resources, default={}, metavar="JSON",
-                   help='custom Ray resources per worker, e.g. \'{"a10g": 1}\' (default: none)')
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """Build a :class:`TrainConfig` from parsed args (unknown attributes are ignored)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -227,4 +244,4 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "runs_dir", "check_runs_dir", "ARCHS",
-           "METRICS", "NUM_LAYERS", "better", "check_unfreeze"]
+           "METRICS", "FINAL_MODES", "NUM_LAYERS", "better", "check_unfreeze"]

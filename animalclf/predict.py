@@ -23,7 +23,7 @@ EXTRA_FILES = "extra_files"  # where mlflow.pytorch.log_model(extra_files=...) p
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "pin_version", "decode_image", "bound_aspect", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE", "MAX_ASPECT"]
+__all__ = ["Predictor", "class_probabilities", "pin_version", "decode_image", "bound_aspect", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE", "MAX_ASPECT"]
 
 MAX_BYTES = 10 * 1024 * 1024  # 10 MiB per image
 MAX_PIXELS = 40_000_000  # well under Pillow's ~179 MP bomb error; a 8000x5000 photo fits
@@ -119,8 +119,18 @@ def pin_version(ref: str) -> str:
                         "model name, the alias and MLFLOW_TRACKING_URI.") from None
 
 
+def class_probabilities(model: torch.nn.Module, x: torch.Tensor, tta_flip: bool = False) -> torch.Tensor:
+    """Softmax of ``model`` on the NCHW batch ``x``; with ``tta_flip`` (horizontal-flip test-time
+    augmentation) the mean of that and the softmax on the mirrored batch."""
+    probs = model(x).float().softmax(dim=1)
+    if tta_flip:
+        probs = (probs + model(x.flip(-1)).float().softmax(dim=1)) / 2
+    return probs
+
+
 class Predictor:
-    """A loaded model plus its classes and preprocessing; thread-compatible, no Ray needed."""
+    """A loaded model plus its classes and preprocessing; thread-compatible, no Ray needed.
+    ``animalclf.json``'s ``tta_flip`` (default off) averages each image with its mirror image."""
 
     def __init__(self, model: torch.nn.Module, meta: dict[str, Any], version: str, device: str = "cpu"):
         self.device = torch.device(device)
@@ -130,6 +140,7 @@ class Predictor:
         self.preprocess = Preprocess.from_dict(meta["preprocess"])
         self.transform = eval_transform(self.preprocess)
         self.version = version
+        self.tta_flip = bool(meta.get("tta_flip", False))
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, device: str = "cpu") -> "Predictor":
@@ -184,7 +195,7 @@ class Predictor:
     def predict_tensors(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities for a preprocessed NCHW batch."""
         x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-        return self.model(x).float().softmax(dim=1).cpu()
+        return class_probabilities(self.model, x, self.tta_flip).cpu()
 
     def predict(self, images: Sequence[Image.Image], top_k: int = 5) -> list[list[dict[str, Any]]]:
         """Top-k ``{"class", "probability"}`` per image."""
@@ -201,5 +212,5 @@ class Predictor:
         return {
             "classes": self.classes, "arch": self.meta["arch"], "model_version": self.version,
             "metrics": self.meta.get("metrics", {}), "preprocess": self.preprocess.to_dict(),
-            "unfreeze": self.meta.get("unfreeze"), "epoch": self.meta.get("epoch"),
+            "unfreeze": self.meta.get("unfreeze"), "epoch": self.meta.get("epoch"), "tta_flip": self.tta_flip,
         }

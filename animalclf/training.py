@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from animalclf import localray, registry, tracking
+from animalclf import cv, localray, registry, tracking
 from animalclf.checkpoint import META_FILE, load_model, load_train_state
 from animalclf.config import TrainConfig, check_runs_dir, runs_dir
 from animalclf.datasource import source_of
@@ -30,7 +30,7 @@ from animalclf.worker import make_trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainOutcome", "prepare", "start_tracker", "fit", "publish", "run_training"]
+__all__ = ["TrainOutcome", "prepare", "start_tracker", "fit", "publish", "refit", "cv_figures", "run_training"]
 
 
 @dataclass
@@ -53,7 +53,13 @@ def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
     out = check_runs_dir()
     if cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():
         raise UserError(f"--weights {cfg.weights!r} is not a file: pass imagenet, none, or a state-dict file path.")
-    split = source_of(cfg).split(cfg.val_ratio, cfg.seed)
+    source = source_of(cfg)
+    split = source.split(cfg.val_ratio, cfg.seed)
+    if cfg.cv > 1:
+        if source.kind != "folder":
+            raise UserError(f"--cv needs a local (or shared) folder of class folders, not a {source.kind}: "
+                            f"copy the data locally or drop --cv.")
+        cv.fold_splits(split, cfg.cv, cfg.seed)  # a class with fewer than K images fails here, not on a worker
     if cfg.weights == "imagenet":
         build_model(cfg.arch, 2, 0, "imagenet")  # fail now, not on a worker, when weights can't be had
     uri = None
@@ -137,10 +143,74 @@ def start_tracker(cfg: TrainConfig, split: Split, name: str, parent_run_id: Opti
     return tracker
 
 
+def _history(result) -> list[dict[str, Any]]:
+    """The metric history held by a run's latest checkpoint."""
+    with result.checkpoint.as_directory() as d:
+        return (load_train_state(d) or {}).get("history", [])
+
+
+def cv_figures(scores: dict[str, Any]) -> dict[str, float]:
+    """The CV estimate of one epoch's fold means: ``cv_val_accuracy``, ``cv_val_accuracy_std``, ..."""
+    return {f"cv_{k}": scores[k] for k in ("val_accuracy", "val_accuracy_std", "val_f1", "val_f1_std", "val_loss",
+                                            "val_loss_std") if k in scores}
+
+
+def refit(cfg: TrainConfig, split: Split, history: Sequence[dict[str, Any]], parent: Optional["tracking.Tracker"],
+          key: str) -> TrainOutcome:
+    """After CV: train ``cfg`` on every sample for the epoch with the best fold mean in ``history``,
+    then publish that last epoch's model (a child run of ``parent``; the registered version carries
+    the CV figures as ``animalclf.cv_*`` tags). Its validation report is on images it trained on."""
+    epoch = cv.chosen_epoch(history, cfg.metric, cfg.mode)
+    scores = next(h for h in history if int(h["epoch"]) == epoch)
+    figures = cv_figures(scores)
+    log.info("%d-fold CV chose %d epoch(s): val accuracy %.4f ± %.4f, macro F1 %.4f ± %.4f; refitting on all images",
+             cfg.cv, epoch, scores["val_accuracy"], scores.get("val_accuracy_std", 0.0), scores["val_f1"],
+             scores.get("val_f1_std", 0.0))
+    final_cfg = cfg.replace(cv=0, epochs=epoch, patience=0, name=f"{cfg.name}-refit")
+    everything = cv.refit_split(split)
+    tags = {"animalclf.final": "refit", "animalclf.cv_folds": cfg.cv, "animalclf.cv_epoch": epoch,
+            **{f"animalclf.{k}": f"{v:.4f}" for k, v in figures.items()}}
+    tracker = start_tracker(final_cfg, everything, final_cfg.name, parent.run_id if parent else None,
+                            tags={"animalclf.kind": "refit", **{k: str(v) for k, v in tags.items()}})
+    if tracker:
+        tracker.log_metrics({**figures, "cv_epoch": epoch}, step=epoch)
+    result = fit(final_cfg, everything, tracker)
+    with result.checkpoint.as_directory() as d:  # the last epoch: the count CV chose
+        out = publish(final_cfg, everything, d, _history(result), tracker, key=key)
+    if out.model_version:
+        registry.tag_version(cfg.model_name, out.model_version, split.classes, tags)
+    if tracker:
+        tracker.end("FINISHED")
+    out.epochs_run = epoch
+    out.metrics.update(figures)
+    return out
+
+
+def _run_cv(cfg: TrainConfig, split: Split) -> TrainOutcome:
+    """``--cv K``: the K fold models in lockstep (one run, fold means per epoch), then ``--final``."""
+    tracker = start_tracker(cfg, split, cfg.name, tags={"animalclf.kind": "cv"})
+    result = fit(cfg, split, tracker)
+    history = _history(result)
+    if tracker:
+        tracker.log_metrics({"cv_epoch": cv.chosen_epoch(history, cfg.metric, cfg.mode)}, step=0)
+    if cfg.final == "refit":
+        out = refit(cfg, split, history, tracker, key=tracker.run_id if tracker else cfg.name)
+    else:
+        best = next(h for h in history if int(h["epoch"]) == cv.chosen_epoch(history, cfg.metric, cfg.mode))
+        out = TrainOutcome(checkpoint="", metrics={**best, **cv_figures(best)}, run_id=tracker.run_id if tracker else None, report_dir="",
+                           report={"history": history}, epochs_run=int(best["epoch"]))
+    if tracker:
+        tracker.end("FINISHED")
+    return out
+
+
 def run_training(cfg: TrainConfig, *, split: Optional[Split] = None) -> TrainOutcome:
-    """Validate, train on Ray, evaluate the best checkpoint, track and register it."""
+    """Validate, train on Ray, evaluate the best checkpoint, track and register it (``cfg.cv``:
+    cross-validate, then refit on everything)."""
     if split is None:
         split, _ = prepare(cfg)
+    if cfg.cv > 1:
+        return _run_cv(cfg, split)
     tracker = start_tracker(cfg, split, cfg.name)
     result = fit(cfg, split, tracker)
     best = result.get_best_checkpoint(cfg.metric, cfg.mode) or result.checkpoint

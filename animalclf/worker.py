@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from animalclf import tracking
+from animalclf import cv, tracking
 from animalclf.checkpoint import load_train_state, save_checkpoint, unwrap
 from animalclf.config import TrainConfig, better
 from animalclf.datasource import source_of
@@ -25,6 +25,7 @@ from animalclf.engine import evaluate, train_one_epoch
 from animalclf.logs import fmt_seconds, setup_logging
 from animalclf.model import build_model, frozen_modules, preprocess_for
 from animalclf.monitoring import TrainingMetrics
+from animalclf.predict import class_probabilities
 from animalclf.split import Split
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def checkpoint_meta(cfg: TrainConfig, classes: Sequence[str], metrics: dict[str,
     """The JSON that makes a checkpoint self-describing."""
     return {
         "format": 1, "arch": cfg.arch, "classes": list(classes), "unfreeze": cfg.unfreeze, "dropout": cfg.dropout,
-        "preprocess": preprocess_for(cfg.arch, cfg.image_size).to_dict(), "epoch": epoch,
+        "preprocess": preprocess_for(cfg.arch, cfg.image_size).to_dict(), "epoch": epoch, "tta_flip": cfg.tta_flip,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "config": cfg.to_dict(),
     }
 
@@ -65,6 +66,18 @@ class _Progress:
         return stop
 
 
+class _FlipAverage(nn.Module):
+    """A model's log of flip-TTA probabilities (what the Predictor serves with ``tta_flip``), as
+    logits for :func:`animalclf.engine.evaluate`."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return class_probabilities(self.model, x, tta_flip=True).clamp_min(1e-12).log()
+
+
 def _build(cfg: TrainConfig, n_classes: int):
     model = build_model(cfg.arch, n_classes, cfg.unfreeze, cfg.weights, cfg.dropout)
     frozen = frozen_modules(model)
@@ -74,17 +87,26 @@ def _build(cfg: TrainConfig, n_classes: int):
     return model, frozen, optimizer
 
 
-def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> _Progress:
-    """Ray Train's checkpoint after a restart (weights, optimizer, progress), or a fresh start."""
+def _fold_dir(root: str | Path, fold: int) -> Path:
+    """Where fold ``fold``'s weights live in a checkpoint: the root for fold 0 (so a checkpoint
+    without CV is unchanged), ``fold<i>/`` for the others."""
+    return Path(root) if fold == 0 else Path(root) / f"fold{fold}"
+
+
+def _resume(models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer], rank: int) -> _Progress:
+    """Ray Train's checkpoint after a restart (every fold's weights and optimizer, progress), or a
+    fresh start."""
     import ray.train
 
     resumed = ray.train.get_checkpoint()
     if not resumed:
         return _Progress()
     with resumed.as_directory() as d:
-        model.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu", weights_only=True))
         saved = load_train_state(d)
-    optimizer.load_state_dict(saved.pop("optimizer"))
+        for i, (model, optimizer) in enumerate(zip(models, optimizers)):
+            where = _fold_dir(d, i)
+            model.load_state_dict(torch.load(where / "model.pt", map_location="cpu", weights_only=True))
+            optimizer.load_state_dict((saved if i == 0 else load_train_state(where))["optimizer"])
     progress = _Progress(**{k: saved[k] for k in ("epoch", "history", "best", "bad_epochs")})
     if rank == 0:
         log.info("Resumed from checkpoint after epoch %d", progress.epoch)
@@ -100,6 +122,9 @@ def _log_epoch(cfg: TrainConfig, metrics: dict[str, Any], epoch_times: list[floa
         metrics["val_accuracy"], metrics["val_f1"], metrics["train_images_per_sec"], fmt_seconds(metrics["epoch_seconds"]),
         fmt_seconds(eta),
     )
+    if "folds" in metrics:
+        log.info("epoch %d: %d-fold CV val acc %.4f ± %.4f, f1 %.4f ± %.4f", epoch, metrics["folds"], metrics["val_accuracy"],
+                 metrics["val_accuracy_std"], metrics["val_f1"], metrics["val_f1_std"])
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -117,15 +142,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     pre = preprocess_for(cfg.arch, cfg.image_size)
     n_classes = len(split.classes)
 
-    model, frozen, optimizer = _build(cfg, n_classes)
-    progress = _resume(model, optimizer, rank)
-    model = ray.train.torch.prepare_model(model)
+    folds = cv.fold_splits(split, cfg.cv, cfg.seed) if cfg.cv > 1 else [split]  # CV: K models in lockstep
+    built = [_build(cfg, n_classes) for _ in folds]
+    progress = _resume([b[0] for b in built], [b[2] for b in built], rank)
+    models = [ray.train.torch.prepare_model(b[0]) for b in built]
 
     per_worker = max(1, cfg.batch_size // world)
     source, pin = source_of(cfg), device.type == "cuda"
-    train_loader = source.train_loader(split, pre, per_worker, rank=rank, world=world, seed=cfg.seed,
-                                       workers=cfg.loader_workers, pin_memory=pin)
-    val_loader = source.val_loader(split, pre, per_worker, rank=rank, world=world, workers=cfg.loader_workers, pin_memory=pin)
+    loaders = [(source.train_loader(f, pre, per_worker, rank=rank, world=world, seed=cfg.seed, workers=cfg.loader_workers,
+                                    pin_memory=pin),
+                source.val_loader(f, pre, per_worker, rank=rank, world=world, workers=cfg.loader_workers, pin_memory=pin))
+               for f in folds]
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     tracker = None
     if rank == 0 and config.get("run_id"):
@@ -133,32 +160,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker = tracking.Tracker(config["run_id"])
     monitor = TrainingMetrics(config.get("run_name") or cfg.name) if rank == 0 else None
     amp = cfg.amp and device.type == "cuda"
+    if rank == 0 and len(folds) > 1:
+        log.info("%d-fold CV: %s validation images per fold; each epoch trains every fold, scores are fold means",
+                 len(folds), "/".join(str(len(f.val)) for f in folds))
 
     epoch_times: list[float] = []
     for epoch in range(progress.epoch, cfg.epochs):
         t0 = time.perf_counter()
-        train_loader.set_epoch(epoch)
-        tm = train_one_epoch(model, train_loader, criterion, optimizer, device, n_classes, frozen=frozen,
-                             channels_last=cfg.channels_last, amp=amp, max_steps=cfg.max_steps_per_epoch)
-        if tm["train_images"] == 0:
-            raise RuntimeError(f"No training image could be read on worker {rank} (e.g. {split.train[0][0]}): "
-                               f"the data must be visible at the same path on every node (shared storage or s3://).")
-        vm, _ = evaluate(unwrap(model), val_loader, criterion, device, n_classes, channels_last=cfg.channels_last, amp=amp)
-        metrics: dict[str, Any] = {**tm, **vm, "epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0}
+        per_fold = []
+        for fold, model, (_, frozen, optimizer), (train_loader, val_loader) in zip(folds, models, built, loaders):
+            train_loader.set_epoch(epoch)
+            tm = train_one_epoch(model, train_loader, criterion, optimizer, device, n_classes, frozen=frozen,
+                                 channels_last=cfg.channels_last, amp=amp, max_steps=cfg.max_steps_per_epoch)
+            if tm["train_images"] == 0:
+                raise RuntimeError(f"No training image could be read on worker {rank} (e.g. {fold.train[0][0]}): "
+                                   f"the data must be visible at the same path on every node (shared storage or s3://).")
+            vm, _ = evaluate(unwrap(model), val_loader, criterion, device, n_classes, channels_last=cfg.channels_last, amp=amp)
+            if rank == 0 and vm["val_images"] < len(fold.val):  # files that stopped decoding were dropped
+                log.warning("Skipped %d unreadable validation image(s) of %d", len(fold.val) - vm["val_images"], len(fold.val))
+            if len(folds) > 1:  # CV also measures flip TTA on the same images (bench/quality.py)
+                tta, _ = evaluate(_FlipAverage(unwrap(model)), val_loader, criterion, device, n_classes,
+                                  channels_last=cfg.channels_last, amp=amp)
+                vm.update({"val_tta_accuracy": tta["val_accuracy"], "val_tta_f1": tta["val_f1"]})
+            per_fold.append({**tm, **vm})
+        metrics: dict[str, Any] = {**(cv.aggregate(per_fold) if len(folds) > 1 else per_fold[0]), "epoch": epoch + 1,
+                                   "epoch_seconds": time.perf_counter() - t0}
         stop = progress.record(cfg, metrics)
         epoch_times.append(metrics["epoch_seconds"])
         if rank == 0:
             monitor.record(metrics)
-            if vm["val_images"] < len(split.val):  # files that stopped decoding were dropped
-                log.warning("Skipped %d unreadable validation image(s) of %d", len(split.val) - vm["val_images"], len(split.val))
             _log_epoch(cfg, metrics, epoch_times, stop)
             if tracker:
                 tracker.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                train_state = {**asdict(progress), "optimizer": optimizer.state_dict()}
-                save_checkpoint(tmp, model, checkpoint_meta(cfg, split.classes, metrics, epoch + 1), train_state)
+                meta = checkpoint_meta(cfg, split.classes, metrics, epoch + 1)
+                for i, (model, (_, _, optimizer)) in enumerate(zip(models, built)):
+                    state = {**asdict(progress), "optimizer": optimizer.state_dict()} if i == 0 else {"optimizer": optimizer.state_dict()}
+                    save_checkpoint(_fold_dir(tmp, i), model, meta, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if stop:

@@ -33,6 +33,15 @@ def main(args: argparse.Namespace) -> int:
     if args.smoke_test:
         cfg = smoke(cfg)
     out = run_training(cfg)
+    if cfg.cv > 1:
+        m = out.metrics
+        log.info("%d-fold CV: val accuracy %.4f ± %.4f, macro F1 %.4f ± %.4f (fold means at epoch %d)", cfg.cv,
+                 m["cv_val_accuracy"], m.get("cv_val_accuracy_std", 0.0), m["cv_val_f1"], m.get("cv_val_f1_std", 0.0),
+                 out.epochs_run)
+        if not out.checkpoint:  # --final none
+            return 0
+        log.info("Refit on all images for %d epoch(s): its validation figures below are on images it trained on "
+                 "(the CV figures above are the estimate)", out.epochs_run)
     log.info("Best checkpoint: %s", out.checkpoint)
     log.info("Validation accuracy %.4f, macro F1 %.4f (best epoch %s of %d run)",
              out.report["accuracy"], out.report["macro_avg"]["f1"], out.metrics.get("epoch"), out.epochs_run)

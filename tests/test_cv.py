@@ -1,0 +1,159 @@
+"""Cross-validation: the folds, the fold aggregation, a --cv training run (fold means and std per
+epoch in MLflow, resume, refit on all images) and a --cv search under ASHA, on tiny real images."""
+
+from collections import Counter
+
+import pytest
+from mlflow import MlflowClient
+
+from animalclf import cv
+from animalclf.config import TrainConfig
+from animalclf.errors import UserError
+from animalclf.split import Split
+
+SAMPLES = [(f"/d/c{label}/{i}.jpg", label) for label in range(3) for i in range(7 + 3 * label)]  # 7, 10, 13 per class
+
+
+def test_folds_are_stratified_seeded_disjoint_and_cover_every_sample():
+    folds = cv.stratified_folds(SAMPLES, 5, seed=3)
+    assert len(folds) == 5
+    flat = [s for f in folds for s in f]
+    assert sorted(flat) == sorted(SAMPLES) and len(flat) == len(set(flat))  # disjoint, complete
+    per_class = Counter(s[1] for s in SAMPLES)
+    for f in folds:
+        counts = Counter(s[1] for s in f)
+        for label, n in per_class.items():
+            assert n // 5 <= counts[label] <= -(-n // 5)  # each class's share, ±1
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    assert cv.stratified_folds(list(reversed(SAMPLES)), 5, seed=3) == folds  # seeded, order-free
+    assert cv.stratified_folds(SAMPLES, 5, seed=4) != folds
+
+
+def test_fold_splits_merge_train_and_val_and_refit_uses_everything():
+    split = Split(["a", "b", "c"], SAMPLES[::2], SAMPLES[1::2])
+    splits = cv.fold_splits(split, 3, seed=0)
+    assert [sorted(s.val) for s in splits] == [sorted(f) for f in cv.stratified_folds(SAMPLES, 3, 0)]
+    for s in splits:
+        assert not set(s.train) & set(s.val) and sorted(s.train + s.val) == sorted(SAMPLES)
+    everything = cv.refit_split(split)
+    assert sorted(everything.train) == sorted(SAMPLES) and everything.val == split.val
+
+
+def test_too_few_images_per_class_or_folds_is_a_user_error():
+    with pytest.raises(UserError, match="--cv 8 needs at least 8 images per class"):
+        cv.stratified_folds(SAMPLES, 8, 0)
+    with pytest.raises(UserError, match="at least 2 folds"):
+        cv.stratified_folds(SAMPLES, 1, 0)
+    with pytest.raises(UserError, match="--cv 1"):
+        TrainConfig(data="x", cv=1).validate()
+    with pytest.raises(UserError, match="--final"):
+        TrainConfig(data="x", cv=2, final="bag").validate()
+
+
+def test_aggregate_means_std_and_chosen_epoch():
+    folds = [{"val_accuracy": 0.8, "val_loss": 1.0, "val_images": 10, "train_seconds": 2.0},
+             {"val_accuracy": 1.0, "val_loss": 0.5, "val_images": 11, "train_seconds": 3.0}]
+    m = cv.aggregate(folds)
+    assert m["val_accuracy"] == pytest.approx(0.9) and m["val_accuracy_std"] == pytest.approx(0.1)
+    assert m["val_accuracy_fold0"] == 0.8 and m["val_accuracy_fold1"] == 1.0
+    assert m["val_loss_std"] == pytest.approx(0.25) and m["val_images"] == 21 and m["train_seconds"] == 5.0
+    assert m["folds"] == 2
+    history = [{"epoch": 1, "val_accuracy": 0.7}, {"epoch": 2, "val_accuracy": 0.9}, {"epoch": 3, "val_accuracy": 0.9}]
+    assert cv.chosen_epoch(history, "val_accuracy", "max") == 2  # earliest of ties
+    assert cv.chosen_epoch([{"epoch": 1, "val_loss": 2}, {"epoch": 2, "val_loss": 3}], "val_loss", "min") == 1
+
+
+def tiny_cfg(data, **kw):
+    base = dict(data=str(data), arch="efficientnet_lite0", image_size=64, batch_size=8, epochs=2, patience=0, unfreeze=0,
+                cv=2, experiment="cv-test", model_name="tiny-cv", lr=5e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_cv_training_logs_fold_mean_and_std_per_epoch_then_refits_on_all_images(ray_session, project, tiny_folder):
+    from animalclf.training import run_training
+
+    cfg = tiny_cfg(tiny_folder, name="cv-train")
+    out = run_training(cfg)
+    client = MlflowClient()
+    refit_run = client.get_run(out.run_id)
+    cv_run_id = refit_run.data.tags["mlflow.parentRunId"]
+    cv_run = client.get_run(cv_run_id)
+    assert cv_run.data.tags["animalclf.kind"] == "cv" and cv_run.data.params["cv"] == "2"
+    for key in ("val_accuracy", "val_accuracy_std", "val_f1_std", "val_accuracy_fold0", "val_accuracy_fold1"):
+        steps = [m.step for m in client.get_metric_history(cv_run_id, key)]
+        assert steps == [1, 2], key
+    mean = {m.step: m.value for m in client.get_metric_history(cv_run_id, "val_accuracy")}
+    folds = [{m.step: m.value for m in client.get_metric_history(cv_run_id, f"val_accuracy_fold{i}")} for i in (0, 1)]
+    assert all(mean[s] == pytest.approx((folds[0][s] + folds[1][s]) / 2) for s in (1, 2))
+
+    # the final model: one registered version, trained on all 24 images for the chosen epoch count
+    chosen = int(cv_run.data.metrics["cv_epoch"])
+    assert refit_run.data.tags["animalclf.kind"] == "refit" and refit_run.data.params["train_images"] == "24"
+    assert refit_run.data.params["epochs"] == str(chosen) and out.epochs_run == chosen
+    versions = client.search_model_versions("name = 'tiny-cv'")
+    assert [str(v.version) for v in versions] == [out.model_version] and versions[0].run_id == out.run_id
+    tags = versions[0].tags
+    assert tags["animalclf.final"] == "refit" and tags["animalclf.cv_folds"] == "2"
+    assert float(tags["animalclf.cv_val_accuracy"]) == pytest.approx(mean[chosen], abs=1e-4)
+    assert float(tags["animalclf.cv_val_accuracy_std"]) == pytest.approx(abs(folds[0][chosen] - folds[1][chosen]) / 2, abs=1e-4)
+    assert len([m for m in client.get_metric_history(out.run_id, "train_images")]) == chosen
+    assert client.get_metric_history(out.run_id, "train_images")[0].value == 24
+
+
+@pytest.mark.slow
+def test_cv_run_resumes_every_fold_from_its_checkpoint(ray_session, project, tiny_folder):
+    from animalclf.training import run_training
+
+    first = run_training(tiny_cfg(tiny_folder, name="cv-resume", epochs=1, final="none", track=False))
+    second = run_training(tiny_cfg(tiny_folder, name="cv-resume", epochs=2, final="none", track=False))
+    h1, h2 = first.report["history"], second.report["history"]
+    assert len(h1) == 1 and len(h2) == 2
+    assert h2[0] == h1[0]  # epoch 1 was not rerun (its wall-clock figures are the first run's)
+    assert "val_accuracy_std" in h2[1] and second.metrics["cv_val_accuracy"] == max(h["val_accuracy"] for h in h2)
+
+
+@pytest.mark.slow
+def test_cv_search_under_asha_scores_fold_means_and_refits_the_best(ray_session, project, tiny_folder):
+    from animalclf.search_space import parse_space
+    from animalclf.tuning import TuneOptions, run_search
+
+    cfg = tiny_cfg(tiny_folder, name="cv-tune", model_name="tiny-cv-tuned")
+    space = parse_space(["lr=1e-3:1e-2", "unfreeze=0:1"], arch=cfg.arch)
+    opts = TuneOptions(name="cv-tune", num_samples=2, max_concurrent=1, grace_period=1, reduction_factor=2,
+                       points=[{"lr": 5e-3, "unfreeze": 0}, {"lr": 9e-3, "unfreeze": 1}])
+    out = run_search(cfg, space, opts)
+    assert len(out.trials) == 2
+    for t in out.trials:
+        assert all("val_accuracy_std" in h and h["folds"] == 2 for h in t["history"])
+    client = MlflowClient()
+    version = client.get_model_version("tiny-cv-tuned", out.model_version)
+    refit_run = client.get_run(version.run_id)
+    assert refit_run.data.tags["mlflow.parentRunId"] == out.parent_run_id
+    assert refit_run.data.tags["animalclf.kind"] == "refit" and refit_run.data.params["train_images"] == "24"
+    assert float(refit_run.data.params["lr"]) == out.best_config["lr"]
+    assert version.tags["animalclf.final"] == "refit"
+
+
+def test_flip_tta_is_stored_in_the_checkpoint_and_used_by_the_predictor(tmp_path):
+    import torch
+
+    from animalclf.checkpoint import save_checkpoint
+    from animalclf.model import build_model
+    from animalclf.predict import Predictor, class_probabilities
+    from animalclf.worker import checkpoint_meta
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(arch="efficientnet_lite0", image_size=64, unfreeze=0, weights="none", tta_flip=True)
+    model = build_model(cfg.arch, 3, 0, "none").eval()
+    save_checkpoint(tmp_path, model, checkpoint_meta(cfg, ["a", "b", "c"], {}, 1))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain, mirrored = model(x).softmax(1), model(x.flip(-1)).softmax(1)
+        assert torch.allclose(class_probabilities(model, x, tta_flip=True), (plain + mirrored) / 2)
+        assert not torch.allclose(plain, mirrored)  # the check means something
+    on = Predictor.from_checkpoint(tmp_path)
+    assert on.tta_flip and on.metadata()["tta_flip"] is True
+    assert torch.allclose(on.predict_tensors(x), (plain + mirrored) / 2, atol=1e-5)
+    off = Predictor(model, {**on.meta, "tta_flip": False}, "v")
+    assert torch.allclose(off.predict_tensors(x), plain, atol=1e-5)
