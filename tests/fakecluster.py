@@ -101,6 +101,11 @@ class FakeCluster:
             "rsync_exclude": [], "rsync_filter": [],
         }
 
+    @property
+    def config_path(self) -> Path:
+        """The autoscaler's config (what ``ray up`` writes to the head's ~/ray_bootstrap_config.yaml)."""
+        return self.temp_dir / "autoscaling.json"
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_AUTH_MODE="token",
                    RAY_USAGE_STATS_ENABLED="0",
@@ -112,7 +117,7 @@ class FakeCluster:
 
     def start(self) -> "FakeCluster":
         rayauth.enable_token_auth()
-        config = self.temp_dir / "autoscaling.json"
+        config = self.config_path
         config.write_text(json.dumps(self.autoscaling_config()))
         head = dict(self.node_types[HEAD_TYPE]["resources"])
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={self.port}",
@@ -155,11 +160,11 @@ class FakeCluster:
         """Take a worker node away as a lost machine would: SIGKILL its raylet and everything under it."""
         import psutil
 
-        marker = f"--node_manager_port={node['NodeManagerPort']}"
-        raylets = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or ())
-                   and "raylet" in " ".join(p.info["cmdline"] or ())]
-        assert raylets, f"no raylet with {marker}"
-        procs = [c for r in raylets for c in r.children(recursive=True)] + raylets
+        node_id = node["NodeID"]
+        mine = [p for p in psutil.process_iter(["cmdline"])
+                if any(f"{flag}={node_id}" in (p.info["cmdline"] or ()) for flag in ("--node_id", "--node-id"))]
+        assert mine, f"no process of node {node_id}"
+        procs = list({c.pid: c for p in mine for c in [p, *p.children(recursive=True)]}.values())
         for p in procs:
             try:
                 p.kill()

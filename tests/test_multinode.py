@@ -1,0 +1,206 @@
+"""The jobs on a real multi-node, autoscaling Ray: cluster.yaml's node types, scaled down to this
+machine by tests/fakecluster.py (each GPU becomes a ``fake_gpu`` resource that training workers ask
+for with ``--worker-resources``; ``use_gpu`` stays off, there is no CUDA here).
+
+Every node is its own raylet started by Ray's own autoscaler, so "a node" goes away as a machine
+would: its raylet and everything under it die. These tests own port-free, private heads and run in
+their own pytest process (``make test`` runs ``-m multinode`` separately); figures they measure are
+printed (``-s``) and quoted in the README's cluster guide.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fakecluster import FAKE_GPU, FakeCluster, fake_node_types, load_cluster_yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.multinode, pytest.mark.timeout(420)]
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = {FAKE_GPU: 1}  # one "GPU" per Train worker, like --use-gpu on the real cluster
+FIGURES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+
+    c = FakeCluster(fake_node_types(load_cluster_yaml(), max_per_type=2)).start()
+    previous = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = c.address  # run_training joins it, as a job on the head would
+    try:
+        ray.init(address=c.address)
+        yield c
+    finally:
+        ray.shutdown()
+        c.stop()
+        if previous is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = previous
+        print("\nmultinode figures:", json.dumps({k: round(v, 1) for k, v in FIGURES.items()}))
+
+
+def small_config(tiny_folder: Path, tmp: Path, name: str, **changes):
+    from animalclf.config import TrainConfig
+
+    return TrainConfig(data=str(tiny_folder), arch="efficientnet_lite0", weights="none", unfreeze=1, image_size=64,
+                       batch_size=8, epochs=3, max_steps_per_epoch=3, patience=0, num_workers=2, worker_resources=WORKER,
+                       name=name, experiment=name, model_name=None, storage_path=str(tmp / "ray"), **changes)
+
+
+def train_workers(cluster: FakeCluster) -> dict[str, dict]:
+    """Ray Train worker actors ever started on the cluster (alive or dead): id -> state."""
+    from ray.util.state import list_actors
+
+    return {a.actor_id: a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=1000,
+                                               raise_on_missing_output=False)}
+
+
+def node_types(cluster: FakeCluster) -> dict[str, str]:
+    """node id -> its type's resources as a short string (the head has no fake_gpu)."""
+    import ray
+
+    return {n["NodeID"]: ("head" if FAKE_GPU not in n["Resources"] else f"{n['Resources'][FAKE_GPU]:g}x")
+            for n in ray.nodes()}
+
+
+def metric_history(run_id: str, key: str = "val_accuracy"):
+    from mlflow import MlflowClient
+
+    return sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+
+
+def test_ddp_across_two_nodes(cluster, project, tiny_folder, tmp_path):
+    """A 2-worker fine-tune: the autoscaler brings up two one-"GPU" nodes, one worker on each, gloo
+    between them, metrics all-reduced over both shards, one MLflow run."""
+    from mlflow import MlflowClient
+
+    from animalclf.training import run_training
+
+    before = set(train_workers(cluster))
+    cfg = small_config(tiny_folder, tmp_path, "ddp2")
+    t0 = time.monotonic()
+    out = run_training(cfg)
+    FIGURES["ddp_run_s"] = time.monotonic() - t0
+    workers = [a for i, a in train_workers(cluster).items() if i not in before]
+    assert len(workers) == 2, workers
+    nodes = {a.node_id for a in workers}
+    assert len(nodes) == 2, f"both workers on one node: {workers}"
+    assert all(node_types(cluster).get(n) != "head" for n in nodes), "a training worker ran on the head"
+
+    assert out.epochs_run == cfg.epochs
+    runs = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("ddp2").experiment_id])
+    assert [r.info.run_id for r in runs] == [out.run_id]
+    # Each worker validated half the images; the logged count is their all-reduced sum.
+    val_images = metric_history(out.run_id, "val_images")
+    n_val = out.report["support"]  # the whole validation split, evaluated on the driver
+    assert [m.step for m in val_images] == [1, 2, 3]
+    assert {m.value for m in val_images} == {n_val}, (val_images, n_val)
+
+
+def test_node_lost_mid_epoch(cluster, project, tiny_folder, tmp_path):
+    """A node that goes away mid-run: the run restarts its workers on a node the autoscaler brings
+    up, from the last checkpoint in shared storage, losing at most the epoch in progress, and its
+    MLflow run keeps one continuous history."""
+    from animalclf.training import run_training
+
+    cfg = small_config(tiny_folder, tmp_path, "lostnode", max_failures=2, epochs=6)
+    run_dir = Path(cfg.storage_path) / cfg.name
+    before = set(train_workers(cluster))
+    killed: dict = {}
+
+    def kill_after_first_checkpoint():
+        new = lambda: [a for i, a in train_workers(cluster).items() if i not in before and a.state == "ALIVE"]  # noqa: E731
+        victim = new() or cluster.wait_for(new, 240, "the training workers") and new()
+        node = next(n for n in cluster.alive_nodes() if n["NodeID"] == victim[0].node_id)
+        cluster.wait_for(lambda: list(run_dir.glob("checkpoint_*")), 240, "the first checkpoint", every=0.05)
+        killed["node"], killed["at"] = node["NodeID"], time.time()
+        cluster.kill_node(node)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    t0 = time.monotonic()
+    out = run_training(cfg)
+    FIGURES["lost_node_run_s"] = time.monotonic() - t0
+    killer.join(5)
+    assert "at" in killed, "the node was never killed"
+    assert killed["node"] not in {n["NodeID"] for n in cluster.alive_nodes()}
+
+    workers = [a for i, a in train_workers(cluster).items() if i not in before]
+    assert len(workers) == 4, "the worker group was not restarted once"
+    assert {a.node_id for a in workers} - {killed["node"]}, "no worker ran on another node"
+    assert out.epochs_run == cfg.epochs
+
+    history = metric_history(out.run_id)
+    print("\nhistory (step, seconds after the kill):", [(m.step, round(m.timestamp / 1000 - killed["at"], 1)) for m in history])
+    assert sorted({m.step for m in history}) == list(range(1, cfg.epochs + 1)), history
+    first = {}
+    for m in history:
+        first.setdefault(m.step, m.timestamp / 1000)
+    done = [m for m in history if m.timestamp / 1000 < killed["at"]]
+    assert done, "killed before the first epoch was logged"
+    last_before = max(m.step for m in done)
+    after = min((m for m in history if m.timestamp / 1000 >= killed["at"]), key=lambda m: m.timestamp)
+    # Resumed from the checkpoint of the last epoch before the loss, or the one before it.
+    assert last_before + 1 - after.step <= 1, f"more than one epoch run again: {history}"
+    steps = sorted(first)
+    ordinary = sorted(first[b] - first[a] for a, b in zip(steps, steps[1:]) if b != after.step)
+    typical = ordinary[len(ordinary) // 2]
+    gap = after.timestamp / 1000 - max(m.timestamp for m in done) / 1000
+    FIGURES["kill_to_next_epoch_s"] = after.timestamp / 1000 - killed["at"]
+    FIGURES["epoch_s"] = typical
+    FIGURES["time_lost_s"] = gap - (after.step - last_before) * typical
+
+
+def submit(cluster: FakeCluster, *args: str, env: dict) -> str:
+    job = f"tune-{os.getpid()}-{int(time.time())}"
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--no-wait",
+           "--submission-id", job, "--runtime-env-json", json.dumps({"env_vars": env}), "--",
+           sys.executable, str(ROOT / "ray_jobs" / "tune.py"), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": cluster.dashboard_url})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return job
+
+
+def test_search_scales_up_spreads_and_scales_down(cluster, project, tiny_folder, tmp_path):
+    """`ray job submit` of a 2-trial search to a cluster with no worker node: the autoscaler adds
+    nodes, the trials' workers spread over them while the trial drivers stay on the head, and once
+    the job ends the idle GPU-type nodes are released."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors
+
+    cluster.wait_for(lambda: not cluster.worker_nodes(), 120, "the cluster to have no worker node")
+    before = set(train_workers(cluster))
+    job = submit(cluster, "--data", str(tiny_folder), "--smoke-test", "--arch", "efficientnet_lite0", "--weights", "none",
+                 "--num-samples", "2", "--max-concurrent", "2", "--no-asha", "--worker-resources", json.dumps(WORKER),
+                 "--experiment", "search", "--model-name", "search", "--storage-path", str(tmp_path / "ray"),
+                 env={"ANIMALCLF_HOME": str(project), "ANIMALCLF_AUTOSCALING_CONFIG": str(cluster.config_path)})
+    t0 = time.monotonic()
+    FIGURES["scale_up_first_node_s"] = cluster.wait_for(lambda: cluster.worker_nodes(), 180, "a worker node")
+    client = JobSubmissionClient(cluster.dashboard_url)
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    cluster.wait_for(lambda: client.get_job_status(job) in terminal, 360, "the search job", every=2)
+    FIGURES["search_job_s"] = time.monotonic() - t0
+    assert client.get_job_status(job) == JobStatus.SUCCEEDED, client.get_job_logs(job)[-4000:]
+
+    kinds = node_types(cluster)
+    workers = [a for i, a in train_workers(cluster).items() if i not in before]
+    assert len(workers) == 2 and len({a.node_id for a in workers}) == 2, workers
+    assert all(kinds[a.node_id] != "head" for a in workers)
+    drivers = list_actors(filters=[("class_name", "=", "ImplicitFunc")], limit=1000, raise_on_missing_output=False)
+    assert drivers and all(kinds[a.node_id] == "head" for a in drivers), [(a.class_name, kinds[a.node_id]) for a in drivers]
+
+    t1 = time.monotonic()
+    FIGURES["scale_down_after_job_s"] = cluster.wait_for(lambda: not cluster.worker_nodes(), 120,
+                                                         "the idle worker nodes to be released")
+    assert time.monotonic() - t1 >= 0
