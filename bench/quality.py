@@ -1,12 +1,15 @@
-"""Validation quality of a Lite0 fine-tune on the shared photos, through the real ``run_training``.
+"""Cross-validated quality of fine-tune recipes on the shared photos, through the real ``run_training``.
 
-Seeded 80:20 stratified split of the class folders, EfficientNet-Lite0 with its offline ImageNet
-weights, the library's own training path (Ray Train, 1 worker, on a private Ray head from
-``bench/_ray_head.py``), outputs under a temporary ``ANIMALCLF_HOME``, MLflow off. Prints the best
-checkpoint's validation accuracy and macro F1 (evaluated on the whole validation split by
-``publish``), the per-epoch history and the per-class report.
+For each recipe and seed: ``run_training`` with ``cv=K`` (K stratified, seeded folds over all
+images, the K fold models trained in lockstep in one Ray Train worker, ``final="none"``), on a
+private Ray head from ``bench/_ray_head.py``, outputs under a temporary ``ANIMALCLF_HOME``, MLflow
+off. Prints per recipe: CV accuracy and macro F1 (mean ± std over folds) at the last epoch (what a
+fixed-epoch recipe ships) and at the epoch with the best mean (what ``--final refit`` would train
+for), wall time and load, and the spread of the last-epoch mean over the seeds.
 
-    python bench/quality.py --data ../shared/data/animals15 [--epochs 8] [--unfreeze 3] [--image-size 224]
+    python bench/quality.py                                  # demo + strong, 5 folds, seeds 42,1,2
+    python bench/quality.py --recipes demo --seeds 42 --folds 5
+    python bench/quality.py --overhead                       # lockstep CV vs K separate runs, tiny images
     python bench/quality.py --quick
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -23,55 +27,122 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _ray_head import base_parser, load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
+from _ray_head import DEFAULT_DATA, load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
+
+# The demo's fine-tune (ray_jobs/demo.py) and a stronger fixed recipe (bench section 3's).
+RECIPES = {
+    "demo": dict(arch="efficientnet_lite0", image_size=160, unfreeze=2, lr=1e-3, batch_size=32, epochs=6),
+    "strong": dict(arch="efficientnet_lite0", image_size=224, unfreeze=3, lr=1e-3, batch_size=32, epochs=8),
+}
+
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = base_parser(__doc__, image_size=224, epochs=8, unfreeze=3)
-    p.add_argument("--patience", type=int, default=0, help="early stop, 0 = off (default: 0)")
-    p.add_argument("--lr", type=float, default=1e-3, help="(default: 1e-3)")
-    p.add_argument("--seed", type=int, default=42, help="split and init seed (default: 42)")
-    p.add_argument("--cpus-per-worker", type=int, default=2, help="(default: 2, the whole machine)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA), help=f"class folders (default: {DEFAULT_DATA})")
+    p.add_argument("--recipes", default="demo,strong", help=f"comma list of {', '.join(RECIPES)} (default: demo,strong)")
+    p.add_argument("--seeds", default="42,1,2", help="fold and init seeds (default: 42,1,2)")
+    p.add_argument("--strong-seeds", default=None, help="seeds for the strong recipe (default: --seeds)")
+    p.add_argument("--folds", type=int, default=5, help="(default: 5)")
+    p.add_argument("--cpus", type=int, default=2, help="CPUs of the one worker (default: 2, the whole machine)")
+    p.add_argument("--overhead", action="store_true", help="time lockstep CV against K separate runs (tiny images)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (64 px, 2 epochs of 2 steps)")
     return p
 
 
-def main(args: argparse.Namespace) -> dict:
+def _cfg(args, recipe: str, seed: int, **kw):
+    from animalclf.config import TrainConfig
+
+    cfg = TrainConfig(data=args.data, weights="imagenet", patience=0, seed=seed, num_workers=1, cpus_per_worker=args.cpus,
+                      track=False, cv=args.folds, final="none", name=f"q-{recipe}-{seed}", **{**RECIPES[recipe], **kw})
+    if args.quick:
+        cfg = cfg.replace(image_size=64, epochs=2, max_steps_per_epoch=2, batch_size=8)
+    return cfg
+
+
+def cv_once(args, recipe: str, seed: int) -> dict:
+    """One recipe, one seed: the CV history's last epoch and best-mean epoch, and the wall time."""
+    from animalclf.training import run_training
+
+    t0 = time.perf_counter()
+    out = run_training(_cfg(args, recipe, seed))
+    wall = time.perf_counter() - t0
+    hist = out.report["history"]
+    last, best = hist[-1], next(h for h in hist if h["epoch"] == out.epochs_run)
+    means = " ".join(f"{h['val_accuracy']:.3f}" for h in hist)
+    row = {"recipe": recipe, "seed": seed, "wall": wall, "load": load_average(), "last": last, "best": best}
+    print(f"  {recipe} seed {seed}: last epoch {last['epoch']}: acc {last['val_accuracy']:.4f} ± {last['val_accuracy_std']:.4f} "
+          f"F1 {last['val_f1']:.4f} ± {last['val_f1_std']:.4f}, flip TTA acc {last.get('val_tta_accuracy', float('nan')):.4f} "
+          f"± {last.get('val_tta_accuracy_std', float('nan')):.4f} | best-mean epoch {best['epoch']}: acc "
+          f"{best['val_accuracy']:.4f} ± {best['val_accuracy_std']:.4f} | per-epoch means "
+          f"{means} | {wall:.0f}s; {row['load']}", flush=True)
+    return row
+
+
+def overhead(args) -> None:
+    """Lockstep (one TorchTrainer, K models) against K separate TorchTrainer runs on the same folds."""
+    from animalclf import cv
+    from animalclf.config import TrainConfig
+    from animalclf.datasource import source_of
+    from animalclf.training import run_training
+
+    base = TrainConfig(data=args.data, arch="efficientnet_lite0", image_size=64, batch_size=32, epochs=2, unfreeze=2,
+                       patience=0, num_workers=1, cpus_per_worker=args.cpus, track=False, final="none")
+    split = source_of(base).split(base.val_ratio, base.seed)
+    t0 = time.perf_counter()
+    run_training(base.replace(cv=args.folds, name="lockstep"))
+    lockstep = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i, fold in enumerate(cv.fold_splits(split, args.folds, base.seed)):
+        run_training(base.replace(name=f"separate-{i}"), split=fold)
+    separate = time.perf_counter() - t0
+    print(f"\n{args.folds} folds x {base.epochs} epochs at 64 px: lockstep {lockstep:.1f}s vs {args.folds} separate runs "
+          f"{separate:.1f}s ({separate / lockstep:.2f}x); {load_average()}")
+
+
+def main(args: argparse.Namespace) -> list[dict]:
     home = tempfile.mkdtemp(prefix="bench-quality-")
     os.environ["ANIMALCLF_HOME"] = home
     for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         os.environ.pop(k, None)
-    from animalclf.config import TrainConfig
     from animalclf.logs import setup_logging
-    from animalclf.report import format_table
-    from animalclf.training import run_training
 
     setup_logging("WARNING")
-    cfg = TrainConfig(data=args.data, arch=args.arch, weights="imagenet", unfreeze=args.unfreeze, image_size=args.image_size,
-                      batch_size=args.batch_size, epochs=args.epochs, patience=args.patience, lr=args.lr, seed=args.seed,
-                      num_workers=1, cpus_per_worker=args.cpus_per_worker, track=False, name="quality")
-    if args.quick:
-        cfg = cfg.replace(image_size=64, epochs=2, max_steps_per_epoch=2, batch_size=8)
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"config: {cfg.arch} weights={cfg.weights} unfreeze={cfg.unfreeze} image_size={cfg.image_size} "
-          f"batch={cfg.batch_size} epochs={cfg.epochs} lr={cfg.lr} patience={cfg.patience} seed={cfg.seed} "
-          f"val_ratio={cfg.val_ratio}; {load_average()}", flush=True)
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}; {load_average()}", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    strong_seeds = [int(s) for s in args.strong_seeds.split(",")] if args.strong_seeds else seeds
+    rows: list[dict] = []
     try:
-        t0 = time.perf_counter()
-        with ray_head(num_cpus=args.cpus_per_worker):
-            out = run_training(cfg)
-        wall = time.perf_counter() - t0
+        t_all = time.perf_counter()
+        with ray_head(num_cpus=args.cpus):
+            if args.overhead:
+                overhead(args)
+                return rows
+            for recipe in args.recipes.split(","):
+                print(f"{recipe}: {RECIPES[recipe]}, {args.folds}-fold CV", flush=True)
+                for seed in (strong_seeds if recipe == "strong" else seeds):
+                    rows.append(cv_once(args, recipe, seed))
+        total = time.perf_counter() - t_all
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    rep = out.report
-    print("\nper-epoch history:")
-    for h in rep.get("history", []):
-        print(f"  epoch {h['epoch']:>2}: train loss {h['train_loss']:.3f} acc {h['train_accuracy']:.3f} | val loss "
-              f"{h['val_loss']:.3f} acc {h['val_accuracy']:.3f} F1 {h['val_f1']:.3f} | {h['epoch_seconds']:.1f}s")
-    print(f"\nbest checkpoint (epoch {out.metrics.get('epoch')}) on the {rep['support']}-image validation split:")
-    print(format_table(rep))
-    print(f"\nVALIDATION accuracy {rep['accuracy']:.4f}  macro F1 {rep['macro_avg']['f1']:.4f}  "
-          f"(wall {wall:.0f}s incl. Ray start; {load_average()})")
-    return {"accuracy": rep["accuracy"], "macro_f1": rep["macro_avg"]["f1"], "wall": wall, "report": rep}
+    print("\n| recipe | seeds | CV acc, last epoch (mean ± fold std) | CV macro F1, last epoch | CV acc, best-mean epoch "
+          "| spread of last-epoch acc over seeds | CV acc with flip TTA, last epoch | wall per CV run |")
+    print("|---|---|---|---|---|---|---|---|")
+    for recipe in args.recipes.split(","):
+        rs = [r for r in rows if r["recipe"] == recipe]
+        acc = [r["last"]["val_accuracy"] for r in rs]
+        f1 = [r["last"]["val_f1"] for r in rs]
+        std = statistics.fmean(r["last"]["val_accuracy_std"] for r in rs)
+        f1std = statistics.fmean(r["last"]["val_f1_std"] for r in rs)
+        best = [r["best"]["val_accuracy"] for r in rs]
+        tta = [r["last"].get("val_tta_accuracy", float("nan")) for r in rs]
+        tta_std = statistics.fmean(r["last"].get("val_tta_accuracy_std", float("nan")) for r in rs)
+        print(f"| {recipe} | {','.join(str(r['seed']) for r in rs)} | {statistics.fmean(acc):.4f} ± {std:.4f} | "
+              f"{statistics.fmean(f1):.4f} ± {f1std:.4f} | {statistics.fmean(best):.4f} | "
+              f"{100 * (max(acc) - min(acc)):.1f} points ({', '.join(f'{a:.4f}' for a in acc)}) | "
+              f"{statistics.fmean(tta):.4f} ± {tta_std:.4f} | "
+              f"{statistics.fmean(r['wall'] for r in rs):.0f}s |")
+    print(f"\ntotal wall {total:.0f}s incl. Ray start; {load_average()}")
+    return rows
 
 
 if __name__ == "__main__":
