@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from animalclf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LocalHead", "start_head", "init_ray", "owns_head", "stop_owned", "free_port", "stop_processes", "head_processes",
+__all__ = ["LocalHead", "start_head", "init_ray", "connect_driver", "owns_head", "stop_owned", "free_port", "stop_processes", "head_processes",
            "recorded_address_file", "lost_head"]
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -164,10 +165,7 @@ def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = N
         if r.returncode != 0:
             raise RuntimeError(f"ray start failed: {r.stderr[-2000:]}")
         if connect:
-            import ray
-
-            ray.init(address=head.address, logging_level=logging.WARNING)
-            _Watchdog.start(head.address)
+            connect_driver(head.address)
     except BaseException:  # Ctrl-C while starting leaves nothing behind either
         head.stop()
         raise
@@ -238,11 +236,26 @@ def init_ray(num_cpus: Optional[int] = None) -> Optional[LocalHead]:
         atexit.register(stop_owned)
         return head
     in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    runtime_env = None if in_job else {"env_vars": tracking.worker_env()}
-    ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    connect_driver(address, runtime_env=None if in_job else {"env_vars": tracking.worker_env()})
+    return None
+
+
+def connect_driver(address: str, **init_kwargs) -> None:
+    """``ray.init`` this process as a driver of ``address``, keeping our own signal handling (Ray
+    sets a SIGTERM handler that exits with status 15 and a C++ crash handler that turns SIGTERM
+    into an abort), and watch that the head keeps answering."""
+    import ray
+
+    previous = signal.getsignal(signal.SIGTERM)
+    os.environ["RAY_DISABLE_FAILURE_SIGNAL_HANDLER"] = "1"  # this driver only: not its children
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, **init_kwargs)
+    finally:
+        os.environ.pop("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", None)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
     if "://" not in address:
         _Watchdog.start(address)
-    return None
 
 
 class _Watchdog:

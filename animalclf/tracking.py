@@ -9,6 +9,7 @@ tags, artifacts or logs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -34,6 +35,8 @@ DAGSHUB_VARS = ("DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USER_TOKEN",
 # Every variable that decides where runs go and how to authenticate: what tests scrub and jobs carry.
 TRACKING_VARS = CREDENTIAL_VARS + DAGSHUB_VARS
 DAGSHUB_HOST = "https://dagshub.com"
+# A job's secrets travel as a file path, not as values in its runtime env (see job_runtime_env).
+SECRETS_FILE_VAR = "ANIMALCLF_SECRETS_FILE"
 
 
 def dagshub_login_token(host: str) -> Optional[str]:
@@ -49,6 +52,7 @@ def dagshub_login_token(host: str) -> Optional[str]:
 
 def resolve_tracking(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The MLflow variables this environment means: URI plus credentials, if any."""
+    environ = with_secrets(environ)
     owner, repo, token = (environ.get(k) for k in ("DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USER_TOKEN"))
     if any((owner, repo, token)) and not environ.get("MLFLOW_TRACKING_URI"):
         if not (owner and repo):
@@ -84,12 +88,36 @@ def artifact_location(experiment: str) -> Optional[str]:
 
 def job_runtime_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The runtime env `ray job submit` gets (mk/jobs.mk): the tracking variables set here, where
-    outputs go, and excludes for the working-dir upload."""
+    outputs go, and excludes for the working-dir upload. Secret values do not travel in it (Ray's
+    runtime-env agent writes a job's ``env_vars`` to its log): they go to a file readable only by
+    you under ``runs/.secrets/`` and the job gets its path (:data:`SECRETS_FILE_VAR`)."""
     keys = ("ANIMALCLF_HOME", "ANIMALCLF_LOG_LEVEL") + TRACKING_VARS
-    env = {k: environ[k] for k in keys if environ.get(k)}
+    env = {k: environ[k] for k in keys if environ.get(k) and k not in SECRET_VARS}
+    secrets = {k: environ[k] for k in SECRET_VARS if environ.get(k)}
+    if secrets:
+        folder = runs_dir() / ".secrets"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = folder / f"job-{os.urandom(8).hex()}.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(secrets, f)
+        env[SECRETS_FILE_VAR] = str(path)
     # A driver that also passes ray.init(runtime_env=...) (your own code) may override the job's env.
     env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     return {"env_vars": env, "excludes": [".git", ".venv", "runs", "mlruns", "mlartifacts", "*.db"]}
+
+
+def with_secrets(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """``environ`` plus the secrets of the file :data:`SECRETS_FILE_VAR` names (a job's), where unset."""
+    path = environ.get(SECRETS_FILE_VAR)
+    if not path:
+        return environ
+    try:
+        secrets = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{SECRETS_FILE_VAR}={path} cannot be read ({type(e).__name__}): on a cluster, ANIMALCLF_HOME "
+                        f"must be on storage every node shares, or use ~/.mlflow/credentials on the nodes.") from None
+    return {**{k: v for k, v in secrets.items() if k in SECRET_VARS}, **environ}
 
 
 def configure(environ: Mapping[str, str] = os.environ, uri: Optional[str] = None) -> str:
@@ -115,6 +143,10 @@ def worker_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
 
 def redact(text: str, environ: Mapping[str, str] = os.environ) -> str:
     """``text`` with every secret value replaced by ``***``."""
+    try:
+        environ = with_secrets(environ)
+    except UserError:
+        pass
     for k in SECRET_VARS:
         v = environ.get(k)
         if v:

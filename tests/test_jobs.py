@@ -259,6 +259,11 @@ def finish(head: Head, jobs, job: str, timeout: float = 300) -> tuple[str, str]:
     return status, jobs("job-logs", JOB=job).stdout
 
 
+def driver_lines(logs: str) -> list[str]:
+    """The job driver's own lines (Ray prefixes those of actors and workers with "(Name pid=...)")."""
+    return [line for line in logs.strip().splitlines() if not line.startswith(("\x1b[", "("))]
+
+
 def relative_data(folder: Path) -> str:
     return os.path.relpath(folder, ROOT)
 
@@ -401,3 +406,52 @@ def test_wrong_dagshub_token_fails_before_training(head, user_jobs, dagshub, tin
     finally:
         os.environ.pop("MLFLOW_TRACKING_USERNAME")
         os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+
+
+def test_sweep_to_production_job_moves_a_serving_endpoint_under_traffic(head, user_jobs, tiny_folder):
+    """`make submit-tune TUNE_ARGS=--deploy`: the first search's champion gets served; a second
+    search promotes a new version and moves the running endpoint to it while requests keep
+    coming: zero failed requests, answers switch to the new version, /metadata agrees."""
+    import threading
+
+    port = free_port()
+    tune = ("--arch efficientnet_lite0 --smoke-test --experiment s2p --model-name s2p --max-concurrent 1 "
+            f"--deploy --serve-port {port}")
+    first = f"s2p-1-{secrets.token_hex(3)}"
+    user_jobs("submit-tune", JOB_ID=first, DATA=relative_data(tiny_folder), TUNE_ARGS=f"{tune} --name s2p-a")
+    status, logs = finish(head, user_jobs, first, timeout=420)
+    assert status == "SUCCEEDED", logs[-4000:]
+    url = f"http://127.0.0.1:{port}"
+    assert f"Serving models:/s2p@champion = s2p/1 at {url}" in driver_lines(logs)[-1], logs[-2000:]
+
+    image = next(p for p in sorted(tiny_folder.rglob("*.jpg")))
+    answers, failures, stop = [], [], threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            try:
+                r = requests.post(f"{url}/predict", data=image.read_bytes(), timeout=30)
+                (answers if r.status_code == 200 else failures).append(r.json().get("model_version") if r.ok else r.text)
+            except requests.RequestException as e:
+                failures.append(repr(e))
+            time.sleep(0.2)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        second = f"s2p-2-{secrets.token_hex(3)}"
+        user_jobs("submit-tune", JOB_ID=second, DATA=relative_data(tiny_folder),
+                  TUNE_ARGS=f"{tune} --name s2p-b --force-promote")
+        status, logs = finish(head, user_jobs, second, timeout=420)
+        assert status == "SUCCEEDED", logs[-4000:]
+        assert f"Serving models:/s2p@champion = s2p/2 at {url}" in driver_lines(logs)[-1], logs[-2000:]
+        time.sleep(2)
+    finally:
+        stop.set()
+        sender.join(40)
+    assert not failures, failures[:5]
+    assert answers[0] == "s2p/1" and answers[-1] == "s2p/2", (answers[:3], answers[-3:])
+    assert requests.get(f"{url}/metadata", timeout=10).json()["model_version"] == "s2p/2"
+    # Serve keeps a replica on this module's head: shut it down for the tests that follow.
+    subprocess.run([str(VENV_BIN / "ray"), "job", "submit", "--address", head.address, "--", sys.executable, "-c",
+                    "from ray import serve; serve.shutdown()"], env=head.env(), capture_output=True, timeout=120)
