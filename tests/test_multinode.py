@@ -52,9 +52,10 @@ def cluster():
 def small_config(tiny_folder: Path, tmp: Path, name: str, **changes):
     from animalclf.config import TrainConfig
 
-    return TrainConfig(data=str(tiny_folder), arch="efficientnet_lite0", weights="none", unfreeze=1, image_size=64,
-                       batch_size=8, epochs=3, max_steps_per_epoch=3, patience=0, num_workers=2, worker_resources=WORKER,
-                       name=name, experiment=name, model_name=None, storage_path=str(tmp / "ray"), **changes)
+    return TrainConfig(**{**dict(data=str(tiny_folder), arch="efficientnet_lite0", weights="none", unfreeze=1, image_size=64,
+                                 batch_size=8, epochs=3, max_steps_per_epoch=3, patience=0, num_workers=2,
+                                 worker_resources=WORKER, name=name, experiment=name, model_name=None,
+                                 storage_path=str(tmp / "ray")), **changes})
 
 
 def train_workers(cluster: FakeCluster) -> dict[str, dict]:
