@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,7 @@ class FakeCluster:
 
     def stop(self) -> None:
         stop_processes(self.temp_dir, self.address)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     # ---------------------------------------------------------------- what the cluster looks like
 
