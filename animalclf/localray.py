@@ -32,7 +32,7 @@ from animalclf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LocalHead", "start_head", "init_ray", "connect_driver", "owns_head", "stop_owned", "free_port", "stop_processes", "head_processes",
+__all__ = ["LocalHead", "start_head", "init_ray", "connect_driver", "owns_head", "stop_owned", "free_port", "stop_processes", "kill_processes", "head_processes",
            "recorded_address_file", "lost_head"]
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -90,14 +90,20 @@ def stop_processes(temp_dir: Path, address: str = "", grace_s: float = 8.0) -> N
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    leftover = alive + head_processes(temp_dir, address)  # and any orphan reparented to us meanwhile
-    for p in leftover:
+    kill_processes(alive + head_processes(temp_dir, address))  # and any orphan reparented to us meanwhile
+    _reap()
+
+
+def kill_processes(procs: list, wait_s: float = 5.0) -> None:
+    """SIGKILL ``procs`` (psutil processes; gone ones are skipped) and wait for them to go."""
+    import psutil
+
+    for p in procs:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(leftover, timeout=5)
-    _reap()
+    psutil.wait_procs(procs, timeout=wait_s)
 
 
 def _reap() -> None:

@@ -27,7 +27,7 @@ import yaml
 from ray.util import get_node_ip_address
 
 from animalclf import rayauth
-from animalclf.localray import free_port, stop_processes
+from animalclf.localray import free_port, stop_processes, kill_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -166,10 +166,4 @@ class FakeCluster:
         mine = [p for p in psutil.process_iter(["cmdline"])
                 if any(f"{flag}={node_id}" in (p.info["cmdline"] or ()) for flag in ("--node_id", "--node-id"))]
         assert mine, f"no process of node {node_id}"
-        procs = list({c.pid: c for p in mine for c in [p, *p.children(recursive=True)]}.values())
-        for p in procs:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=10)
+        kill_processes(list({c.pid: c for p in mine for c in [p, *p.children(recursive=True)]}.values()), wait_s=10)

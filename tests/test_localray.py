@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from animalclf.localray import free_port, head_processes
+from animalclf.localray import free_port, head_processes, kill_processes
 from netcheck import check_beyond_loopback, listeners
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -42,11 +42,7 @@ def train(data: Path, env: dict[str, str], *extra: str, timeout: float = 240) ->
 
 def kill_head(temp_dir: str, address: str) -> None:
     """SIGKILL every process of a head: what an OOM kill or a crashed container does."""
-    for p in head_processes(Path(temp_dir), address):
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    kill_processes(head_processes(Path(temp_dir), address))
 
 
 def user_lines(stderr: str) -> list[str]:
