@@ -67,11 +67,15 @@ def train_workers(cluster: FakeCluster) -> dict[str, dict]:
 
 
 def node_types(cluster: FakeCluster) -> dict[str, str]:
-    """node id -> its type's resources as a short string (the head has no fake_gpu)."""
+    """node id -> "head", or a worker type's fake GPUs as a short string ("gone" for a worker node the
+    autoscaler has already removed: a dead node lists no resources, so it must not read as the head)."""
     import ray
 
-    return {n["NodeID"]: ("head" if FAKE_GPU not in n["Resources"] else f"{n['Resources'][FAKE_GPU]:g}x")
-            for n in ray.nodes()}
+    def kind(n: dict) -> str:
+        if "node:__internal_head__" in n["Resources"]:
+            return "head"
+        return f"{n['Resources'][FAKE_GPU]:g}x" if FAKE_GPU in n["Resources"] else "gone"
+    return {n["NodeID"]: kind(n) for n in ray.nodes()}
 
 
 def metric_history(run_id: str, key: str = "val_accuracy"):
