@@ -154,3 +154,35 @@ def test_head_killed_mid_run_ends_in_seconds_with_one_line(tmp_path, tiny_folder
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         kill_head(str(ray_tmp), address)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_train_on_its_private_head_stops_on_a_signal_and_leaves_nothing(sig, tmp_path, tiny_folder):
+    """train.py with no Ray to join starts a private head; SIGINT (kill -INT) or SIGTERM mid-run ends
+    it with exit 130 within 30 s, and no process of that head is left."""
+    env = fresh_env(tmp_path)
+    log = tmp_path / "train.log"
+    args = ["--arch", "efficientnet_lite0", "--no-track", "--image-size", "64", "--epochs", "100", "--patience", "0",
+            "--max-steps-per-epoch", "2", "--batch-size", "8", "--unfreeze", "1"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "ray_jobs" / "train.py"), "--data", str(tiny_folder), *args],
+                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "epoch 1/" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        temp_dir = log.read_text().split("temp dir ", 1)[1].split(")", 1)[0]
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        t0 = time.monotonic()
+        os.kill(proc.pid, sig)
+        rc = proc.wait(45)
+        took = time.monotonic() - t0
+        assert rc == 130 and took < 30, (rc, took, log.read_text()[-2000:])
+        time.sleep(1)
+        left = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        named = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or ())]
+        assert not left and not named, [(p.pid, p.name()) for p in left + named]
+        print(f"train.py {sig.name}: stopped in {took:.1f} s, nothing left")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
