@@ -1,5 +1,6 @@
 # Two commands a new machine needs: `make test` and `make demo`. Both install first
-# (a venv in .venv, idempotent: reinstalls only when pyproject.toml changes).
+# (a venv in .venv, idempotent: reinstalls only when pyproject.toml or constraints.txt changes;
+# constraints.txt pins every package to the versions the tests last passed with).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,10 +12,10 @@ PYTEST_ARGS ?=
 
 include mk/jobs.mk
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -301,9 +301,12 @@ def test_metrics_on_prometheus_endpoint(endpoint, ray_session, photos):
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         return tuple(sum(float(m.groups()[-1]) for m in p.finditer(text)) for p in (want_ok, want_err, want_lat))
 
-    before, deadline = totals(), time.monotonic() + 60
-    while time.monotonic() < deadline:  # settle: two equal reads a few seconds apart
-        time.sleep(4)
+    # Replicas push their metrics every 10 s (Ray's metrics_report_interval_ms): a count that holds
+    # still for longer than that has flushed every earlier test's requests.
+    settle = 11
+    before, deadline = totals(), time.monotonic() + 90
+    while time.monotonic() < deadline:  # settle: two equal reads more than one push apart
+        time.sleep(settle)
         now = totals()
         if now == before:
             break
@@ -317,7 +320,7 @@ def test_metrics_on_prometheus_endpoint(endpoint, ray_session, photos):
         if grown[0] >= 10 and grown[1] >= 1 and grown[2] >= 11:
             break
         time.sleep(2)
-    time.sleep(4)  # nothing more may arrive
+    time.sleep(settle)  # nothing more may arrive
     grown = tuple(n - b for n, b in zip(totals(), before))
     assert grown == (10, 1, 11), f"ok/415/latency-count grew by {grown}, expected (10, 1, 11)"
 
