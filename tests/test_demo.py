@@ -80,6 +80,12 @@ def test_demo_stops_in_every_phase_and_leaves_nothing(phase, how, tmp_path, tiny
         left = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         named = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or ())]
         assert not left and not named, [(p.pid, " ".join(p.cmdline())[:100]) for p in left + named]
+        if phase == "search":  # stopped mid-search: the search registered and promoted nothing
+            from mlflow import MlflowClient
+
+            client = MlflowClient(f"sqlite:///{tmp_path / 'project' / 'runs' / 'mlflow.db'}")
+            assert [str(v.version) for v in client.search_model_versions("name='animalclf'")] == ["1"]
+            assert str(client.get_model_version_by_alias("animalclf", "champion").version) == "1"
         print(f"{phase}/{how}: stopped in {took:.1f} s, nothing left")
     finally:
         if proc.poll() is None:
