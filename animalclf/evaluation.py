@@ -21,6 +21,7 @@ from animalclf.errors import UserError
 from animalclf.evidence import Decision, Evaluation
 from animalclf.loaders import ImageList, make_loader
 from animalclf.model import Preprocess
+from animalclf.predict import FlipAverage
 from animalclf.report import build_report
 from animalclf.split import Sample, Split
 from animalclf.transforms import eval_transform
@@ -34,10 +35,12 @@ __all__ = ["predict_samples", "evaluate_model", "evaluate_checkpoint", "gate_eva
 def predict_samples(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], classes: Sequence[str],
                     batch_size: int = 32, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities and targets of ``model`` on ``samples`` (in order), with the model's own
-    eval preprocessing."""
+    eval preprocessing and, when its meta says ``tta_flip``, the flip TTA the Predictor serves with."""
     if list(meta["classes"]) != list(classes):
         raise UserError(f"Model classes {meta['classes']} differ from the data's {list(classes)}.")
     loader = make_loader(ImageList(samples, eval_transform(Preprocess.from_dict(meta["preprocess"]))), batch_size)
+    if meta.get("tta_flip"):
+        model = FlipAverage(model)
     _, (probs, targets) = evaluate(model.to(device), loader, nn.CrossEntropyLoss(), torch.device(device), len(classes),
                                    channels_last=False, collect=True)
     if len(targets) != len(samples):

@@ -128,6 +128,18 @@ def class_probabilities(model: torch.nn.Module, x: torch.Tensor, tta_flip: bool 
     return probs
 
 
+class FlipAverage(torch.nn.Module):
+    """``model`` with flip TTA, as log-probabilities that evaluation code can treat as logits (their
+    softmax is exactly what the Predictor serves with ``tta_flip``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return class_probabilities(self.model, x, tta_flip=True).clamp_min(1e-12).log()
+
+
 class Predictor:
     """A loaded model plus its classes and preprocessing; thread-compatible, no Ray needed.
     ``animalclf.json``'s ``tta_flip`` (default off) averages each image with its mirror image."""

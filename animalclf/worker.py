@@ -25,7 +25,7 @@ from animalclf.engine import evaluate, train_one_epoch
 from animalclf.logs import fmt_seconds, setup_logging
 from animalclf.model import build_model, frozen_modules, preprocess_for
 from animalclf.monitoring import TrainingMetrics
-from animalclf.predict import class_probabilities
+from animalclf.predict import FlipAverage
 from animalclf.split import Split
 
 log = logging.getLogger(__name__)
@@ -64,18 +64,6 @@ class _Progress:
         self.epoch = metrics["epoch"]
         self.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         return stop
-
-
-class _FlipAverage(nn.Module):
-    """A model's log of flip-TTA probabilities (what the Predictor serves with ``tta_flip``), as
-    logits for :func:`animalclf.engine.evaluate`."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return class_probabilities(self.model, x, tta_flip=True).clamp_min(1e-12).log()
 
 
 def _build(cfg: TrainConfig, n_classes: int):
@@ -179,7 +167,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if rank == 0 and vm["val_images"] < len(fold.val):  # files that stopped decoding were dropped
                 log.warning("Skipped %d unreadable validation image(s) of %d", len(fold.val) - vm["val_images"], len(fold.val))
             if len(folds) > 1:  # CV also measures flip TTA on the same images (bench/quality.py)
-                tta, _ = evaluate(_FlipAverage(unwrap(model)), val_loader, criterion, device, n_classes,
+                tta, _ = evaluate(FlipAverage(unwrap(model)), val_loader, criterion, device, n_classes,
                                   channels_last=cfg.channels_last, amp=amp)
                 vm.update({"val_tta_accuracy": tta["val_accuracy"], "val_tta_f1": tta["val_f1"]})
             per_fold.append({**tm, **vm})
