@@ -4,7 +4,7 @@ resumed by re-running with the same --name and --storage-path.
 
 Each run is `ray_jobs/train.py` in its own process session with its own local Ray
 (RAY_ADDRESS=local, own RAY_TMPDIR); the worker to kill is found among that run's descendants
-(helpers shared with bench/fault_tolerance.py).
+(helpers in tests/trainproc.py, shared with bench/fault_tolerance.py).
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.fault_tolerance import TrainProcess, checkpointed_epoch, train_workers  # noqa: E402
+from trainproc import TrainProcess, checkpointed_epoch, train_workers
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
