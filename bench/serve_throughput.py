@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 import torch
 
+from _ray_head import ray_head
 from serve_latency import free_port, make_model, pct, photo_bytes
 
 
@@ -69,7 +70,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    import ray
 
     from serve import deploy
 
@@ -81,20 +81,18 @@ def main(args: argparse.Namespace) -> None:
     results: dict[str, dict[int, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or make_model(os.path.join(tmp, "lite0"))
-        os.environ.setdefault("RAY_ADDRESS", "local")
-        ray.init(num_cpus=4, logging_level="ERROR")
-        try:
-            url = deploy.start(model, port=free_port(), num_cpus=threads, max_ongoing_requests=max(levels),
-                               max_queued_requests=4 * max(levels), max_batch_size=args.max_batch_size,
-                               batch_wait_timeout_s=args.batch_wait_ms / 1000)
-            run_level(url, data, 4, 2.0)  # warm up
-            for name, cfg in [("batching", {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000}),
-                              ("no batching", {"max_batch_size": 1, "batch_wait_timeout_s": 0.0})]:
-                deploy.reconfigure(**cfg)
-                results[name] = {c: run_level(url, data, c, args.seconds) for c in levels}
-        finally:
-            deploy.stop()
-            ray.shutdown()
+        with ray_head(num_cpus=4):  # a private head (token auth, loopback), stopped with its processes
+            try:
+                url = deploy.start(model, port=free_port(), num_cpus=threads, max_ongoing_requests=max(levels),
+                                   max_queued_requests=4 * max(levels), max_batch_size=args.max_batch_size,
+                                   batch_wait_timeout_s=args.batch_wait_ms / 1000)
+                run_level(url, data, 4, 2.0)  # warm up
+                for name, cfg in [("batching", {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000}),
+                                  ("no batching", {"max_batch_size": 1, "batch_wait_timeout_s": 0.0})]:
+                    deploy.reconfigure(**cfg)
+                    results[name] = {c: run_level(url, data, c, args.seconds) for c in levels}
+            finally:
+                deploy.stop()
     print(f"\nLite0 224 px, {len(data)}-byte JPEG, 1 replica, torch threads {threads}, {os.cpu_count()} CPUs, {args.seconds:.0f} s per level")
     print(f"batching = max batch {args.max_batch_size}, wait {args.batch_wait_ms:.0f} ms")
     print(f"{'mode':12s} {'conc':>5s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99/p50':>8s} {'ok':>6s}  errors")

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from animalclf.localray import free_port
+from _ray_head import ray_head
 from serve_latency import make_model, photo_bytes
 
 
@@ -76,7 +77,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    import ray
 
     from animalclf.predict import Predictor
     from serve import deploy
@@ -97,30 +97,28 @@ def main(args: argparse.Namespace) -> None:
             rows.append(("in-process", name, timed(lambda: p.predict([p.decode(data)], 5), args.n, args.warmup)))
         old = timed(lambda: p.predict_tensors(p.transform(Image.open(io.BytesIO(big)).convert("RGB"))[None]),
                     max(3, args.n // 5), 1)
-        os.environ.setdefault("RAY_ADDRESS", "local")
-        ray.init(num_cpus=4, logging_level="ERROR")
-        try:
-            url = deploy.start(model, port=free_port(), num_threads=threads, max_batch_size=1, batch_wait_timeout_s=0.0)
-            s = requests.Session()
-            pid = s.get(f"{url}/healthz", timeout=10).json()["pid"]
+        with ray_head(num_cpus=4):  # a private head (token auth, loopback), stopped with its processes
+            try:
+                url = deploy.start(model, port=free_port(), num_threads=threads, max_batch_size=1, batch_wait_timeout_s=0.0)
+                s = requests.Session()
+                pid = s.get(f"{url}/healthz", timeout=10).json()["pid"]
 
-            def post(data: bytes) -> None:
-                r = s.post(f"{url}/predict", data=data, timeout=60)
-                assert r.status_code < 500, r.text
+                def post(data: bytes) -> None:
+                    r = s.post(f"{url}/predict", data=data, timeout=60)
+                    assert r.status_code < 500, r.text
 
-            for name, data in images.items():
-                post(data)
-            rss0 = rss_mib(pid)
-            for name, data in images.items():
-                rows.append(("HTTP", name, timed(lambda: post(data), args.n, args.warmup)))
-            strip_n = timed(lambda: post(strip), 10 * args.n, 0)
-            rss1 = rss_mib(pid)
-            strip_n += timed(lambda: post(strip), 10 * args.n, 0)
-            rss2 = rss_mib(pid)
-            status = s.post(f"{url}/predict", data=strip, timeout=60).status_code
-        finally:
-            deploy.stop()
-            ray.shutdown()
+                for name, data in images.items():
+                    post(data)
+                rss0 = rss_mib(pid)
+                for name, data in images.items():
+                    rows.append(("HTTP", name, timed(lambda: post(data), args.n, args.warmup)))
+                strip_n = timed(lambda: post(strip), 10 * args.n, 0)
+                rss1 = rss_mib(pid)
+                strip_n += timed(lambda: post(strip), 10 * args.n, 0)
+                rss2 = rss_mib(pid)
+                status = s.post(f"{url}/predict", data=strip, timeout=60).status_code
+            finally:
+                deploy.stop()
     load = os.getloadavg()
     print(f"\nLite0 224 px, batch 1, torch threads {threads}, {os.cpu_count()} CPUs, {args.n} timed requests each")
     print(f"{'path':11s} {'image':34s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs 224 px':>10s}")
