@@ -155,8 +155,8 @@ class TrainConfig:
         return self
 
 
-def _resources(text: str) -> dict[str, float]:
-    """``--worker-resources``: a JSON object of custom resource names to amounts."""
+def resources_arg(text: str) -> dict[str, float]:
+    """``--worker-resources`` / ``--serve-resources``: a JSON object of custom resource names to amounts."""
     import json
 
     try:
@@ -208,7 +208,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--num-workers", type=int, default=d.num_workers, help="Ray Train workers (default: 1)")
     g.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
     g.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker, help="(default: 1)")
-    g.add_argument("--worker-resources", type=_resources, default={}, metavar="JSON",
+    g.add_argument("--worker-resources", type=resources_arg, default={}, metavar="JSON",
                    help='custom Ray resources per worker, e.g. \'{"a10g": 1}\' (default: none)')
     g.add_argument("--max-failures", type=int, default=d.max_failures, help="worker-group restarts (default: 0)")
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="best k kept (default: 2)")

@@ -23,7 +23,7 @@ import requests  # noqa: E402
 
 from animalclf import localray  # noqa: E402
 from animalclf.cli import add_config_arg, run_main  # noqa: E402
-from animalclf.config import add_train_args, config_from_args, smoke  # noqa: E402
+from animalclf.config import add_train_args, config_from_args, resources_arg, smoke  # noqa: E402
 from animalclf.errors import UserError  # noqa: E402
 from animalclf.registry import champion_ref  # noqa: E402
 from animalclf.search_space import parse_space  # noqa: E402
@@ -53,6 +53,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--deploy", action="store_true",
                    help="then serve @champion on this Ray: start Ray Serve, or move the running one to the new champion")
     g.add_argument("--serve-port", type=int, default=None, help="HTTP port of the endpoint with --deploy (default: Serve's, 8000)")
+    g.add_argument("--serve-resources", type=resources_arg, default=None, metavar="JSON",
+                   help='custom Ray resources per replica with --deploy, e.g. \'{"serving": 1}\' (cluster.yaml\'s head has '
+                        "them, so replicas stay off GPU nodes and those can scale down)")
     parser.set_defaults(name="animalclf-tune", epochs=6, patience=0)
     return parser
 
@@ -79,11 +82,11 @@ def main(args: argparse.Namespace) -> int:
         state = "promoted to @champion" if out.promoted and out.champion_version == out.model_version else f"champion stays v{out.champion_version}"
         log.info("MLflow parent run %s; registered %s v%s, %s", out.parent_run_id, cfg.model_name, out.model_version, state)
     if args.deploy:
-        serve_champion(cfg.model_name, args.serve_port)
+        serve_champion(cfg.model_name, args.serve_port, args.serve_resources)
     return 0
 
 
-def serve_champion(model_name: str, port: Optional[int]) -> None:
+def serve_champion(model_name: str, port: Optional[int], resources: Optional[dict[str, float]] = None) -> None:
     """Make Ray Serve on this Ray serve ``@champion`` now: move a running endpoint in place, or start one."""
     from serve import deploy
     from serve.settings import ServeSettings
@@ -93,7 +96,7 @@ def serve_champion(model_name: str, port: Optional[int]) -> None:
     try:
         health = deploy.refresh(url)
     except UserError:  # nothing answers there yet
-        url = deploy.start(ref, follow=False, **({"port": port} if port else {}))
+        url = deploy.start(ref, follow=False, **({"port": port} if port else {}), **({"resources": resources} if resources else {}))
         health = requests.get(f"{url}/healthz", timeout=30).json()
     log.info("Serving %s = %s at %s (POST %s/predict)", ref, health.get("model_version"), url, url)
     if localray.owns_head():  # this command's private Ray ends with it: keep serving until Ctrl-C

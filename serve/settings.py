@@ -15,6 +15,7 @@ Three kinds of field (``kind`` in each field's metadata):
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
@@ -51,6 +52,8 @@ class ServeSettings:
     max_queued_requests: int = _f(64, "deployment", "requests waiting before an immediate 503")
     num_cpus: float = _f(1.0, "deployment", "CPUs per replica (also torch's thread count unless num_threads)")
     num_gpus: float = _f(0.0, "deployment", "GPUs per replica; > 0 runs the model on CUDA")
+    resources: Optional[dict[str, float]] = _f(None, "deployment", "custom Ray resources per replica (a JSON object), "
+                                               "e.g. {\"serving\": 1}: replicas go only to nodes that have them")
     num_threads: Optional[int] = _f(None, "process", "torch threads per replica (default: its num_cpus, at least 1)")
     tracking_uri: Optional[str] = _f(None, "process", "MLflow tracking URI for the replicas (default: this environment's)")
     host: str = _f("127.0.0.1", "process", "address to bind; anything but loopback exposes an endpoint without auth")
@@ -95,6 +98,9 @@ class ServeSettings:
         need(self.max_ongoing_requests >= 1, f"max_ongoing_requests must be >= 1, got {self.max_ongoing_requests}")
         need(self.max_queued_requests >= -1, "max_queued_requests must be >= 0 (or -1: unbounded)")
         need(self.num_cpus > 0 and self.num_gpus >= 0, "num_cpus must be > 0 and num_gpus >= 0")
+        need(self.resources is None or (isinstance(self.resources, dict) and not {"CPU", "GPU"} & set(self.resources)
+                                        and all(isinstance(v, (int, float)) and v >= 0 for v in self.resources.values())),
+             f"resources must be a JSON object of custom resource amounts (CPU/GPU: num_cpus/num_gpus), got {self.resources!r}")
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         need(0 < self.port < 65536, f"port must be 1-65535, got {self.port}")
         need(self.request_timeout_s > 0 and self.poll_s >= 0, "request_timeout_s must be > 0 and poll_s >= 0")
@@ -112,7 +118,8 @@ class ServeSettings:
         d = self._of("deployment")
         opts: dict[str, Any] = {
             "max_ongoing_requests": d["max_ongoing_requests"], "max_queued_requests": d["max_queued_requests"],
-            "ray_actor_options": {"num_cpus": d["num_cpus"], "num_gpus": d["num_gpus"]},
+            "ray_actor_options": {"num_cpus": d["num_cpus"], "num_gpus": d["num_gpus"],
+                                  **({"resources": dict(d["resources"])} if d["resources"] else {})},
         }
         if self.num_replicas == "auto":
             opts["num_replicas"] = "auto"
@@ -144,6 +151,8 @@ def _convert(f: dataclasses.Field, v: Any) -> Any:
         return v
     t = str(f.type)
     try:
+        if f.name == "resources":
+            return json.loads(v)
         if f.name == "num_replicas":
             return v if v == "auto" else int(v)
         if t.startswith("Optional[int]") or t == "int":
@@ -151,7 +160,8 @@ def _convert(f: dataclasses.Field, v: Any) -> Any:
         if t == "float":
             return float(v)
     except ValueError:
-        raise UserError(f"invalid serving setting: {f.name} must be a number, got {v!r}") from None
+        what = "a JSON object" if f.name == "resources" else "a number"
+        raise UserError(f"invalid serving setting: {f.name} must be {what}, got {v!r}") from None
     return v
 
 

@@ -69,7 +69,14 @@ def test_head_has_cpus_for_drivers_and_no_gpu(prepared):
 
 def test_node_resources_match_instance_types(raw):
     for name, group in raw["available_node_types"].items():
-        assert group["resources"] == INSTANCE_RESOURCES[group["node_config"]["InstanceType"]], name
+        hardware = {k: v for k, v in group["resources"].items() if k in ("CPU", "GPU")}
+        assert hardware == INSTANCE_RESOURCES[group["node_config"]["InstanceType"]], name
+
+
+def test_only_the_head_offers_serving(raw):
+    """Replicas deployed with ``{"serving": 1}`` can land on the head only, never on a GPU node."""
+    serving = {name for name, group in raw["available_node_types"].items() if group["resources"].get("serving", 0) > 0}
+    assert serving == {raw["head_node_type"]}
 
 
 def test_fake_cluster_is_derived_from_this_file(raw):

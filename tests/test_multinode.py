@@ -177,18 +177,25 @@ def submit(cluster: FakeCluster, *args: str, env: dict) -> str:
     return job
 
 
-def test_search_scales_up_spreads_and_scales_down(cluster, project, tiny_folder, tmp_path):
-    """`ray job submit` of a 2-trial search to a cluster with no worker node: the autoscaler adds
-    nodes, the trials' workers spread over them while the trial drivers stay on the head, and once
-    the job ends the idle GPU-type nodes are released."""
+def test_search_scales_up_spreads_deploys_and_scales_down(cluster, project, tiny_folder, tmp_path):
+    """`ray job submit` of a 2-trial search with --deploy to a cluster with no worker node: the
+    autoscaler adds nodes, the trials' workers spread over them while the trial drivers stay on the
+    head; Serve's controller, proxy and replica (``--serve-resources '{"serving": 1}'``, a resource
+    only cluster.yaml's head has) land on the head; once the job ends the idle GPU-type nodes are
+    released while the endpoint keeps answering."""
+    import requests
     from ray.job_submission import JobStatus, JobSubmissionClient
     from ray.util.state import list_actors
 
+    from animalclf.localray import free_port
+
     cluster.wait_for(lambda: not cluster.worker_nodes(), 120, "the cluster to have no worker node")
     before = set(train_workers(cluster))
+    port = free_port()
     job = submit(cluster, "--data", str(tiny_folder), "--smoke-test", "--arch", "efficientnet_lite0", "--weights", "none",
                  "--num-samples", "2", "--max-concurrent", "2", "--no-asha", "--worker-resources", json.dumps(WORKER),
                  "--experiment", "search", "--model-name", "search", "--storage-path", str(tmp_path / "ray"),
+                 "--deploy", "--serve-port", str(port), "--serve-resources", '{"serving": 1}',
                  env={"ANIMALCLF_HOME": str(project), "ANIMALCLF_AUTOSCALING_CONFIG": str(cluster.config_path)})
     t0 = time.monotonic()
     FIGURES["scale_up_first_node_s"] = cluster.wait_for(lambda: cluster.worker_nodes(), 180, "a worker node")
@@ -204,8 +211,21 @@ def test_search_scales_up_spreads_and_scales_down(cluster, project, tiny_folder,
     assert all(kinds[a.node_id] != "head" for a in workers)
     drivers = list_actors(filters=[("class_name", "=", "ImplicitFunc")], limit=1000, raise_on_missing_output=False)
     assert drivers and all(kinds[a.node_id] == "head" for a in drivers), [(a.class_name, kinds[a.node_id]) for a in drivers]
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
+    serve = [a for a in alive if a.class_name in ("ServeController", "ProxyActor") or a.class_name.startswith("ServeReplica:")]
+    assert {"ServeController", "ProxyActor"} <= {a.class_name for a in serve}, [a.class_name for a in alive]
+    assert any(a.class_name.startswith("ServeReplica:") for a in serve), [a.class_name for a in alive]
+    assert all(kinds[a.node_id] == "head" for a in serve), [(a.class_name, kinds[a.node_id]) for a in serve]
+    photo = next(p for p in sorted(tiny_folder.rglob("*.jpg")))
+
+    def answers() -> dict:
+        r = requests.post(f"http://127.0.0.1:{port}/predict", data=photo.read_bytes(), timeout=30)
+        assert r.status_code == 200, r.text[:300]
+        return r.json()
+    assert answers()["model_version"].startswith("search/")
 
     t1 = time.monotonic()
     FIGURES["scale_down_after_job_s"] = cluster.wait_for(lambda: not cluster.worker_nodes(), 120,
                                                          "the idle worker nodes to be released")
+    assert answers()["model_version"].startswith("search/")  # Serve kept serving on the head
     assert time.monotonic() - t1 >= 0

@@ -32,6 +32,8 @@ def test_strings_from_serve_run_are_converted():
                                  "num_replicas": "auto", "num_threads": "2"})
     assert (s.model_ref, s.top_k, s.batch_wait_timeout_s, s.num_replicas, s.num_threads) == ("/ck", 3, 0.01, "auto", 2)
     assert ServeSettings.from_dict({"num_replicas": "2"}).num_replicas == 2
+    placed = ServeSettings.from_dict({"resources": '{"serving": 1}', "num_cpus": "2"}).deployment_options()
+    assert placed["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.0, "resources": {"serving": 1}}
 
 
 @pytest.mark.parametrize("bad,word", [
@@ -40,6 +42,8 @@ def test_strings_from_serve_run_are_converted():
     ({"num_replicas": 0}, "num_replicas"), ({"num_replicas": "many"}, "num_replicas"),
     ({"body_timeout_s": 0}, "body_timeout_s"), ({"port": 70000}, "port"), ({"top_k": "x"}, "top_k"),
     ({"tok_k": 3}, "unknown"), ({"model_ref": ""}, "model_ref"),
+    ({"resources": '{"CPU": 1}'}, "resources"), ({"resources": "serving"}, "resources"),
+    ({"resources": '{"serving": -1}'}, "resources"),
 ])
 def test_bad_settings_are_one_line_user_errors(bad, word):
     with pytest.raises(UserError, match=word) as e:
