@@ -29,7 +29,10 @@ __all__ = [
 ]
 
 SECRET_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DAGSHUB_USER_TOKEN")
-CREDENTIAL_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# MLflow's own: where runs and models go and how to authenticate. MLFLOW_REGISTRY_URI (set by
+# mlflow.set_registry_uri, inherited by child processes) would send registrations elsewhere.
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                   "MLFLOW_REGISTRY_URI")
 # DAGSHUB_CLIENT_HOST is the variable the `dagshub` package itself reads for the DagsHub base URL.
 DAGSHUB_VARS = ("DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USER_TOKEN", "DAGSHUB_USERNAME", "DAGSHUB_CLIENT_HOST")
 # Every variable that decides where runs go and how to authenticate: what tests scrub and jobs carry.

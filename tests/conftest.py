@@ -33,12 +33,29 @@ def tiny_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("tiny"))
 
 
+@pytest.fixture(autouse=True)
+def _tracking_env_restored():
+    """``mlflow.set_tracking_uri``/``set_registry_uri`` export MLFLOW_* variables for child
+    processes and never take them back: restore them after each test, so a later test's job
+    does not register its models in an earlier test's store."""
+    from animalclf.tracking import TRACKING_VARS
+
+    saved = {k: os.environ.get(k) for k in TRACKING_VARS}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """A fresh project dir: outputs under it, local sqlite MLflow, no remote tracking vars."""
+    from animalclf.tracking import TRACKING_VARS
+
     monkeypatch.setenv("ANIMALCLF_HOME", str(tmp_path))
-    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-              "DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USER_TOKEN"):
+    for k in TRACKING_VARS:
         monkeypatch.delenv(k, raising=False)
     return tmp_path
 
