@@ -68,6 +68,8 @@ def ray_session():
 
     from animalclf.localray import start_head
 
+    # Metrics pushed every second (Ray's default: 10 s), so the metrics tests wait seconds, not tens.
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     head = start_head(num_cpus=4)
     yield ray
     head.stop()

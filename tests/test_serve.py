@@ -301,9 +301,9 @@ def test_metrics_on_prometheus_endpoint(endpoint, ray_session, photos):
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         return tuple(sum(float(m.groups()[-1]) for m in p.finditer(text)) for p in (want_ok, want_err, want_lat))
 
-    # Replicas push their metrics every 10 s (Ray's metrics_report_interval_ms): a count that holds
-    # still for longer than that has flushed every earlier test's requests.
-    settle = 11
+    # Replicas push their metrics every metrics_report_interval_ms (1 s on the tests' head, see
+    # conftest): a count that holds still for longer than that has flushed earlier tests' requests.
+    settle = 3
     before, deadline = totals(), time.monotonic() + 90
     while time.monotonic() < deadline:  # settle: two equal reads more than one push apart
         time.sleep(settle)
