@@ -81,14 +81,12 @@ class Server:
                 self.proc.wait(5)
 
     @contextlib.contextmanager
-    def client(self, admin: bool = False):
-        """An MlflowClient for this server, logged in as the trainer user (or as the admin, who
-        sees every object whatever its permissions)."""
+    def client(self):
+        """An MlflowClient for this server, logged in as the trainer user."""
         from mlflow import MlflowClient
 
         saved = {k: os.environ.get(k) for k in TRACKING_VARS}
-        user, password = ("admin", self.admin_password) if admin else (self.user, self.password)
-        os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
+        os.environ.update(MLFLOW_TRACKING_USERNAME=self.user, MLFLOW_TRACKING_PASSWORD=self.password)
         try:
             yield MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         finally:
