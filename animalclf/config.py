@@ -166,7 +166,8 @@ def resources_arg(text: str) -> dict[str, float]:
     if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in value.values()):
         raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object of amounts, e.g. '{{\"a10g\": 1}}'")
     if {"CPU", "GPU"} & set(value):
-        raise argparse.ArgumentTypeError("CPU and GPU have their own flags (--cpus-per-worker, --use-gpu)")
+        raise argparse.ArgumentTypeError("CPU and GPU have their own flags (training: --cpus-per-worker, --use-gpu; "
+                                         "serving: num_cpus, num_gpus)")
     return value
 
 
@@ -244,4 +245,4 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "runs_dir", "check_runs_dir", "ARCHS",
-           "METRICS", "FINAL_MODES", "NUM_LAYERS", "better", "check_unfreeze"]
+           "METRICS", "FINAL_MODES", "NUM_LAYERS", "better", "check_unfreeze", "resources_arg"]

@@ -29,14 +29,15 @@ __all__ = [
 ]
 
 SECRET_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DAGSHUB_USER_TOKEN")
-# MLflow's own: where runs and models go and how to authenticate. MLFLOW_REGISTRY_URI (set by
-# mlflow.set_registry_uri, inherited by child processes) would send registrations elsewhere.
-CREDENTIAL_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                   "MLFLOW_REGISTRY_URI")
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# MLflow reads it (mlflow.set_registry_uri exports it to child processes) to register models in
+# another store than the tracking server; animalclf keeps one registry, the tracking server's,
+# where Serve and the UI look: configure() overrides it with a warning.
+REGISTRY_VAR = "MLFLOW_REGISTRY_URI"
 # DAGSHUB_CLIENT_HOST is the variable the `dagshub` package itself reads for the DagsHub base URL.
 DAGSHUB_VARS = ("DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME", "DAGSHUB_USER_TOKEN", "DAGSHUB_USERNAME", "DAGSHUB_CLIENT_HOST")
 # Every variable that decides where runs go and how to authenticate: what tests scrub and jobs carry.
-TRACKING_VARS = CREDENTIAL_VARS + DAGSHUB_VARS
+TRACKING_VARS = CREDENTIAL_VARS + DAGSHUB_VARS + (REGISTRY_VAR,)
 DAGSHUB_HOST = "https://dagshub.com"
 # A job's secrets travel as a file path, not as values in its runtime env (see job_runtime_env).
 SECRETS_FILE_VAR = "ANIMALCLF_SECRETS_FILE"
@@ -135,7 +136,12 @@ def configure(environ: Mapping[str, str] = os.environ, uri: Optional[str] = None
     uri = env["MLFLOW_TRACKING_URI"]
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if environ.get(REGISTRY_VAR) not in (None, "", uri):
+        log.warning("%s is ignored: models are registered on the tracking server, where Serve and the UI look for "
+                    "them.", REGISTRY_VAR)
+    os.environ.pop(REGISTRY_VAR, None)  # child processes follow the tracking URI too
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri("")  # "": the registry follows the tracking URI, whatever the environment says
     return uri
 
 

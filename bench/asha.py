@@ -42,7 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     home = tempfile.mkdtemp(prefix="bench-asha-")
     os.environ["ANIMALCLF_HOME"] = home
-    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+    from animalclf.tracking import TRACKING_VARS
+
+    for k in TRACKING_VARS:  # a local store in the bench's home, whatever the shell says
         os.environ.pop(k, None)
     from animalclf.config import TrainConfig
     from animalclf.logs import setup_logging

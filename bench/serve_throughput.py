@@ -70,7 +70,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-
     from serve import deploy
 
     if args.smoke_test:

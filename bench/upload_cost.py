@@ -77,7 +77,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-
     from animalclf.predict import Predictor
     from serve import deploy
 

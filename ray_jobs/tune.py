@@ -54,8 +54,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="then serve @champion on this Ray: start Ray Serve, or move the running one to the new champion")
     g.add_argument("--serve-port", type=int, default=None, help="HTTP port of the endpoint with --deploy (default: Serve's, 8000)")
     g.add_argument("--serve-resources", type=resources_arg, default=None, metavar="JSON",
-                   help='custom Ray resources per replica with --deploy, e.g. \'{"serving": 1}\' (cluster.yaml\'s head has '
-                        "them, so replicas stay off GPU nodes and those can scale down)")
+                   help='custom Ray resources per replica when --deploy starts Serve, e.g. \'{"serving": 1}\' (cluster.yaml\'s '
+                        "head has them, so replicas stay off GPU nodes and those can scale down); a running endpoint keeps its own")
     parser.set_defaults(name="animalclf-tune", epochs=6, patience=0)
     return parser
 

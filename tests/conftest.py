@@ -68,9 +68,17 @@ def ray_session():
 
     from animalclf.localray import start_head
 
-    # Metrics pushed every second (Ray's default: 10 s), so the metrics tests wait seconds, not tens.
-    os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
-    head = start_head(num_cpus=4)
+    # Metrics pushed every second (Ray's default: 10 s), so the metrics tests wait seconds, not tens;
+    # the head's processes inherit it at start, nothing started later does.
+    saved = os.environ.get("RAY_metrics_report_interval_ms")
+    os.environ["RAY_metrics_report_interval_ms"] = "1000"
+    try:
+        head = start_head(num_cpus=4)
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_metrics_report_interval_ms", None)
+        else:
+            os.environ["RAY_metrics_report_interval_ms"] = saved
     yield ray
     head.stop()
 

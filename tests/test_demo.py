@@ -83,7 +83,8 @@ def test_demo_stops_in_every_phase_and_leaves_nothing(phase, how, tmp_path, tiny
         if phase == "search":  # stopped mid-search: the search registered and promoted nothing
             from mlflow import MlflowClient
 
-            client = MlflowClient(f"sqlite:///{tmp_path / 'project' / 'runs' / 'mlflow.db'}")
+            store = f"sqlite:///{tmp_path / 'project' / 'runs' / 'mlflow.db'}"
+            client = MlflowClient(tracking_uri=store, registry_uri=store)
             assert [str(v.version) for v in client.search_model_versions("name='animalclf'")] == ["1"]
             assert str(client.get_model_version_by_alias("animalclf", "champion").version) == "1"
         print(f"{phase}/{how}: stopped in {took:.1f} s, nothing left")

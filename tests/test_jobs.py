@@ -22,15 +22,14 @@ import pytest
 import requests
 
 from animalclf.localray import free_port
+from animalclf.tracking import TRACKING_VARS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-SCRUB = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI",
-         "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "DAGSHUB_REPO_OWNER", "DAGSHUB_REPO_NAME",
-         "DAGSHUB_USER_TOKEN", "ANIMALCLF_HOME")
+SCRUB = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "ANIMALCLF_HOME") + TRACKING_VARS
 
 
 def pids_matching(marker: str) -> list[int]:

@@ -108,8 +108,7 @@ def test_run_lands_on_server(server, trained):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"checkpoint", "report"} <= names
-    log_tail = r.stderr[-4000:]
-    with server.client() as client:
+        log_tail = r.stderr[-4000:]
         versions = client.search_model_versions("name='remote-clf'")
         assert [v.run_id for v in versions] == [run.info.run_id], log_tail
     # The artifacts went through the server to its artifact store, not to a local mlruns.

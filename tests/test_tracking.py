@@ -89,3 +89,22 @@ def test_dagshub_login_token_is_found_without_dagshub_user_token(tmp_path):
         assert line.startswith("ERROR No DagsHub token") and "DAGSHUB_USER_TOKEN or run `dagshub login`" in line
     finally:
         server.shutdown()
+
+
+def test_one_registry_the_tracking_servers(project, monkeypatch, caplog):
+    """An inherited MLFLOW_REGISTRY_URI (what mlflow.set_registry_uri exports) would register models
+    where Serve and the UI never look: configure() points the registry at the tracking store, says
+    so, and drops the variable for child processes."""
+    import logging
+
+    import mlflow
+
+    from animalclf.tracking import configure
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{project / 'elsewhere.db'}")
+    with caplog.at_level(logging.WARNING, logger="animalclf.tracking"):
+        uri = configure()
+    assert uri == f"sqlite:///{project / 'runs' / 'mlflow.db'}"
+    assert mlflow.get_registry_uri() == uri and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert any("MLFLOW_REGISTRY_URI is ignored" in r.getMessage() for r in caplog.records)
+    assert "elsewhere" not in caplog.text  # the value is not logged (it may hold credentials)
