@@ -26,6 +26,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 import torch
@@ -69,6 +70,11 @@ class Classifier:
         if s.tracking_uri:
             os.environ["MLFLOW_TRACKING_URI"] = s.tracking_uri
         torch.set_num_threads(s.threads)  # the CPUs this replica was given (Ray's default may be fewer)
+        # Every torch call of this replica runs on this one thread. Torch ops from several threads
+        # (asyncio.to_thread's pool) each get an OpenMP team of their own, and those teams slow each
+        # other down: a Lite0 forward took 1.5-1.7x as long as on a single thread (bench/RESULTS.md).
+        self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+        self._torch.submit(torch.set_num_threads, s.threads).result()
         self.settings = s
         self.predictor: Optional[Predictor] = None
         self.model_ref: Optional[str] = None
@@ -107,7 +113,7 @@ class Classifier:
             return
         t0 = time.perf_counter()
         try:
-            loaded = await asyncio.to_thread(Predictor.load, ref, new.device)
+            loaded = await self._on_torch(Predictor.load, ref, new.device)
         except Exception as e:
             if self.predictor is None:
                 raise  # no model, no replica
@@ -134,12 +140,17 @@ class Classifier:
             groups.setdefault(id(p), []).append(i)
         for idx in groups.values():
             p = items[idx[0]][0]
-            probs = await asyncio.to_thread(p.predict_tensors, torch.stack([items[i][1] for i in idx]))
+            probs = await self._on_torch(lambda: p.predict_tensors(torch.stack([items[i][1] for i in idx])))
             for i, pr in zip(idx, probs):
                 out[i] = (p, pr)
         return out  # type: ignore[return-value]
 
+    async def _on_torch(self, fn, *args):
+        """``fn(*args)`` on the replica's torch thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._torch, fn, *args)
+
     def _prepare(self, data: bytes, predictor: Predictor) -> torch.Tensor:
+        """Decode (Pillow) and the model's preprocessing (torch ops), on the torch thread: one hop."""
         return predictor.tensor(predictor.decode(data, self.settings.max_bytes, self.settings.max_pixels))
 
     async def _classify(self, blobs: list[bytes], top_k: int) -> tuple[list[list[dict]], str]:
@@ -147,7 +158,7 @@ class Classifier:
         tensors = []
         for i, b in enumerate(blobs):
             try:
-                tensors.append(await asyncio.to_thread(self._prepare, b, predictor))
+                tensors.append(await self._on_torch(self._prepare, b, predictor))
             except InvalidImage as e:
                 if len(blobs) > 1:
                     raise InvalidImage(f"image {i}: {e}", e.status) from None

@@ -115,3 +115,52 @@ def test_serve_follows_champion_under_traffic(ray_session, project, tmp_path, mo
         assert deploy.refresh(url)["model_version"] == f"follow/{v1}"  # no move: a no-op
     finally:
         deploy.stop()
+
+
+HAPROXY_SCRIPT = """
+import json, sys
+import psutil
+import requests
+from animalclf.localray import start_head
+from serve import deploy
+
+head = start_head(num_cpus=2)
+try:
+    url = deploy.start(sys.argv[1], port=int(sys.argv[2]))
+    r = requests.post(url + "/predict", data=open(sys.argv[3], "rb").read(), timeout=60)
+    haproxy = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "haproxy"]
+    print("HAPROXY", len(haproxy))
+    print("RESULT", r.status_code, json.dumps(r.json()))
+finally:
+    deploy.stop()
+    head.stop()
+"""
+
+
+def test_haproxy_ingress_answers_like_the_python_proxy(tmp_path, tiny_folder):
+    """Ray's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1 where the head starts; the faster one in
+    bench/serve_latency.py) serves the same app: the same answer as the in-process Predictor."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(arch="efficientnet_lite0", weights="none", unfreeze=0, image_size=64)
+    ck = save_checkpoint(tmp_path / "ck", build_model(cfg.arch, len(CLASSES), 0, "none").eval(),
+                         checkpoint_meta(cfg, CLASSES, {}, 1))
+    photo = next(iter(sorted(tiny_folder.rglob("*.jpg"))))
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_SERVE_ENABLE_HA_PROXY="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-c", HAPROXY_SCRIPT, str(ck), str(free_port()), str(photo)], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("RESULT ")]
+    assert r.returncode == 0 and lines, (r.stdout + r.stderr)[-3000:]
+    assert "HAPROXY 0" not in r.stdout, "no haproxy process: the HAProxy ingress was not used"
+    _, status, body = lines[0].split(" ", 2)
+    answer = json.loads(body)
+    assert status == "200" and answer["model_version"] == f"checkpoint:{ck.resolve()}", body
+    local = Predictor.from_checkpoint(ck)
+    assert same(answer["predictions"], local.predict([local.decode(photo.read_bytes())], 5)[0])
