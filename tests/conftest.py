@@ -83,6 +83,16 @@ def ray_session():
     head.stop()
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The figures the multi-node tests measured (tests/fakecluster.py), in every run's summary."""
+    import json
+    import sys
+
+    cluster = sys.modules.get("fakecluster")
+    if cluster is not None and cluster.FIGURES:
+        terminalreporter.write_line("multinode figures (s): " + json.dumps({k: round(v, 1) for k, v in cluster.FIGURES.items()}))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -32,6 +32,9 @@ from animalclf.localray import free_port, stop_processes, kill_processes
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 FAKE_GPU = "fake_gpu"
+# Seconds the multi-node tests measure (scale-up delay, time lost to a removed node ...): printed in
+# pytest's terminal summary by tests/conftest.py, so `make test` shows them.
+FIGURES: dict[str, float] = {}
 HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head's type
 
 

@@ -183,30 +183,6 @@ def test_submit_without_token_is_refused(head, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_smoke_job_succeeds_and_is_tracked(head, jobs, tiny_folder):
-    from mlflow import MlflowClient
-
-    job = f"smoke-{secrets.token_hex(3)}"
-    out = jobs("submit-train", JOB_ID=job, DATA=tiny_folder,
-               TRAIN_ARGS="--arch efficientnet_lite0 --smoke-test --experiment jobs-smoke --model-name jobs-smoke").stdout
-    assert f"submitted {job}" in out
-    status = wait_for(lambda: (s := job_status(head, job)) in TERMINAL and s, 240, "the smoke job")
-    logs = jobs("job-logs", JOB=job).stdout
-    assert status == "SUCCEEDED", logs[-4000:]
-    r = jobs("job-status", JOB=job)
-    assert f"Job '{job}' succeeded" in r.stdout + r.stderr
-    assert "epoch 2/2" in logs and "train loss" in logs
-    assert "Best checkpoint:" in logs
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{jobs.db}")
-    exp = client.get_experiment_by_name("jobs-smoke")
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2]
-    assert client.search_model_versions("name='jobs-smoke'")
-    assert (jobs.home / "runs" / "models" / runs[0].info.run_id / "model.pt").is_file()
-
-
 def test_stop_running_job(head, jobs, tiny_folder):
     """A long job stopped while training ends STOPPED and registers no model."""
     from mlflow import MlflowClient
@@ -274,9 +250,12 @@ def test_job_outputs_last_in_animalclf_home_and_mlflow_ui_shows_them(head, user_
     job = f"home-{secrets.token_hex(3)}"
     out = user_jobs("submit-train", JOB_ID=job, DATA=relative_data(tiny_folder),
                     TRAIN_ARGS="--arch efficientnet_lite0 --smoke-test --experiment lasting --model-name lasting").stdout
-    assert f"outputs: {user_jobs.project}/runs" in out
+    assert f"outputs: {user_jobs.project}/runs" in out and f"submitted {job}" in out
     status, logs = finish(head, user_jobs, job)
     assert status == "SUCCEEDED", logs[-4000:]
+    r = user_jobs("job-status", JOB=job)
+    assert f"Job '{job}' succeeded" in r.stdout + r.stderr
+    assert "epoch 2/2" in logs and "train loss" in logs and "Best checkpoint:" in logs
     runs = user_jobs.project / "runs"
     assert f"Outputs (checkpoints, reports, local MLflow store): {runs}" in logs
     assert (runs / "mlflow.db").is_file() and any((runs / "models").iterdir()) and any((runs / "reports").iterdir())
@@ -300,6 +279,11 @@ def test_job_outputs_last_in_animalclf_home_and_mlflow_ui_shows_them(head, user_
         exp = wait_for(experiment, 90, "mlflow ui", interval=2)["experiment"]
         found = requests.post(f"{api}/runs/search", json={"experiment_ids": [exp["experiment_id"]]}, timeout=10).json()
         assert [r["info"]["status"] for r in found["runs"]] == ["FINISHED"]
+        run_id = found["runs"][0]["info"]["run_id"]
+        history = requests.get(f"{api}/metrics/get-history", params={"run_id": run_id, "metric_key": "val_loss"},
+                               timeout=10).json()
+        assert [m["step"] for m in history["metrics"]] == [1, 2]
+        assert (runs / "models" / run_id / "model.pt").is_file()
         champion = requests.get(f"{api}/registered-models/alias", params={"name": "lasting", "alias": "champion"},
                                 timeout=10).json()
         assert champion["model_version"]["run_id"] == found["runs"][0]["info"]["run_id"]

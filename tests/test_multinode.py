@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from fakecluster import FAKE_GPU, FakeCluster, fake_node_types, load_cluster_yaml
+from fakecluster import FAKE_GPU, FIGURES, FakeCluster, fake_node_types, load_cluster_yaml
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = {FAKE_GPU: 1}  # one "GPU" per Train worker, like --use-gpu on the real cluster
-FIGURES: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +45,6 @@ def cluster():
             os.environ.pop("RAY_ADDRESS", None)
         else:
             os.environ["RAY_ADDRESS"] = previous
-        print("\nmultinode figures:", json.dumps({k: round(v, 1) for k, v in FIGURES.items()}))
 
 
 def small_config(tiny_folder: Path, tmp: Path, name: str, **changes):
