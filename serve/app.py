@@ -149,16 +149,18 @@ class Classifier:
         """``fn(*args)`` on the replica's torch thread."""
         return await asyncio.get_running_loop().run_in_executor(self._torch, fn, *args)
 
-    def _prepare(self, data: bytes, predictor: Predictor) -> torch.Tensor:
-        """Decode (Pillow) and the model's preprocessing (torch ops), on the torch thread: one hop."""
-        return predictor.tensor(predictor.decode(data, self.settings.max_bytes, self.settings.max_pixels))
+    async def _prepare(self, data: bytes, predictor: Predictor) -> torch.Tensor:
+        """Decode (Pillow, no torch: any thread, so uploads decode while a batch runs) then the
+        model's preprocessing (torch ops: the torch thread)."""
+        image = await asyncio.to_thread(predictor.decode, data, self.settings.max_bytes, self.settings.max_pixels)
+        return await self._on_torch(predictor.tensor, image)
 
     async def _classify(self, blobs: list[bytes], top_k: int) -> tuple[list[list[dict]], str]:
         predictor = self.predictor
         tensors = []
         for i, b in enumerate(blobs):
             try:
-                tensors.append(await self._on_torch(self._prepare, b, predictor))
+                tensors.append(await self._prepare(b, predictor))
             except InvalidImage as e:
                 if len(blobs) > 1:
                     raise InvalidImage(f"image {i}: {e}", e.status) from None
