@@ -96,7 +96,8 @@ def serve_champion(model_name: str, port: Optional[int], resources: Optional[dic
     try:
         health = deploy.refresh(url)
     except UserError:  # nothing answers there yet
-        url = deploy.start(ref, follow=False, **({"port": port} if port else {}), **({"resources": resources} if resources else {}))
+        given = {k: v for k, v in {"port": port, "resources": resources}.items() if v}  # else ServeSettings' defaults
+        url = deploy.start(ref, follow=False, **given)
         health = requests.get(f"{url}/healthz", timeout=30).json()
     log.info("Serving %s = %s at %s (POST %s/predict)", ref, health.get("model_version"), url, url)
     if localray.owns_head():  # this command's private Ray ends with it: keep serving until Ctrl-C

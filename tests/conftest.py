@@ -34,19 +34,17 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _tracking_env_restored():
+def _tracking_env_restored(monkeypatch):
     """``mlflow.set_tracking_uri``/``set_registry_uri`` export MLFLOW_* variables for child
-    processes and never take them back: restore them after each test, so a later test's job
-    does not register its models in an earlier test's store."""
+    processes and never take them back: monkeypatch restores them after each test, so a later
+    test's job does not register its models in an earlier test's store."""
     from animalclf.tracking import TRACKING_VARS
 
-    saved = {k: os.environ.get(k) for k in TRACKING_VARS}
-    yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
+    for k in TRACKING_VARS:
+        if k in os.environ:
+            monkeypatch.setenv(k, os.environ[k])
         else:
-            os.environ[k] = v
+            monkeypatch.delenv(k, raising=False)
 
 
 @pytest.fixture
@@ -70,15 +68,9 @@ def ray_session():
 
     # Metrics pushed every second (Ray's default: 10 s), so the metrics tests wait seconds, not tens;
     # the head's processes inherit it at start, nothing started later does.
-    saved = os.environ.get("RAY_metrics_report_interval_ms")
-    os.environ["RAY_metrics_report_interval_ms"] = "1000"
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_metrics_report_interval_ms", "1000")
         head = start_head(num_cpus=4)
-    finally:
-        if saved is None:
-            os.environ.pop("RAY_metrics_report_interval_ms", None)
-        else:
-            os.environ["RAY_metrics_report_interval_ms"] = saved
     yield ray
     head.stop()
 
