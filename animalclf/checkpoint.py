@@ -4,7 +4,9 @@
 
     model.pt         the model's state dict (unwrapped, CPU)
     train_state.pt   optimizer state, epoch, history, early-stopping state (for resume)
-    animalclf.json   arch, classes, preprocessing, unfreeze, dropout, metrics, resolved config
+    animalclf.json   arch, classes, preprocessing, unfreeze, dropout, metrics, resolved config;
+                     "members": K for an ensemble (model.pt then holds ``members.<i>.`` weights)
+    fold<i>/         a cross-validation checkpoint's other fold models (fold 0 is the root)
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ import torch
 from torch import nn
 
 from animalclf.errors import UserError
-from animalclf.model import build_model
+from animalclf.model import Ensemble, build_model
 
-__all__ = ["META_FILE", "save_checkpoint", "read_meta", "load_model", "load_train_state", "unwrap"]
+__all__ = ["META_FILE", "save_checkpoint", "read_meta", "load_model", "load_train_state", "unwrap", "fold_dir"]
 
 META_FILE = "animalclf.json"
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
+
+
+def fold_dir(root: str | Path, fold: int) -> Path:
+    """Where fold ``fold``'s weights live in a cross-validation checkpoint: the root for fold 0 (so
+    a checkpoint without CV is unchanged), ``fold<i>/`` for the others."""
+    return Path(root) if fold == 0 else Path(root) / f"fold{fold}"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -70,9 +78,14 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from a checkpoint (no download needed) in eval mode, with its meta."""
+    """Rebuild the model (an :class:`~animalclf.model.Ensemble` when the meta names ``members``) from a
+    checkpoint, without any download, in eval mode, with its meta."""
     meta = read_meta(directory)
-    model = build_model(meta["arch"], len(meta["classes"]), meta["unfreeze"], weights="none", dropout=meta.get("dropout", 0.2))
+
+    def one() -> nn.Module:
+        return build_model(meta["arch"], len(meta["classes"]), meta["unfreeze"], weights="none", dropout=meta.get("dropout", 0.2))
+
+    model = Ensemble([one() for _ in range(int(meta["members"]))]) if meta.get("members") else one()
     model.load_state_dict(torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True))
     return model.to(device).eval(), meta
 

@@ -20,7 +20,8 @@ ARCHS = ("efficientnet_b0", "efficientnet_lite0")
 # What `unfreeze` counts: the stem, the 16 MBConv blocks and the final 1x1 conv (both archs).
 NUM_LAYERS = 18
 METRICS = ("val_accuracy", "val_f1", "val_loss")
-FINAL_MODES = ("refit", "none")  # what a --cv run publishes: a model refit on all images, or nothing
+FINAL_MODES = ("refit", "ensemble", "none")  # what a --cv run publishes (see animalclf.cv)
+SCHEDULES = ("constant", "cosine")  # learning rate over epochs (animalclf.engine.lr_factor)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # files read as images
 
 
@@ -80,6 +81,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    schedule: str = "constant"  # SCHEDULES: the lr each epoch is lr x engine.lr_factor(...)
+    warmup_epochs: int = 0  # cosine: epochs of linear warm-up before the decay
     batch_size: int = 64  # global batch, split over workers
     epochs: int = 10
     patience: int = 3
@@ -106,7 +109,7 @@ class TrainConfig:
     track: bool = True
     # cross-validation (animalclf.cv): K stratified folds over all samples, scored by the fold mean
     cv: int = 0  # 0 = one train/val split
-    final: str = "refit"  # after CV: train on every sample for the chosen epoch count (FINAL_MODES)
+    final: str = "refit"  # after CV: refit on every sample for the chosen epochs, or ensemble the fold models
     tta_flip: bool = False  # stored in animalclf.json: the Predictor averages each image with its mirror
 
     @property
@@ -150,6 +153,10 @@ class TrainConfig:
             raise UserError(f"--cv {self.cv}: pass K >= 2 folds (e.g. --cv 5), or 0 for one train/val split.")
         if self.final not in FINAL_MODES:
             raise UserError(f"Unknown --final {self.final!r}: choose one of {', '.join(FINAL_MODES)}.")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"Unknown --schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}.")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise UserError(f"--warmup-epochs {self.warmup_epochs} must be at least 0 and fewer than --epochs {self.epochs}.")
         if self.image_size is not None and self.image_size < 32:
             raise UserError(f"--image-size {self.image_size} is too small: use 32 or more.")
         return self
@@ -186,8 +193,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="K-fold stratified cross-validation over all images (train+val); scores are fold means "
                         "with the std beside them (default: 0 = one split)")
     g.add_argument("--final", default=d.final, choices=FINAL_MODES,
-                   help="after --cv: refit = train on all images for the epoch count with the best fold mean, "
-                        "then register it; none = only the CV figures (default: refit)")
+                   help="after --cv: refit = train on all images for the epoch count with the best fold mean; "
+                        "ensemble = one model that averages the K fold models' probabilities at that epoch; "
+                        "none = only the CV figures (default: refit)")
     g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=d.tta_flip,
                    help="serve with horizontal-flip test-time augmentation (stored in animalclf.json; default: off)")
     g = parser.add_argument_group("Model")
@@ -199,6 +207,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default: {d.lr})")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: 0)")
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default: 0)")
+    g.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
+                   help="learning rate over epochs: constant, or cosine decay to 0 after --warmup-epochs (default: constant)")
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+                   help="cosine: epochs of linear warm-up (default: 0)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help=f"global batch (default: {d.batch_size})")
     g.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
     g.add_argument("--patience", type=int, default=d.patience, help="early-stop after N epochs without improvement, 0 = off (default: 3)")
@@ -240,9 +252,9 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
     """Shrink a config so the whole path finishes in seconds (``--smoke-test``)."""
     return cfg.replace(
         epochs=min(cfg.epochs, 2), image_size=64, max_steps_per_epoch=2, batch_size=min(cfg.batch_size, 8),
-        unfreeze=min(cfg.unfreeze, 1), patience=0,
+        unfreeze=min(cfg.unfreeze, 1), patience=0, warmup_epochs=min(cfg.warmup_epochs, 1),
     )
 
 
 __all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "runs_dir", "check_runs_dir", "ARCHS",
-           "METRICS", "FINAL_MODES", "NUM_LAYERS", "better", "check_unfreeze", "resources_arg"]
+           "METRICS", "FINAL_MODES", "SCHEDULES", "NUM_LAYERS", "better", "check_unfreeze", "resources_arg"]

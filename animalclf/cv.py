@@ -3,7 +3,8 @@ per-fold epoch metrics into one score per epoch (mean, with the standard deviati
 
 The worker (:mod:`animalclf.worker`) trains the K fold models in lockstep and reports
 :func:`aggregate` of their metrics once per epoch, so Ray Tune's ASHA decides on epochs as it does
-without CV. The driver picks the final model's epoch count with :func:`chosen_epoch`.
+without CV. The final model (:mod:`animalclf.foldmodels`, ``training.publish_cv``) takes the epoch
+count of the checkpoint with the best fold mean.
 No torch, no Ray, no I/O here.
 """
 
@@ -14,11 +15,10 @@ import statistics
 from collections import defaultdict
 from typing import Any, Sequence
 
-from animalclf.config import better
 from animalclf.errors import UserError
 from animalclf.split import Sample, Split
 
-__all__ = ["stratified_folds", "fold_splits", "all_samples", "refit_split", "aggregate", "chosen_epoch", "FOLD_STD"]
+__all__ = ["stratified_folds", "fold_splits", "all_samples", "refit_split", "aggregate", "FOLD_STD"]
 
 FOLD_STD = "_std"
 """Suffix of a metric's standard deviation over folds (``val_accuracy_std``)."""
@@ -87,15 +87,3 @@ def aggregate(per_fold: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if key.startswith("val_"):
                 out.update({f"{key}_fold{i}": v for i, v in enumerate(values)})
     return out
-
-
-def chosen_epoch(history: Sequence[dict[str, Any]], metric: str, mode: str) -> int:
-    """The epoch whose fold mean of ``metric`` is best (the earliest of ties): how long the final
-    model trains."""
-    best, epoch = None, 0
-    for h in history:
-        if metric in h and better(h[metric], best, mode):
-            best, epoch = h[metric], int(h["epoch"])
-    if epoch == 0:
-        raise RuntimeError(f"No epoch in the CV history reports {metric!r}")
-    return epoch

@@ -7,6 +7,7 @@ group is up, so every number is over the whole split, not one worker's shard.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Iterable, Optional
 
@@ -14,7 +15,27 @@ import torch
 import torchmetrics
 from torch import nn
 
-__all__ = ["EpochMetrics", "train_one_epoch", "evaluate", "autocast_for"]
+__all__ = ["EpochMetrics", "train_one_epoch", "evaluate", "autocast_for", "lr_factor", "set_lr"]
+
+
+def lr_factor(epoch: int, epochs: int, schedule: str = "constant", warmup: int = 0) -> float:
+    """The multiple of the base learning rate for 0-based ``epoch`` of ``epochs``: 1 for
+    ``constant``; for ``cosine``, a linear warm-up over ``warmup`` epochs ((e+1)/(warmup+1)), then a
+    half cosine from 1 towards 0 over the remaining epochs. A function of the epoch alone, so a
+    resumed run continues the same schedule without any scheduler state."""
+    if schedule == "constant":
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"unknown schedule {schedule!r}")
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 class EpochMetrics:

@@ -83,16 +83,19 @@ def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
 
 
 def promote_candidate(cfg: TrainConfig, version: str, model: nn.Module, meta: dict[str, Any], split: Split, *,
-                      eligible: bool = True) -> Decision:
+                      eligible: bool = True, candidate: Evaluation | None = None) -> Decision:
     """Put registered ``version`` through the evidence gate against the current champion, both
-    evaluated on ``split.val`` (the champion loaded from the registry without unpickling)."""
+    evaluated on ``split.val`` (the champion loaded from the registry without unpickling).
+    ``candidate``: the candidate's predictions on ``split.val`` when they are not the model's own
+    (after CV: the out-of-fold predictions, see :mod:`animalclf.foldmodels`)."""
     from animalclf.predict import Predictor
 
     def champion_eval(champion_version: str) -> Evaluation:
         champ = Predictor.from_mlflow(registry.version_ref(cfg.model_name, champion_version))
         return gate_evaluation(champ.model, champ.meta, split.val, split.classes)
 
-    candidate = gate_evaluation(model, meta, split.val, split.classes)
+    if candidate is None:
+        candidate = gate_evaluation(model, meta, split.val, split.classes)
     decision = registry.promote(cfg.model_name, version, candidate, champion_eval, classes=split.classes,
                                 eligible=eligible, force=cfg.force_promote, min_improvement=cfg.min_improvement)
     log.info("Promotion of %s v%s: %s (%s)", cfg.model_name, version, "@champion" if decision.promote else "not promoted",

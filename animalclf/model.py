@@ -20,7 +20,7 @@ from animalclf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Preprocess", "build_model", "feature_layers", "num_layers", "preprocess_for", "set_unfreeze"]
+__all__ = ["Preprocess", "Ensemble", "build_model", "feature_layers", "num_layers", "preprocess_for", "set_unfreeze"]
 
 
 @dataclass(frozen=True)
@@ -168,3 +168,20 @@ def build_model(arch: str, num_classes: int, unfreeze: int, weights: str = "imag
             )
     set_unfreeze(model, unfreeze)
     return model
+
+
+class Ensemble(nn.Module):
+    """Several models of one architecture as one: the mean of their class probabilities, returned as
+    log-probabilities so that code written for logits (softmax, argmax, cross-entropy) reads it
+    exactly (its softmax is the mean probability). ``--final ensemble`` serves the K fold models
+    of a cross-validation this way: one state dict (``members.<i>.``), one artifact."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([m(x).float().softmax(dim=1) for m in self.members]).mean(dim=0)
+        return probs.clamp_min(1e-12).log()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,13 @@ from typing import Any, Optional, Sequence
 import torch
 
 from animalclf import cv, localray, registry, tracking
-from animalclf.checkpoint import META_FILE, load_model, load_train_state
+from animalclf.checkpoint import META_FILE, load_model, load_train_state, read_meta
 from animalclf.config import TrainConfig, check_runs_dir, runs_dir
 from animalclf.datasource import source_of
 from animalclf.errors import UserError
 from animalclf.evaluation import evaluate_model, export_checkpoint, promote_candidate
 from animalclf.evidence import Decision
+from animalclf.foldmodels import OutOfFold, export_ensemble, out_of_fold
 from animalclf.model import build_model
 from animalclf.report import format_table, write_report
 from animalclf.split import Split
@@ -30,7 +32,7 @@ from animalclf.worker import make_trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainOutcome", "prepare", "start_tracker", "fit", "publish", "refit", "cv_figures", "run_training"]
+__all__ = ["TrainOutcome", "prepare", "start_tracker", "fit", "publish", "publish_cv", "cv_figures", "run_training"]
 
 
 @dataclass
@@ -98,18 +100,21 @@ def fit(cfg: TrainConfig, split: Split, tracker: Optional["tracking.Tracker"], *
 
 def publish(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history: Sequence[dict[str, Any]],
             tracker: Optional["tracking.Tracker"], key: str, register: bool = True, promote: bool = True,
-            eligible: bool = True) -> TrainOutcome:
+            eligible: bool = True, evidence: Optional[OutOfFold] = None) -> TrainOutcome:
     """Export the best checkpoint, evaluate it on the whole validation split, write the report,
     and (when tracking) log report, checkpoint and model on ``tracker``'s run, register it and put
-    it through the promotion gate (:func:`animalclf.evaluation.promote_candidate`)."""
+    it through the promotion gate (:func:`animalclf.evaluation.promote_candidate`). With
+    ``evidence`` (a model published after CV, which saw every image) the report and the gate's
+    candidate side are the out-of-fold predictions instead of the model's own."""
     out_root = runs_dir()
     ckpt = export_checkpoint(checkpoint_dir, out_root / "models" / key)
     model, meta = load_model(ckpt)
-    report = evaluate_model(model, meta, split.val, split.classes)
+    report = evidence.report() if evidence else evaluate_model(model, meta, split.val, split.classes)
     report["history"] = [dict(h) for h in history]
     report_dir = out_root / "reports" / key
     write_report(report_dir, report)
-    log.info("Validation report of the best checkpoint (epoch %s):\n%s", meta["epoch"], format_table(report))
+    log.info("%s of the %s (epoch %s):\n%s", "Out-of-fold report" if evidence else "Validation report",
+             "published model" if evidence else "best checkpoint", meta["epoch"], format_table(report))
     version = None
     if tracker:
         tracker.log_metrics({"best_val_accuracy": report["accuracy"], "best_val_f1": report["macro_avg"]["f1"],
@@ -125,7 +130,8 @@ def publish(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history:
     out = TrainOutcome(checkpoint=str(ckpt), metrics=meta["metrics"], run_id=tracker.run_id if tracker else None,
                        report_dir=str(report_dir), report=report, model_version=version)
     if version and promote:
-        out.decision = promote_candidate(cfg, version, model, meta, split, eligible=eligible)
+        out.decision = promote_candidate(cfg, version, model, meta, split, eligible=eligible,
+                                         candidate=evidence.evaluation(split.val) if evidence else None)
         tracker.set_tags({"animalclf.promoted": out.decision.promote, "animalclf.champion_version":
                           version if out.decision.promote else (out.decision.champion_version or "")})
     return out
@@ -155,28 +161,37 @@ def cv_figures(scores: dict[str, Any]) -> dict[str, float]:
                                             "val_loss_std") if k in scores}
 
 
-def refit(cfg: TrainConfig, split: Split, history: Sequence[dict[str, Any]], parent: Optional["tracking.Tracker"],
-          key: str) -> TrainOutcome:
-    """After CV: train ``cfg`` on every sample for the epoch with the best fold mean in ``history``,
-    then publish that last epoch's model (a child run of ``parent``; the registered version carries
-    the CV figures as ``animalclf.cv_*`` tags). Its validation report is on images it trained on."""
-    epoch = cv.chosen_epoch(history, cfg.metric, cfg.mode)
+def publish_cv(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history: Sequence[dict[str, Any]],
+               parent: Optional["tracking.Tracker"], key: str) -> TrainOutcome:
+    """After CV, publish ``cfg.final`` in a child run of ``parent``. ``checkpoint_dir`` is the CV
+    run's checkpoint of the epoch with the best fold mean (all K fold models): ``refit`` trains
+    ``cfg`` on every image for that many epochs; ``ensemble`` serves those K models as one. Either
+    way the report and the promotion gate use the fold models' out-of-fold predictions
+    (:mod:`animalclf.foldmodels`), and the registered version carries the CV figures as
+    ``animalclf.cv_*`` tags."""
+    epoch = int(read_meta(checkpoint_dir)["epoch"])
     scores = next(h for h in history if int(h["epoch"]) == epoch)
     figures = cv_figures(scores)
-    log.info("%d-fold CV chose %d epoch(s): val accuracy %.4f ± %.4f, macro F1 %.4f ± %.4f; refitting on all images",
+    log.info("%d-fold CV chose %d epoch(s): val accuracy %.4f ± %.4f, macro F1 %.4f ± %.4f; final model: %s",
              cfg.cv, epoch, scores["val_accuracy"], scores.get("val_accuracy_std", 0.0), scores["val_f1"],
-             scores.get("val_f1_std", 0.0))
-    final_cfg = cfg.replace(cv=0, epochs=epoch, patience=0, name=f"{cfg.name}-refit")
+             scores.get("val_f1_std", 0.0), cfg.final)
+    evidence = out_of_fold(checkpoint_dir, split, cfg.cv, cfg.seed)
     everything = cv.refit_split(split)
-    tags = {"animalclf.final": "refit", "animalclf.cv_folds": cfg.cv, "animalclf.cv_epoch": epoch,
-            **{f"animalclf.{k}": f"{v:.4f}" for k, v in figures.items()}}
+    tags = {"animalclf.final": cfg.final, "animalclf.cv_folds": cfg.cv, "animalclf.cv_epoch": epoch,
+            "animalclf.gate_evidence": "out-of-fold", **{f"animalclf.{k}": f"{v:.4f}" for k, v in figures.items()}}
+    final_cfg = cfg.replace(cv=0, epochs=epoch, patience=0, name=f"{cfg.name}-{cfg.final}")
     tracker = start_tracker(final_cfg, everything, final_cfg.name, parent.run_id if parent else None,
-                            tags={"animalclf.kind": "refit", **{k: str(v) for k, v in tags.items()}})
+                            tags={"animalclf.kind": cfg.final, **{k: str(v) for k, v in tags.items()}})
     if tracker:
         tracker.log_metrics({**figures, "cv_epoch": epoch}, step=epoch)
-    result = fit(final_cfg, everything, tracker)
-    with result.checkpoint.as_directory() as d:  # the last epoch: the count CV chose
-        out = publish(final_cfg, everything, d, _history(result), tracker, key=key)
+    if cfg.final == "ensemble":
+        with tempfile.TemporaryDirectory() as tmp:
+            export_ensemble(checkpoint_dir, cfg.cv, tmp)
+            out = publish(final_cfg, everything, tmp, history, tracker, key=key, evidence=evidence)
+    else:
+        result = fit(final_cfg, everything, tracker)
+        with result.checkpoint.as_directory() as d:  # the last epoch: the count CV chose
+            out = publish(final_cfg, everything, d, _history(result), tracker, key=key, evidence=evidence)
     if out.model_version:
         registry.tag_version(cfg.model_name, out.model_version, split.classes, tags)
     if tracker:
@@ -187,18 +202,22 @@ def refit(cfg: TrainConfig, split: Split, history: Sequence[dict[str, Any]], par
 
 
 def _run_cv(cfg: TrainConfig, split: Split) -> TrainOutcome:
-    """``--cv K``: the K fold models in lockstep (one run, fold means per epoch), then ``--final``."""
+    """``--cv K``: the K fold models in lockstep (one run, fold means per epoch), then ``--final``
+    from the checkpoint of the best fold-mean epoch."""
     tracker = start_tracker(cfg, split, cfg.name, tags={"animalclf.kind": "cv"})
     result = fit(cfg, split, tracker)
     history = _history(result)
-    if tracker:
-        tracker.log_metrics({"cv_epoch": cv.chosen_epoch(history, cfg.metric, cfg.mode)}, step=0)
-    if cfg.final == "refit":
-        out = refit(cfg, split, history, tracker, key=tracker.run_id if tracker else cfg.name)
-    else:
-        best = next(h for h in history if int(h["epoch"]) == cv.chosen_epoch(history, cfg.metric, cfg.mode))
-        out = TrainOutcome(checkpoint="", metrics={**best, **cv_figures(best)}, run_id=tracker.run_id if tracker else None, report_dir="",
-                           report={"history": history}, epochs_run=int(best["epoch"]))
+    best = result.get_best_checkpoint(cfg.metric, cfg.mode) or result.checkpoint  # ties: what Ray kept
+    with best.as_directory() as d:
+        epoch = int(read_meta(d)["epoch"])
+        if tracker:
+            tracker.log_metrics({"cv_epoch": epoch}, step=0)
+        if cfg.final != "none":
+            out = publish_cv(cfg, split, d, history, tracker, key=tracker.run_id if tracker else cfg.name)
+        else:
+            scores = next(h for h in history if int(h["epoch"]) == epoch)
+            out = TrainOutcome(checkpoint="", metrics={**scores, **cv_figures(scores)}, run_id=tracker.run_id if tracker else None,
+                               report_dir="", report={"history": history}, epochs_run=epoch)
     if tracker:
         tracker.end("FINISHED")
     return out
@@ -206,7 +225,7 @@ def _run_cv(cfg: TrainConfig, split: Split) -> TrainOutcome:
 
 def run_training(cfg: TrainConfig, *, split: Optional[Split] = None) -> TrainOutcome:
     """Validate, train on Ray, evaluate the best checkpoint, track and register it (``cfg.cv``:
-    cross-validate, then refit on everything)."""
+    cross-validate, then publish ``cfg.final``)."""
     if split is None:
         split, _ = prepare(cfg)
     if cfg.cv > 1:

@@ -22,7 +22,7 @@ from animalclf.evidence import Decision
 from animalclf.figures import search_figures
 from animalclf.search_space import ParamSpec
 from animalclf.split import Split
-from animalclf.training import fit, prepare, publish, refit, start_tracker
+from animalclf.training import fit, prepare, publish, publish_cv, start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,8 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
         unknown = set(point) - set(space)
         if unknown:
             raise UserError(f"--points names {sorted(unknown)} outside the search space {sorted(space)}.")
-    if cfg.cv > 1 and cfg.final != "refit":
-        raise UserError(f"A --cv search publishes its best config refit on all images: drop --final {cfg.final}.")
+    if cfg.cv > 1 and cfg.final == "none":
+        raise UserError("A --cv search publishes its best config (--final refit or ensemble): drop --final none.")
     split, uri = prepare(cfg)
     cfg = cfg.replace(storage_path=cfg.resolved_storage())  # trials run in their own working dirs
     localray.init_ray()
@@ -302,13 +302,13 @@ def _finish(cfg, space, opts, split, results, parent, path) -> TuneOutcome:
              ", ".join(f"{t['trial_id']}={t['status']}" for t in rows), epochs_run, budget, 100 * (1 - epochs_run / max(budget, 1)))
     from ray.train import Result
 
-    if cfg.cv > 1:  # trials scored fold means; the model is the best config refit on every image
-        out = refit(best_cfg.replace(name=f"{opts.name}-{best['trial_id']}"), split, best["history"], parent,
-                    key=parent.run_id if parent else opts.name)
-    else:
-        train_run = Result.from_path(f"{cfg.resolved_storage().rstrip('/')}/{opts.name}-{best['trial_id']}")
-        best_ckpt = train_run.get_best_checkpoint(cfg.metric, cfg.mode) or train_run.checkpoint  # ties: what Ray kept
-        with best_ckpt.as_directory() as d:
+    train_run = Result.from_path(f"{cfg.resolved_storage().rstrip('/')}/{opts.name}-{best['trial_id']}")
+    best_ckpt = train_run.get_best_checkpoint(cfg.metric, cfg.mode) or train_run.checkpoint  # ties: what Ray kept
+    with best_ckpt.as_directory() as d:
+        if cfg.cv > 1:  # trials scored fold means; the model is the best config refit, or its fold models
+            out = publish_cv(best_cfg.replace(name=f"{opts.name}-{best['trial_id']}"), split, d, best["history"], parent,
+                             key=parent.run_id if parent else opts.name)
+        else:
             out = publish(best_cfg, split, d, best["history"], parent, key=parent.run_id if parent else opts.name)
     search_dir = Path(out.report_dir) / "search"
     _write_search_plots(search_dir, rows, space, cfg)

@@ -11,17 +11,16 @@ import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 from animalclf import cv, tracking
-from animalclf.checkpoint import load_train_state, save_checkpoint, unwrap
+from animalclf.checkpoint import fold_dir, load_train_state, save_checkpoint, unwrap
 from animalclf.config import TrainConfig, better
 from animalclf.datasource import source_of
-from animalclf.engine import evaluate, train_one_epoch
+from animalclf.engine import evaluate, lr_factor, set_lr, train_one_epoch
 from animalclf.logs import fmt_seconds, setup_logging
 from animalclf.model import build_model, frozen_modules, preprocess_for
 from animalclf.monitoring import TrainingMetrics
@@ -75,12 +74,6 @@ def _build(cfg: TrainConfig, n_classes: int):
     return model, frozen, optimizer
 
 
-def _fold_dir(root: str | Path, fold: int) -> Path:
-    """Where fold ``fold``'s weights live in a checkpoint: the root for fold 0 (so a checkpoint
-    without CV is unchanged), ``fold<i>/`` for the others."""
-    return Path(root) if fold == 0 else Path(root) / f"fold{fold}"
-
-
 def _resume(models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer], rank: int) -> _Progress:
     """Ray Train's checkpoint after a restart (every fold's weights and optimizer, progress), or a
     fresh start."""
@@ -92,7 +85,7 @@ def _resume(models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimi
     with resumed.as_directory() as d:
         saved = load_train_state(d)
         for i, (model, optimizer) in enumerate(zip(models, optimizers)):
-            where = _fold_dir(d, i)
+            where = fold_dir(d, i)
             model.load_state_dict(torch.load(where / "model.pt", map_location="cpu", weights_only=True))
             optimizer.load_state_dict((saved if i == 0 else load_train_state(where))["optimizer"])
     progress = _Progress(**{k: saved[k] for k in ("epoch", "history", "best", "bad_epochs")})
@@ -156,8 +149,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(progress.epoch, cfg.epochs):
         t0 = time.perf_counter()
         per_fold = []
+        lr = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.schedule, cfg.warmup_epochs)
         for fold, model, (_, frozen, optimizer), (train_loader, val_loader) in zip(folds, models, built, loaders):
             train_loader.set_epoch(epoch)
+            set_lr(optimizer, lr)
             tm = train_one_epoch(model, train_loader, criterion, optimizer, device, n_classes, frozen=frozen,
                                  channels_last=cfg.channels_last, amp=amp, max_steps=cfg.max_steps_per_epoch)
             if tm["train_images"] == 0:
@@ -172,7 +167,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 vm.update({"val_tta_accuracy": tta["val_accuracy"], "val_tta_f1": tta["val_f1"]})
             per_fold.append({**tm, **vm})
         metrics: dict[str, Any] = {**(cv.aggregate(per_fold) if len(folds) > 1 else per_fold[0]), "epoch": epoch + 1,
-                                   "epoch_seconds": time.perf_counter() - t0}
+                                   "epoch_seconds": time.perf_counter() - t0, "lr": lr}
         stop = progress.record(cfg, metrics)
         epoch_times.append(metrics["epoch_seconds"])
         if rank == 0:
@@ -186,7 +181,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 meta = checkpoint_meta(cfg, split.classes, metrics, epoch + 1)
                 for i, (model, (_, _, optimizer)) in enumerate(zip(models, built)):
                     state = {**asdict(progress), "optimizer": optimizer.state_dict()} if i == 0 else {"optimizer": optimizer.state_dict()}
-                    save_checkpoint(_fold_dir(tmp, i), model, meta, state)
+                    save_checkpoint(fold_dir(tmp, i), model, meta, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if stop:

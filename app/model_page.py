@@ -116,9 +116,9 @@ def _headline(info: VersionInfo, peer: Optional[VersionInfo]) -> None:
         return
     acc, f1 = r["accuracy"], r["macro_avg"]["f1"]
     c = st.columns(4)
-    c[0].metric("Validation accuracy", f"{acc:.1%}", delta=f"{(acc - p['accuracy']) * 100:+.1f} pts vs v{peer.version}" if p else None)
+    c[0].metric("Out-of-fold accuracy" if "evaluated_on" in r else "Validation accuracy", f"{acc:.1%}", delta=f"{(acc - p['accuracy']) * 100:+.1f} pts vs v{peer.version}" if p else None)
     c[1].metric("Macro F1", f"{f1:.3f}", delta=f"{f1 - p['macro_avg']['f1']:+.3f} vs v{peer.version}" if p else None)
-    c[2].metric("Validation images", r["support"])
+    c[2].metric("Images evaluated" if "evaluated_on" in r else "Validation images", r["support"])
     c[3].metric("Classes", len(r["classes"]))
 
 
@@ -126,7 +126,8 @@ def _evaluation(info: VersionInfo) -> None:
     r = info.report
     if r is None:
         return
-    st.markdown("#### Evaluation on the validation split")
+    st.markdown("#### Evaluation on the validation split" if "evaluated_on" not in r else
+                f"#### Evaluation: {r['evaluated_on']} (cross-validation; the model itself saw them all)")
     figs = report_figures(r)
     left, right = st.columns([5, 4])
     left.plotly_chart(figs["confusion_matrix"].update_layout(height=520), width="stretch", key="fig-confusion")

@@ -9,6 +9,9 @@ for), wall time and load, and the spread of the last-epoch mean over the seeds.
 
     python bench/quality.py                                  # demo + strong, 5 folds, seeds 42,1,2
     python bench/quality.py --recipes demo --seeds 42 --folds 5
+    python bench/quality.py --recipes demo --seeds 42 --vary - label_smoothing=0.1 schedule=cosine,warmup_epochs=1
+                                                             # cheap gains, paired with the recipe as is (-)
+    python bench/quality.py --final-compare --recipes demo  # --final refit vs ensemble by nested CV
     python bench/quality.py --overhead                       # lockstep CV vs K separate runs, tiny images
     python bench/quality.py --quick
 """
@@ -44,9 +47,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--strong-seeds", default=None, help="seeds for the strong recipe (default: --seeds)")
     p.add_argument("--folds", type=int, default=5, help="(default: 5)")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the one worker (default: 2, the whole machine)")
+    p.add_argument("--vary", nargs="+", default=["-"], metavar="K=V[,K=V]",
+                   help="variants of each recipe ('-' = as is), each on the same folds and seeds; the table adds the "
+                        "paired per-fold gain over the first variant (default: -)")
+    p.add_argument("--final-compare", action="store_true",
+                   help="--final refit vs ensemble by nested CV: per outer fold, the model trained on the other folds "
+                        "(what a refit is) against the ensemble of an inner K-fold CV on them, on the held-out fold")
     p.add_argument("--overhead", action="store_true", help="time lockstep CV against K separate runs (tiny images)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (64 px, 2 epochs of 2 steps)")
     return p
+
+
+def parse_variant(text: str) -> dict:
+    """``label_smoothing=0.1,schedule=cosine`` -> overrides (values as JSON when they parse); ``-`` -> {}."""
+    import json
+
+    if text == "-":
+        return {}
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _cfg(args, recipe: str, seed: int, **kw):
@@ -59,18 +84,20 @@ def _cfg(args, recipe: str, seed: int, **kw):
     return cfg
 
 
-def cv_once(args, recipe: str, seed: int) -> dict:
-    """One recipe, one seed: the CV history's last epoch and best-mean epoch, and the wall time."""
+def cv_once(args, recipe: str, seed: int, variant: str = "-") -> dict:
+    """One recipe (and variant), one seed: the CV history's last epoch and best-mean epoch, and the wall time."""
     from animalclf.training import run_training
 
     t0 = time.perf_counter()
-    out = run_training(_cfg(args, recipe, seed))
+    tag = "" if variant == "-" else "-" + "".join(c if c.isalnum() else "_" for c in variant)
+    out = run_training(_cfg(args, recipe, seed, **parse_variant(variant)).replace(name=f"q-{recipe}-{seed}{tag}"))
     wall = time.perf_counter() - t0
     hist = out.report["history"]
     last, best = hist[-1], next(h for h in hist if h["epoch"] == out.epochs_run)
     means = " ".join(f"{h['val_accuracy']:.3f}" for h in hist)
-    row = {"recipe": recipe, "seed": seed, "wall": wall, "load": load_average(), "last": last, "best": best}
-    print(f"  {recipe} seed {seed}: last epoch {last['epoch']}: acc {last['val_accuracy']:.4f} ± {last['val_accuracy_std']:.4f} "
+    row = {"recipe": recipe, "variant": variant, "seed": seed, "wall": wall, "load": load_average(), "last": last,
+           "best": best}
+    print(f"  {recipe} [{variant}] seed {seed}: last epoch {last['epoch']}: acc {last['val_accuracy']:.4f} ± {last['val_accuracy_std']:.4f} "
           f"F1 {last['val_f1']:.4f} ± {last['val_f1_std']:.4f}, flip TTA acc {last.get('val_tta_accuracy', float('nan')):.4f} "
           f"± {last.get('val_tta_accuracy_std', float('nan')):.4f} | best-mean epoch {best['epoch']}: acc "
           f"{best['val_accuracy']:.4f} ± {best['val_accuracy_std']:.4f} | per-epoch means "
@@ -99,6 +126,51 @@ def overhead(args) -> None:
           f"{separate:.1f}s ({separate / lockstep:.2f}x); {load_average()}")
 
 
+def final_compare(args, recipe: str, seed: int) -> None:
+    """Nested CV of the two ``--final`` modes on the same outer folds. Refit: the outer CV's fold model
+    (trained on the other K-1 folds for the recipe's epochs, like a refit on everything it may see);
+    ensemble: an inner K-fold CV on those same images, its fold models of the best inner fold-mean
+    epoch averaged (``foldmodels.export_ensemble``). Both scored on the held-out outer fold."""
+    from ray.train import Result
+
+    from animalclf import cv
+    from animalclf.datasource import source_of
+    from animalclf.evaluation import evaluate_checkpoint
+    from animalclf.foldmodels import export_ensemble
+    from animalclf.split import Split
+    from animalclf.training import run_training
+
+    cfg = _cfg(args, recipe, seed).replace(name=f"fc-outer-{recipe}-{seed}")
+    split = source_of(cfg).split(cfg.val_ratio, cfg.seed)
+    t0 = time.perf_counter()
+    outer = run_training(cfg).report["history"][-1]  # lockstep outer CV: the refit proxy per fold, last epoch
+    refit_acc = [outer[f"val_accuracy_fold{i}"] for i in range(args.folds)]
+    refit_f1 = [outer[f"val_f1_fold{i}"] for i in range(args.folds)]
+    t_outer = time.perf_counter() - t0
+    ens_acc, ens_f1 = [], []
+    for i, fold in enumerate(cv.fold_splits(split, args.folds, cfg.seed)):
+        inner = cfg.replace(name=f"fc-inner-{recipe}-{seed}-{i}")
+        run_training(inner, split=Split(list(split.classes), list(fold.train), []))
+        best = Result.from_path(f"{inner.resolved_storage()}/{inner.name}").get_best_checkpoint(cfg.metric, cfg.mode)
+        with best.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
+            export_ensemble(d, args.folds, tmp)
+            report = evaluate_checkpoint(tmp, fold.val, split.classes)
+        ens_acc.append(report["accuracy"])
+        ens_f1.append(report["macro_avg"]["f1"])
+        print(f"  outer fold {i}: refit proxy acc {refit_acc[i]:.4f} f1 {refit_f1[i]:.4f} | ensemble of {args.folds} "
+              f"acc {ens_acc[i]:.4f} f1 {ens_f1[i]:.4f} ({len(fold.val)} images); {load_average()}", flush=True)
+    gains = [e - r for e, r in zip(ens_acc, refit_acc)]
+    print(f"\n| {recipe}, seed {seed}, {args.folds}x{args.folds} nested CV | acc (mean ± std over outer folds) | macro F1 |\n"
+          f"|---|---|---|\n"
+          f"| refit (model on the other folds, last epoch) | {statistics.fmean(refit_acc):.4f} ± {statistics.pstdev(refit_acc):.4f} "
+          f"| {statistics.fmean(refit_f1):.4f} ± {statistics.pstdev(refit_f1):.4f} |\n"
+          f"| ensemble of {args.folds} inner fold models | {statistics.fmean(ens_acc):.4f} ± {statistics.pstdev(ens_acc):.4f} "
+          f"| {statistics.fmean(ens_f1):.4f} ± {statistics.pstdev(ens_f1):.4f} |\n"
+          f"| paired gain, ensemble - refit | {100 * statistics.fmean(gains):+.2f} ± {100 * statistics.pstdev(gains):.2f} points "
+          f"| |\n\nwall: outer CV {t_outer:.0f}s, inner CVs {time.perf_counter() - t0 - t_outer:.0f}s; {load_average()}",
+          flush=True)
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     home = tempfile.mkdtemp(prefix="bench-quality-")
     os.environ["ANIMALCLF_HOME"] = home
@@ -119,18 +191,30 @@ def main(args: argparse.Namespace) -> list[dict]:
             if args.overhead:
                 overhead(args)
                 return rows
+            if args.final_compare:
+                for recipe in args.recipes.split(","):
+                    for seed in seeds:
+                        final_compare(args, recipe, seed)
+                return rows
             for recipe in args.recipes.split(","):
                 print(f"{recipe}: {RECIPES[recipe]}, {args.folds}-fold CV", flush=True)
                 for seed in (strong_seeds if recipe == "strong" else seeds):
-                    rows.append(cv_once(args, recipe, seed))
+                    for variant in args.vary:
+                        rows.append(cv_once(args, recipe, seed, variant))
         total = time.perf_counter() - t_all
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    print("\n| recipe | seeds | CV acc, last epoch (mean ± fold std) | CV macro F1, last epoch | CV acc, best-mean epoch "
-          "| spread of last-epoch acc over seeds | CV acc with flip TTA, last epoch | wall per CV run |")
-    print("|---|---|---|---|---|---|---|---|")
-    for recipe in args.recipes.split(","):
-        rs = [r for r in rows if r["recipe"] == recipe]
+    print("\n| recipe | variant | seeds | CV acc, last epoch (mean ± fold std) | CV macro F1, last epoch | CV acc, best-mean epoch "
+          "| spread of last-epoch acc over seeds | CV acc with flip TTA, last epoch | paired gain over the first variant, "
+          "last epoch (mean ± std over folds x seeds) | wall per CV run |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for recipe, variant in [(r, v) for r in args.recipes.split(",") for v in args.vary]:
+        rs = [r for r in rows if r["recipe"] == recipe and r["variant"] == variant]
+        if not rs:
+            continue
+        base = {r["seed"]: r for r in rows if r["recipe"] == recipe and r["variant"] == args.vary[0]}
+        gains = [r["last"][f"val_accuracy_fold{i}"] - base[r["seed"]]["last"][f"val_accuracy_fold{i}"]
+                 for r in rs if r["seed"] in base for i in range(args.folds)]
         acc = [r["last"]["val_accuracy"] for r in rs]
         f1 = [r["last"]["val_f1"] for r in rs]
         std = statistics.fmean(r["last"]["val_accuracy_std"] for r in rs)
@@ -138,10 +222,12 @@ def main(args: argparse.Namespace) -> list[dict]:
         best = [r["best"]["val_accuracy"] for r in rs]
         tta = [r["last"].get("val_tta_accuracy", float("nan")) for r in rs]
         tta_std = statistics.fmean(r["last"].get("val_tta_accuracy_std", float("nan")) for r in rs)
-        print(f"| {recipe} | {','.join(str(r['seed']) for r in rs)} | {statistics.fmean(acc):.4f} ± {std:.4f} | "
+        gain = (f"{100 * statistics.fmean(gains):+.2f} ± {100 * statistics.pstdev(gains):.2f} points"
+                if variant != args.vary[0] and gains else "–")
+        print(f"| {recipe} | {variant} | {','.join(str(r['seed']) for r in rs)} | {statistics.fmean(acc):.4f} ± {std:.4f} | "
               f"{statistics.fmean(f1):.4f} ± {f1std:.4f} | {statistics.fmean(best):.4f} | "
               f"{100 * (max(acc) - min(acc)):.1f} points ({', '.join(f'{a:.4f}' for a in acc)}) | "
-              f"{statistics.fmean(tta):.4f} ± {tta_std:.4f} | "
+              f"{statistics.fmean(tta):.4f} ± {tta_std:.4f} | {gain} | "
               f"{statistics.fmean(r['wall'] for r in rs):.0f}s |")
     print(f"\ntotal wall {total:.0f}s incl. Ray start; {load_average()}")
     return rows

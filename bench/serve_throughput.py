@@ -1,7 +1,7 @@
 """Throughput of the Serve endpoint at concurrency 1, 8 and 32, with and without dynamic
 batching, in one run (Lite0 at 224 px, one real JPEG, raw-body POST /predict).
 
-    python bench/serve_throughput.py [--model CKPT_OR_URI] [--seconds 8] [--smoke-test]
+    python bench/serve_throughput.py [--model CKPT_OR_URI] [--seconds 8] [--ingress haproxy] [--smoke-test]
 
 Targets: with batching >= 1.5x the unbatched throughput at concurrency 32; p99 <= 3x p50.
 Batching on/off is switched in place (``deploy.reconfigure``), so both runs share one replica.
@@ -28,7 +28,7 @@ import requests
 import torch
 
 from _ray_head import ray_head
-from serve_latency import free_port, make_model, pct, photo_bytes
+from serve_latency import INGRESS, free_port, make_model, pct, photo_bytes
 
 
 def run_level(url: str, data: bytes, concurrency: int, seconds: float) -> dict:
@@ -65,6 +65,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--levels", default="1,8,32", help="concurrency levels (default: 1,8,32)")
     p.add_argument("--max-batch-size", type=int, default=16, help="batching run's max batch size (default: 16)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="batching run's wait (default: 10.0)")
+    p.add_argument("--ingress", choices=list(INGRESS), default="python",
+                   help="HTTP ingress: Ray's Python proxy or the HAProxy one (default: python)")
     p.add_argument("--smoke-test", action="store_true", help="2 s per level")
     return p
 
@@ -80,6 +82,7 @@ def main(args: argparse.Namespace) -> None:
     results: dict[str, dict[int, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or make_model(os.path.join(tmp, "lite0"))
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = INGRESS[args.ingress]  # read by Serve's controller at start
         with ray_head(num_cpus=4):  # a private head (token auth, loopback), stopped with its processes
             try:
                 url = deploy.start(model, port=free_port(), num_cpus=threads, max_ongoing_requests=max(levels),
@@ -92,7 +95,8 @@ def main(args: argparse.Namespace) -> None:
                     results[name] = {c: run_level(url, data, c, args.seconds) for c in levels}
             finally:
                 deploy.stop()
-    print(f"\nLite0 224 px, {len(data)}-byte JPEG, 1 replica, torch threads {threads}, {os.cpu_count()} CPUs, {args.seconds:.0f} s per level")
+    print(f"\nLite0 224 px, {len(data)}-byte JPEG, 1 replica, torch threads {threads}, {os.cpu_count()} CPUs, "
+          f"{args.seconds:.0f} s per level, ingress {args.ingress}")
     print(f"batching = max batch {args.max_batch_size}, wait {args.batch_wait_ms:.0f} ms")
     print(f"{'mode':12s} {'conc':>5s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99/p50':>8s} {'ok':>6s}  errors")
     for name, rows in results.items():

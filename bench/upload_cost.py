@@ -72,6 +72,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Cost of large and extreme uploads", add_help=add_help)
     p.add_argument("--n", type=int, default=30, help="timed requests per image and path (default: 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed requests first (default: 5)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of 10 x n 16000x1 PNGs, replica RSS after each (default: 2)")
     p.add_argument("--smoke-test", action="store_true", help="n=3, warmup=1")
     return p
 
@@ -111,10 +112,10 @@ def main(args: argparse.Namespace) -> None:
                 rss0 = rss_mib(pid)
                 for name, data in images.items():
                     rows.append(("HTTP", name, timed(lambda: post(data), args.n, args.warmup)))
-                strip_n = timed(lambda: post(strip), 10 * args.n, 0)
-                rss1 = rss_mib(pid)
-                strip_n += timed(lambda: post(strip), 10 * args.n, 0)
-                rss2 = rss_mib(pid)
+                strip_n, rss = [], []
+                for _ in range(args.rounds):  # does the replica's memory settle, or grow with every request?
+                    strip_n += timed(lambda: post(strip), 10 * args.n, 0)
+                    rss.append(rss_mib(pid))
                 status = s.post(f"{url}/predict", data=strip, timeout=60).status_code
             finally:
                 deploy.stop()
@@ -127,8 +128,8 @@ def main(args: argparse.Namespace) -> None:
         print(f"{path:11s} {name:34s} {statistics.median(xs):8.2f} {max(xs):8.2f} {statistics.median(xs) / base[path]:10.2f}")
     print(f"in-process, 12 MP decoded at full size (the old path): p50 {statistics.median(old):.2f} ms")
     print(f"16000x1 PNG over HTTP: status {status}, p50 {statistics.median(strip_n):.2f} ms, max {max(strip_n):.2f} ms "
-          f"over {len(strip_n)} requests; replica RSS {rss0:.0f} MiB before, {rss1:.0f} MiB after half of them, "
-          f"{rss2:.0f} MiB after all ({rss2 - rss1:+.0f} MiB over the second half)")
+          f"over {len(strip_n)} requests; replica RSS {rss0:.0f} MiB before, then after each {10 * args.n}: "
+          f"{', '.join(f'{r:.0f}' for r in rss)} MiB ({rss[-1] - rss[0]:+.0f} MiB after the first {10 * args.n})")
     print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     http = {name: statistics.median(xs) for path, name, xs in rows if path == "HTTP"}
     ratio = list(http.values())[1] / list(http.values())[0]

@@ -26,6 +26,8 @@ def test_defaults_follow_the_original():
     (["--data", "d", "--val-ratio", "1.5"], "val-ratio"),
     (["--data", "d", "--lr", "0"], "--lr must be positive"),
     (["--data", "d", "--metric", "auc"], "Unknown metric"),
+    (["--data", "d", "--epochs", "3", "--warmup-epochs", "3"], "--warmup-epochs 3 must be"),
+    (["--data", "d", "--warmup-epochs", "-1"], "--warmup-epochs -1 must be"),
 ])
 def test_validation_errors(argv, match):
     with pytest.raises(UserError, match=match):

@@ -1,5 +1,6 @@
 """Cross-validation: the folds, the fold aggregation, a --cv training run (fold means and std per
-epoch in MLflow, resume, refit on all images) and a --cv search under ASHA, on tiny real images."""
+epoch in MLflow, resume, refit on all images with out-of-fold evidence) and a --cv search under ASHA that
+publishes its best config's fold models as one ensemble, on tiny real images."""
 
 from collections import Counter
 
@@ -50,7 +51,7 @@ def test_too_few_images_per_class_or_folds_is_a_user_error():
         TrainConfig(data="x", cv=2, final="bag").validate()
 
 
-def test_aggregate_means_std_and_chosen_epoch():
+def test_aggregate_means_and_std():
     folds = [{"val_accuracy": 0.8, "val_loss": 1.0, "val_images": 10, "train_seconds": 2.0},
              {"val_accuracy": 1.0, "val_loss": 0.5, "val_images": 11, "train_seconds": 3.0}]
     m = cv.aggregate(folds)
@@ -58,9 +59,6 @@ def test_aggregate_means_std_and_chosen_epoch():
     assert m["val_accuracy_fold0"] == 0.8 and m["val_accuracy_fold1"] == 1.0
     assert m["val_loss_std"] == pytest.approx(0.25) and m["val_images"] == 21 and m["train_seconds"] == 5.0
     assert m["folds"] == 2
-    history = [{"epoch": 1, "val_accuracy": 0.7}, {"epoch": 2, "val_accuracy": 0.9}, {"epoch": 3, "val_accuracy": 0.9}]
-    assert cv.chosen_epoch(history, "val_accuracy", "max") == 2  # earliest of ties
-    assert cv.chosen_epoch([{"epoch": 1, "val_loss": 2}, {"epoch": 2, "val_loss": 3}], "val_loss", "min") == 1
 
 
 def tiny_cfg(data, **kw):
@@ -100,6 +98,20 @@ def test_cv_training_logs_fold_mean_and_std_per_epoch_then_refits_on_all_images(
     assert len([m for m in client.get_metric_history(out.run_id, "train_images")]) == chosen
     assert client.get_metric_history(out.run_id, "train_images")[0].value == 24
 
+    # the evidence is out-of-fold: the refit saw every image, so its report and the gate use the fold models
+    assert out.report["evaluated_on"] == "out-of-fold predictions on all 24 images"
+    assert out.report["accuracy"] == pytest.approx(mean[chosen], abs=1e-4)  # 12 + 12 images: the fold mean
+    assert tags["animalclf.gate_evidence"] == "out-of-fold"
+    from ray.train import Result
+
+    from animalclf.datasource import source_of
+    from animalclf.foldmodels import out_of_fold
+
+    split = source_of(cfg).split(cfg.val_ratio, cfg.seed)
+    with Result.from_path(str(project / "runs" / "ray" / "cv-train")).get_best_checkpoint("val_accuracy", "max").as_directory() as d:
+        gate = out_of_fold(d, split, 2, cfg.seed).evaluation(split.val)
+    assert out.decision.n == len(split.val) and out.decision.candidate_acc == pytest.approx(gate.accuracy)
+
 
 @pytest.mark.slow
 def test_cv_run_resumes_every_fold_from_its_checkpoint(ray_session, project, tiny_folder):
@@ -114,11 +126,13 @@ def test_cv_run_resumes_every_fold_from_its_checkpoint(ray_session, project, tin
 
 
 @pytest.mark.slow
-def test_cv_search_under_asha_scores_fold_means_and_refits_the_best(ray_session, project, tiny_folder):
+def test_cv_search_under_asha_scores_fold_means_and_publishes_the_best_as_an_ensemble(ray_session, project, tiny_folder):
+    from animalclf.model import Ensemble
+    from animalclf.predict import Predictor
     from animalclf.search_space import parse_space
     from animalclf.tuning import TuneOptions, run_search
 
-    cfg = tiny_cfg(tiny_folder, name="cv-tune", model_name="tiny-cv-tuned")
+    cfg = tiny_cfg(tiny_folder, name="cv-tune", model_name="tiny-cv-tuned", final="ensemble")
     space = parse_space(["lr=1e-3:1e-2", "unfreeze=0:1"], arch=cfg.arch)
     opts = TuneOptions(name="cv-tune", num_samples=2, max_concurrent=1, grace_period=1, reduction_factor=2,
                        points=[{"lr": 5e-3, "unfreeze": 0}, {"lr": 9e-3, "unfreeze": 1}])
@@ -128,11 +142,13 @@ def test_cv_search_under_asha_scores_fold_means_and_refits_the_best(ray_session,
         assert all("val_accuracy_std" in h and h["folds"] == 2 for h in t["history"])
     client = MlflowClient()
     version = client.get_model_version("tiny-cv-tuned", out.model_version)
-    refit_run = client.get_run(version.run_id)
-    assert refit_run.data.tags["mlflow.parentRunId"] == out.parent_run_id
-    assert refit_run.data.tags["animalclf.kind"] == "refit" and refit_run.data.params["train_images"] == "24"
-    assert float(refit_run.data.params["lr"]) == out.best_config["lr"]
-    assert version.tags["animalclf.final"] == "refit"
+    run = client.get_run(version.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == out.parent_run_id
+    assert run.data.tags["animalclf.kind"] == "ensemble" and float(run.data.params["lr"]) == out.best_config["lr"]
+    assert version.tags["animalclf.final"] == "ensemble" and version.tags["animalclf.gate_evidence"] == "out-of-fold"
+    served = Predictor.from_mlflow(f"models:/tiny-cv-tuned/{out.model_version}")  # the fold models, as one model
+    assert isinstance(served.model, Ensemble) and len(served.model.members) == 2 and served.metadata()["members"] == 2
+    assert served.meta["epoch"] == int(version.tags["animalclf.cv_epoch"])
 
 
 def test_flip_tta_is_stored_in_the_checkpoint_and_used_by_the_predictor(tmp_path):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from animalclf.engine import evaluate, train_one_epoch
+from animalclf.engine import evaluate, lr_factor, set_lr, train_one_epoch
 
 
 class FixedLogits(nn.Module):
@@ -52,3 +52,17 @@ def test_train_one_epoch_learns_and_respects_frozen_and_max_steps():
     assert torch.equal(body[1].running_mean, before)  # frozen BN statistics untouched
     capped = train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, torch.device("cpu"), 2, max_steps=2)
     assert capped["train_images"] == 32 and capped["train_images_per_sec"] > 0
+
+
+def test_lr_factor_constant_and_cosine_with_warmup():
+    assert [lr_factor(e, 4) for e in range(4)] == [1.0] * 4
+    f = [lr_factor(e, 6, "cosine", warmup=1) for e in range(6)]
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0)  # warm-up, then the peak
+    assert all(a > b for a, b in zip(f[1:], f[2:])) and 0 < f[-1] < 0.1  # decays towards 0, never reaches it
+    assert lr_factor(3, 5, "cosine", warmup=1) == pytest.approx(0.5)  # half-way through the decay (epochs 1-4)
+    assert lr_factor(0, 3, "cosine") == 1.0
+    with pytest.raises(ValueError):
+        lr_factor(0, 3, "step")
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.0)
+    set_lr(opt, 0.25)
+    assert opt.param_groups[0]["lr"] == 0.25

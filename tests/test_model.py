@@ -74,3 +74,17 @@ def test_preprocess_scales_with_image_size():
     p = preprocess_for("efficientnet_b0", 112)
     assert (p.crop_size, p.resize_size) == (112, 128)
     assert preprocess_for("efficientnet_lite0").mean == (0.5, 0.5, 0.5)
+
+
+def test_ensemble_returns_log_of_the_mean_probability():
+    from animalclf.model import Ensemble
+
+    torch.manual_seed(0)
+    members = [torch.nn.Linear(4, 3) for _ in range(3)]
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        out = Ensemble(members)(x)
+        mean = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+        assert torch.allclose(out.softmax(1), mean, atol=1e-6) and torch.allclose(out.exp(), mean, atol=1e-6)
+        assert not torch.allclose(mean, members[0](x).softmax(1))  # the members differ: the check means something
+    assert sorted(Ensemble(members).state_dict())[0].startswith("members.0.")

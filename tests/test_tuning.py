@@ -126,6 +126,8 @@ def test_resume_skips_finished_trials(ray_session, project, tiny_folder):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     assert len(done) < 3
+    client = MlflowClient(f"sqlite:///{project}/runs/mlflow.db")
+    assert client.search_model_versions("name = 'animalclf'") == []  # a driver killed mid-search: nothing registered
     p2 = run_tune([*args, "--resume"], env)
     out, _ = p2.communicate(timeout=400)
     assert p2.returncode == 0, out[-3000:]
@@ -135,3 +137,4 @@ def test_resume_skips_finished_trials(ray_session, project, tiny_folder):
     assert len(state) == 3 and all(t["status"] in ("COMPLETED", "STOPPED_BY_ASHA") and t["epochs"] >= 1 for t in state)
     assert done <= {t["trial_id"] for t in state}
     assert finished_trials(project, "resume-test") == {t["trial_id"] for t in state if t["status"] == "COMPLETED"}
+    assert str(client.get_model_version_by_alias("animalclf", "champion").version) == "1"  # the resumed search promoted
