@@ -23,9 +23,10 @@ from torch import nn
 from animalclf.errors import UserError
 from animalclf.model import Ensemble, build_model
 
-__all__ = ["META_FILE", "save_checkpoint", "read_meta", "load_model", "load_train_state", "unwrap", "fold_dir"]
+__all__ = ["META_FILE", "MEMBERS", "save_checkpoint", "read_meta", "load_model", "load_train_state", "unwrap", "fold_dir"]
 
 META_FILE = "animalclf.json"
+MEMBERS = "members"  # meta key: how many models an Ensemble checkpoint holds
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
 
@@ -85,7 +86,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     def one() -> nn.Module:
         return build_model(meta["arch"], len(meta["classes"]), meta["unfreeze"], weights="none", dropout=meta.get("dropout", 0.2))
 
-    model = Ensemble([one() for _ in range(int(meta["members"]))]) if meta.get("members") else one()
+    model = Ensemble([one() for _ in range(int(meta[MEMBERS]))]) if meta.get(MEMBERS) else one()
     model.load_state_dict(torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True))
     return model.to(device).eval(), meta
 

@@ -20,7 +20,7 @@ ARCHS = ("efficientnet_b0", "efficientnet_lite0")
 # What `unfreeze` counts: the stem, the 16 MBConv blocks and the final 1x1 conv (both archs).
 NUM_LAYERS = 18
 METRICS = ("val_accuracy", "val_f1", "val_loss")
-FINAL_MODES = ("refit", "ensemble", "none")  # what a --cv run publishes (see animalclf.cv)
+FINAL_MODES = ("refit", "ensemble", "none")  # what a --cv run publishes (training.publish_cv)
 SCHEDULES = ("constant", "cosine")  # learning rate over epochs (animalclf.engine.lr_factor)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # files read as images
 
@@ -83,6 +83,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     schedule: str = "constant"  # SCHEDULES: the lr each epoch is lr x engine.lr_factor(...)
     warmup_epochs: int = 0  # cosine: epochs of linear warm-up before the decay
+    schedule_epochs: Optional[int] = None  # the schedule's length when not `epochs` (a refit stops early on it)
     batch_size: int = 64  # global batch, split over workers
     epochs: int = 10
     patience: int = 3
@@ -155,8 +156,12 @@ class TrainConfig:
             raise UserError(f"Unknown --final {self.final!r}: choose one of {', '.join(FINAL_MODES)}.")
         if self.schedule not in SCHEDULES:
             raise UserError(f"Unknown --schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}.")
-        if not 0 <= self.warmup_epochs < self.epochs:
+        if not 0 <= self.warmup_epochs < (self.schedule_epochs or self.epochs):
             raise UserError(f"--warmup-epochs {self.warmup_epochs} must be at least 0 and fewer than --epochs {self.epochs}.")
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise UserError(f"--warmup-epochs {self.warmup_epochs} only applies to --schedule cosine: add it or drop the warm-up.")
+        if self.final == "ensemble" and self.cv < 2:
+            raise UserError("--final ensemble averages the fold models of a cross-validation: add --cv K (e.g. --cv 5).")
         if self.image_size is not None and self.image_size < 32:
             raise UserError(f"--image-size {self.image_size} is too small: use 32 or more.")
         return self

@@ -64,7 +64,8 @@ def fold_splits(split: Split, k: int, seed: int) -> list[Split]:
 
 def refit_split(split: Split) -> Split:
     """What the final model trains on after CV: every sample. Its ``val`` stays the original
-    validation split, which the refit has seen: its figures there are not an estimate (the CV's are)."""
+    validation split, which the final model has seen: the gate compares there with the out-of-fold
+    predictions (:mod:`animalclf.foldmodels`), never the final model's own."""
     return Split(list(split.classes), all_samples(split), list(split.val))
 
 

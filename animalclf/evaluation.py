@@ -18,18 +18,20 @@ from animalclf.checkpoint import META_FILE, MODEL_FILE, load_model
 from animalclf.config import TrainConfig
 from animalclf.engine import evaluate
 from animalclf.errors import UserError
-from animalclf.evidence import Decision, Evaluation
+from animalclf.evidence import EVIDENCE_FILE, Decision, Evaluation
 from animalclf.loaders import ImageList, make_loader
 from animalclf.model import Preprocess
-from animalclf.predict import FlipAverage
+from animalclf.predict import FlipAverage, Predictor
 from animalclf.report import build_report
 from animalclf.split import Sample, Split
 from animalclf.transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
-__all__ = ["predict_samples", "evaluate_model", "evaluate_checkpoint", "gate_evaluation", "export_checkpoint",
-           "promote_candidate"]
+__all__ = ["predict_samples", "evaluate_model", "evaluate_checkpoint", "gate_evaluation", "champion_evaluation",
+           "export_checkpoint", "promote_candidate", "GATE_EVIDENCE_TAG"]
+
+GATE_EVIDENCE_TAG = "animalclf.gate_evidence"  # "out-of-fold" on a version published after CV
 
 
 def predict_samples(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], classes: Sequence[str],
@@ -69,6 +71,38 @@ def gate_evaluation(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sa
     return Evaluation.from_probabilities([p for p, _ in samples], targets.numpy(), probs.numpy())
 
 
+def champion_evaluation(model_name: str, version: str, samples: Sequence[Sample], classes: Sequence[str]) -> Evaluation:
+    """The champion's side of the gate on ``samples``. A version published after CV trained on every
+    image, so its own predictions are no evidence: its stored out-of-fold predictions are used when
+    they cover ``samples`` (same images, same labels); otherwise (or for any other version) its own
+    predictions, the model loaded from the registry without unpickling."""
+    stored = _stored_out_of_fold(model_name, version)
+    if stored is not None:
+        sub = stored.subset(samples)
+        if sub is not None:
+            log.info("Champion v%s is scored on its stored out-of-fold predictions", version)
+            return sub
+        log.warning("Champion v%s was published after CV, but its out-of-fold predictions do not cover these %d "
+                    "images (other data?): comparing its own predictions, on images it may have trained on.",
+                    version, len(samples))
+    champ = Predictor.from_mlflow(registry.version_ref(model_name, version))
+    return gate_evaluation(champ.model, champ.meta, samples, classes)
+
+
+def _stored_out_of_fold(model_name: str, version: str) -> Evaluation | None:
+    """A CV-published version's out-of-fold predictions (``report/out_of_fold.json`` on its run), or ``None``."""
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    mv = MlflowClient().get_model_version(model_name, version)
+    if mv.tags.get(GATE_EVIDENCE_TAG) != "out-of-fold" or not mv.run_id:
+        return None
+    local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=f"report/{EVIDENCE_FILE}")
+    return Evaluation.from_dict(json.loads(Path(local).read_text()))
+
+
 def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Copy the inference part (weights + JSON) of a checkpoint to ``dst`` (replaced whole)."""
     dst = Path(dst)
@@ -88,11 +122,8 @@ def promote_candidate(cfg: TrainConfig, version: str, model: nn.Module, meta: di
     evaluated on ``split.val`` (the champion loaded from the registry without unpickling).
     ``candidate``: the candidate's predictions on ``split.val`` when they are not the model's own
     (after CV: the out-of-fold predictions, see :mod:`animalclf.foldmodels`)."""
-    from animalclf.predict import Predictor
-
     def champion_eval(champion_version: str) -> Evaluation:
-        champ = Predictor.from_mlflow(registry.version_ref(cfg.model_name, champion_version))
-        return gate_evaluation(champ.model, champ.meta, split.val, split.classes)
+        return champion_evaluation(cfg.model_name, champion_version, split.val, split.classes)
 
     if candidate is None:
         candidate = gate_evaluation(model, meta, split.val, split.classes)

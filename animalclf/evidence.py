@@ -28,8 +28,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_MIN_IMPROVEMENT", "DEFAULT_CONFIDENCE", "Evaluation", "Decision", "mcnemar_p", "bootstrap_ci", "compare"]
+__all__ = ["EVIDENCE_FILE", "DEFAULT_MIN_IMPROVEMENT", "DEFAULT_CONFIDENCE", "Evaluation", "Decision", "mcnemar_p", "bootstrap_ci", "compare"]
 
+EVIDENCE_FILE = "out_of_fold.json"
+"""A CV-published version's out-of-fold predictions (:meth:`Evaluation.to_dict`), beside its report."""
 DEFAULT_MIN_IMPROVEMENT = 0.01
 DEFAULT_CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
@@ -56,6 +58,23 @@ class Evaluation:
     def from_probabilities(cls, ids: Sequence[str], labels, probabilities) -> "Evaluation":
         """From an ``(n, classes)`` probability (or logit) matrix: the prediction is the argmax."""
         return cls(tuple(ids), np.asarray(labels), np.asarray(probabilities).argmax(axis=1))
+
+    def to_dict(self) -> dict:
+        """Plain JSON data (ids, labels, predicted)."""
+        return {"ids": list(self.ids), "labels": self.labels.tolist(), "predicted": self.predicted.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Evaluation":
+        return cls(tuple(d["ids"]), np.asarray(d["labels"]), np.asarray(d["predicted"]))
+
+    def subset(self, samples: Sequence[tuple[str, int]]) -> Optional["Evaluation"]:
+        """These predictions on ``samples`` (id, label), in their order; ``None`` when one is missing
+        or has another label here."""
+        row = {i: k for k, i in enumerate(self.ids)}
+        idx = [row.get(str(i)) for i, _ in samples]
+        if any(k is None for k in idx) or any(int(self.labels[k]) != int(label) for k, (_, label) in zip(idx, samples)):
+            return None
+        return Evaluation(tuple(str(i) for i, _ in samples), self.labels[idx], self.predicted[idx])
 
     @property
     def correct(self) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from animalclf import cv
-from animalclf.checkpoint import fold_dir, load_model, read_meta, save_checkpoint
+from animalclf.checkpoint import MEMBERS, fold_dir, load_model, read_meta, save_checkpoint
 from animalclf.evaluation import predict_samples
 from animalclf.evidence import Evaluation
 from animalclf.model import Ensemble
@@ -80,5 +80,5 @@ def export_ensemble(checkpoint_dir: str | Path, k: int, dst: str | Path) -> Path
     """Write the K fold models of ``checkpoint_dir`` as one checkpoint at ``dst``: an
     :class:`~animalclf.model.Ensemble` state dict and the fold checkpoint's meta with ``members: K``."""
     members = [load_model(fold_dir(checkpoint_dir, i))[0] for i in range(k)]
-    meta = {**read_meta(checkpoint_dir), "members": k}
+    meta = {**read_meta(checkpoint_dir), MEMBERS: k}
     return save_checkpoint(dst, Ensemble(members), meta)

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from animalclf.checkpoint import META_FILE, MODEL_FILE, load_model
+from animalclf.checkpoint import MEMBERS, META_FILE, MODEL_FILE, load_model
 from animalclf.transforms import eval_transform, to_rgb
 from animalclf.errors import InvalidImage, UserError
 from animalclf.model import Preprocess
@@ -225,5 +225,5 @@ class Predictor:
             "classes": self.classes, "arch": self.meta["arch"], "model_version": self.version,
             "metrics": self.meta.get("metrics", {}), "preprocess": self.preprocess.to_dict(),
             "unfreeze": self.meta.get("unfreeze"), "epoch": self.meta.get("epoch"), "tta_flip": self.tta_flip,
-            "members": int(self.meta.get("members") or 1),
+            MEMBERS: int(self.meta.get(MEMBERS) or 1),
         }

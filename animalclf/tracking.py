@@ -287,13 +287,17 @@ class Tracker:
         # animalclf.json); the pickled model beside it is for MLflow users and never loaded by us.
         from animalclf.checkpoint import MODEL_FILE
 
+        from animalclf.model import Ensemble
+
+        # mlflow.pytorch pickles by reference: an Ensemble's class lives in this package, so it travels along
+        code = [str(Path(__file__).resolve().parent)] if isinstance(model, Ensemble) else None
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=self.run_id):
             weights = Path(tmp) / MODEL_FILE
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
             info = mlflow.pytorch.log_model(
                 model, name="model", signature=signature, registered_model_name=registered_name,
                 extra_files=[str(meta_file), str(weights)], pip_requirements=reqs, await_registration_for=60,
-                serialization_format="pickle",
+                serialization_format="pickle", code_paths=code,
             )
         version = getattr(info, "registered_model_version", None)
         return str(version) if version is not None else None

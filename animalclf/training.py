@@ -7,6 +7,7 @@ search's driver :func:`publish`.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import tempfile
@@ -22,8 +23,8 @@ from animalclf.checkpoint import META_FILE, load_model, load_train_state, read_m
 from animalclf.config import TrainConfig, check_runs_dir, runs_dir
 from animalclf.datasource import source_of
 from animalclf.errors import UserError
-from animalclf.evaluation import evaluate_model, export_checkpoint, promote_candidate
-from animalclf.evidence import Decision
+from animalclf.evaluation import GATE_EVIDENCE_TAG, evaluate_model, export_checkpoint, promote_candidate
+from animalclf.evidence import EVIDENCE_FILE, Decision
 from animalclf.foldmodels import OutOfFold, export_ensemble, out_of_fold
 from animalclf.model import build_model
 from animalclf.report import format_table, write_report
@@ -113,6 +114,8 @@ def publish(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history:
     report["history"] = [dict(h) for h in history]
     report_dir = out_root / "reports" / key
     write_report(report_dir, report)
+    if evidence:  # what the gate reads when this version is the champion a later candidate meets
+        (report_dir / EVIDENCE_FILE).write_text(json.dumps(evidence.evaluation(evidence.samples).to_dict()))
     log.info("%s of the %s (epoch %s):\n%s", "Out-of-fold report" if evidence else "Validation report",
              "published model" if evidence else "best checkpoint", meta["epoch"], format_table(report))
     version = None
@@ -178,8 +181,12 @@ def publish_cv(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, histo
     evidence = out_of_fold(checkpoint_dir, split, cfg.cv, cfg.seed)
     everything = cv.refit_split(split)
     tags = {"animalclf.final": cfg.final, "animalclf.cv_folds": cfg.cv, "animalclf.cv_epoch": epoch,
-            "animalclf.gate_evidence": "out-of-fold", **{f"animalclf.{k}": f"{v:.4f}" for k, v in figures.items()}}
-    final_cfg = cfg.replace(cv=0, epochs=epoch, patience=0, name=f"{cfg.name}-{cfg.final}")
+            GATE_EVIDENCE_TAG: "out-of-fold", **{f"animalclf.{k}": f"{v:.4f}" for k, v in figures.items()}}
+    if cfg.final == "ensemble":  # the fold models as they are
+        final_cfg = cfg.replace(name=f"{cfg.name}-ensemble")
+    else:  # the same schedule as the folds had, stopped at the chosen epoch
+        final_cfg = cfg.replace(cv=0, epochs=epoch, schedule_epochs=cfg.schedule_epochs or cfg.epochs, patience=0,
+                                name=f"{cfg.name}-refit")
     tracker = start_tracker(final_cfg, everything, final_cfg.name, parent.run_id if parent else None,
                             tags={"animalclf.kind": cfg.final, **{k: str(v) for k, v in tags.items()}})
     if tracker:
@@ -208,6 +215,8 @@ def _run_cv(cfg: TrainConfig, split: Split) -> TrainOutcome:
     result = fit(cfg, split, tracker)
     history = _history(result)
     best = result.get_best_checkpoint(cfg.metric, cfg.mode) or result.checkpoint  # ties: what Ray kept
+    if best is None:
+        raise RuntimeError("Cross-validation finished without a checkpoint")
     with best.as_directory() as d:
         epoch = int(read_meta(d)["epoch"])
         if tracker:

@@ -149,7 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in range(progress.epoch, cfg.epochs):
         t0 = time.perf_counter()
         per_fold = []
-        lr = cfg.lr * lr_factor(epoch, cfg.epochs, cfg.schedule, cfg.warmup_epochs)
+        lr = cfg.lr * lr_factor(epoch, cfg.schedule_epochs or cfg.epochs, cfg.schedule, cfg.warmup_epochs)
         for fold, model, (_, frozen, optimizer), (train_loader, val_loader) in zip(folds, models, built, loaders):
             train_loader.set_epoch(epoch)
             set_lr(optimizer, lr)

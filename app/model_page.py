@@ -116,9 +116,11 @@ def _headline(info: VersionInfo, peer: Optional[VersionInfo]) -> None:
         return
     acc, f1 = r["accuracy"], r["macro_avg"]["f1"]
     c = st.columns(4)
-    c[0].metric("Out-of-fold accuracy" if "evaluated_on" in r else "Validation accuracy", f"{acc:.1%}", delta=f"{(acc - p['accuracy']) * 100:+.1f} pts vs v{peer.version}" if p else None)
+    oof = "evaluated_on" in r  # published after CV: out-of-fold predictions on every image
+    c[0].metric("Out-of-fold accuracy" if oof else "Validation accuracy", f"{acc:.1%}",
+                delta=f"{(acc - p['accuracy']) * 100:+.1f} pts vs v{peer.version}" if p else None)
     c[1].metric("Macro F1", f"{f1:.3f}", delta=f"{f1 - p['macro_avg']['f1']:+.3f} vs v{peer.version}" if p else None)
-    c[2].metric("Images evaluated" if "evaluated_on" in r else "Validation images", r["support"])
+    c[2].metric("Images evaluated" if oof else "Validation images", r["support"])
     c[3].metric("Classes", len(r["classes"]))
 
 

@@ -60,13 +60,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def parse_variant(text: str) -> dict:
     """``label_smoothing=0.1,schedule=cosine`` -> overrides (values as JSON when they parse); ``-`` -> {}."""
+    import dataclasses
     import json
+
+    from animalclf.config import TrainConfig
 
     if text == "-":
         return {}
+    fixed = {"data", "cv", "final", "seed", "name", "track"}  # what the bench itself sets
+    allowed = {f.name for f in dataclasses.fields(TrainConfig)} - fixed
     out = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
+        if key not in allowed:
+            raise SystemExit(f"--vary {text!r}: {key!r} is not a TrainConfig field the bench lets vary "
+                             f"(not one of {sorted(fixed)}); e.g. label_smoothing=0.1")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

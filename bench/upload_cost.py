@@ -68,11 +68,17 @@ def timed(fn, n: int, warmup: int) -> list[float]:
     return out
 
 
+def _at_least_2(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 2 rounds (the growth is measured after the first)")
+    return int(text)
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Cost of large and extreme uploads", add_help=add_help)
     p.add_argument("--n", type=int, default=30, help="timed requests per image and path (default: 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed requests first (default: 5)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds of 10 x n 16000x1 PNGs, replica RSS after each (default: 2)")
+    p.add_argument("--rounds", type=_at_least_2, default=2, help="rounds of 10 x n 16000x1 PNGs, replica RSS after each (default: 2)")
     p.add_argument("--smoke-test", action="store_true", help="n=3, warmup=1")
     return p
 

@@ -40,11 +40,12 @@ def main(args: argparse.Namespace) -> int:
                  out.epochs_run)
         if not out.checkpoint:  # --final none
             return 0
-        log.info("Refit on all images for %d epoch(s): its validation figures below are on images it trained on "
-                 "(the CV figures above are the estimate)", out.epochs_run)
+        log.info("Final model (--final %s, %d epoch(s)) saw every image: the figures below are the fold models' "
+                 "out-of-fold predictions", cfg.final, out.epochs_run)
     log.info("Best checkpoint: %s", out.checkpoint)
-    log.info("Validation accuracy %.4f, macro F1 %.4f (best epoch %s of %d run)",
-             out.report["accuracy"], out.report["macro_avg"]["f1"], out.metrics.get("epoch"), out.epochs_run)
+    log.info("%s accuracy %.4f, macro F1 %.4f (best epoch %s of %d run)",
+             "Out-of-fold" if "evaluated_on" in out.report else "Validation", out.report["accuracy"],
+             out.report["macro_avg"]["f1"], out.metrics.get("epoch"), out.epochs_run)
     log.info("Report: %s", out.report_dir)
     if out.run_id:
         log.info("MLflow run %s%s", out.run_id, f", registered {cfg.model_name} version {out.model_version}" if out.model_version else "")

@@ -75,7 +75,9 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--deploy serves the registered @champion: drop --no-track and keep a --model-name.")
     out = run_search(cfg, space, opts)
     log.info("Best config %s: %s %.4f (epoch %d)", out.best_config, cfg.metric, out.best_metrics[cfg.metric], out.best_metrics["epoch"])
-    log.info("Validation accuracy of the best model %.4f; report: %s", json.load(open(Path(out.report_dir) / "report.json"))["accuracy"], out.report_dir)
+    report = json.loads((Path(out.report_dir) / "report.json").read_text())
+    log.info("%s accuracy of the best model %.4f; report: %s", "Out-of-fold" if "evaluated_on" in report else "Validation",
+             report["accuracy"], out.report_dir)
     log.info("Epochs run %d of a %d budget (ASHA saved %.0f%%); experiment at %s", out.epochs_run, out.epochs_budget,
              100 * (1 - out.epochs_run / max(out.epochs_budget, 1)), out.path)
     if out.parent_run_id:

@@ -28,6 +28,8 @@ def test_defaults_follow_the_original():
     (["--data", "d", "--metric", "auc"], "Unknown metric"),
     (["--data", "d", "--epochs", "3", "--warmup-epochs", "3"], "--warmup-epochs 3 must be"),
     (["--data", "d", "--warmup-epochs", "-1"], "--warmup-epochs -1 must be"),
+    (["--data", "d", "--warmup-epochs", "1"], "only applies to --schedule cosine"),
+    (["--data", "d", "--final", "ensemble"], "add --cv K"),
 ])
 def test_validation_errors(argv, match):
     with pytest.raises(UserError, match=match):

@@ -2,7 +2,9 @@
 epoch in MLflow, resume, refit on all images with out-of-fold evidence) and a --cv search under ASHA that
 publishes its best config's fold models as one ensemble, on tiny real images."""
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -10,6 +12,7 @@ from mlflow import MlflowClient
 from animalclf import cv
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
+from animalclf.evidence import EVIDENCE_FILE, Evaluation
 from animalclf.split import Split
 
 SAMPLES = [(f"/d/c{label}/{i}.jpg", label) for label in range(3) for i in range(7 + 3 * label)]  # 7, 10, 13 per class
@@ -71,7 +74,7 @@ def tiny_cfg(data, **kw):
 def test_cv_training_logs_fold_mean_and_std_per_epoch_then_refits_on_all_images(ray_session, project, tiny_folder):
     from animalclf.training import run_training
 
-    cfg = tiny_cfg(tiny_folder, name="cv-train")
+    cfg = tiny_cfg(tiny_folder, name="cv-train", schedule="cosine")
     out = run_training(cfg)
     client = MlflowClient()
     refit_run = client.get_run(out.run_id)
@@ -97,6 +100,8 @@ def test_cv_training_logs_fold_mean_and_std_per_epoch_then_refits_on_all_images(
     assert float(tags["animalclf.cv_val_accuracy_std"]) == pytest.approx(abs(folds[0][chosen] - folds[1][chosen]) / 2, abs=1e-4)
     assert len([m for m in client.get_metric_history(out.run_id, "train_images")]) == chosen
     assert client.get_metric_history(out.run_id, "train_images")[0].value == 24
+    lrs = [[m.value for m in client.get_metric_history(r, "lr")] for r in (cv_run_id, out.run_id)]
+    assert lrs[1] == lrs[0][:chosen] and lrs[0] == pytest.approx([5e-3, 2.5e-3])  # the refit follows the folds' cosine
 
     # the evidence is out-of-fold: the refit saw every image, so its report and the gate use the fold models
     assert out.report["evaluated_on"] == "out-of-fold predictions on all 24 images"
@@ -111,6 +116,10 @@ def test_cv_training_logs_fold_mean_and_std_per_epoch_then_refits_on_all_images(
     with Result.from_path(str(project / "runs" / "ray" / "cv-train")).get_best_checkpoint("val_accuracy", "max").as_directory() as d:
         gate = out_of_fold(d, split, 2, cfg.seed).evaluation(split.val)
     assert out.decision.n == len(split.val) and out.decision.candidate_acc == pytest.approx(gate.accuracy)
+    stored = Evaluation.from_dict(json.loads((Path(out.report_dir) / EVIDENCE_FILE).read_text()))  # logged beside the report
+    mine = stored.subset(split.val)  # per image: what a later candidate meets when this version is champion
+    assert mine.ids == gate.ids and (mine.predicted == gate.predicted).all() and (mine.labels == gate.labels).all()
+    assert EVIDENCE_FILE in [Path(a.path).name for a in client.list_artifacts(out.run_id, "report")]
 
 
 @pytest.mark.slow

@@ -60,3 +60,36 @@ def test_class_mismatch_is_a_user_error(tmp_path, samples):
     model, meta = load_model(checkpoint(tmp_path, classes, False))
     with pytest.raises(UserError, match="differ"):
         predict_samples(model, meta, items, list(reversed(classes)))
+
+
+def test_a_cv_published_champion_is_scored_on_its_stored_out_of_fold_predictions(tmp_path, monkeypatch):
+    """A champion published after CV trained on every image: the gate reads its out-of-fold predictions
+    (report/out_of_fold.json on its run), in the gate's order, and only when they cover the gate's images."""
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from animalclf.evaluation import GATE_EVIDENCE_TAG, champion_evaluation
+    from animalclf.evidence import EVIDENCE_FILE, Evaluation
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    stored = Evaluation(("a.jpg", "b.jpg", "c.jpg"), [0, 1, 2], [0, 2, 2])
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / EVIDENCE_FILE).write_text(json.dumps(stored.to_dict()))
+    run = client.create_run("0")
+    client.log_artifacts(run.info.run_id, str(tmp_path / "report"), "report")
+    client.create_registered_model("m")
+    version = str(client.create_model_version("m", f"{run.info.artifact_uri}/model", run_id=run.info.run_id).version)
+    client.set_model_version_tag("m", version, GATE_EVIDENCE_TAG, "out-of-fold")
+
+    got = champion_evaluation("m", version, [("c.jpg", 2), ("b.jpg", 1)], ["x", "y", "z"])
+    assert got.ids == ("c.jpg", "b.jpg") and list(got.predicted) == [2, 2] and list(got.labels) == [2, 1]
+    # images it has no out-of-fold prediction for (or another label): its own model, which this version lacks
+    for samples in ([("d.jpg", 0)], [("a.jpg", 1)]):
+        with pytest.raises(UserError, match="extra_files"):
+            champion_evaluation("m", version, samples, ["x", "y", "z"])
+    mlflow.set_registry_uri("")

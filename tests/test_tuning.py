@@ -81,6 +81,8 @@ def test_space_and_concurrency_errors_before_any_trial():
     with pytest.raises(UserError, match="GPU"):
         plan_concurrency(TrainConfig(use_gpu=True), None, {"CPU": 8, "GPU": 0})
     assert plan_concurrency(TrainConfig(use_gpu=True, num_workers=2), None, {"CPU": 16, "GPU": 8}) == 4
+    with pytest.raises(UserError, match="drop --final none"):  # a CV search always publishes its best config
+        run_search(TrainConfig(data="x", cv=2, final="none"), space, TuneOptions())
 
 
 def run_tune(args, env, **kw):
