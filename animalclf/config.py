@@ -156,8 +156,12 @@ class TrainConfig:
             raise UserError(f"Unknown --final {self.final!r}: choose one of {', '.join(FINAL_MODES)}.")
         if self.schedule not in SCHEDULES:
             raise UserError(f"Unknown --schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}.")
+        if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
+            raise UserError(f"schedule_epochs {self.schedule_epochs} is shorter than --epochs {self.epochs}: leave it "
+                            f"unset (the schedule then spans --epochs).")
         if not 0 <= self.warmup_epochs < (self.schedule_epochs or self.epochs):
-            raise UserError(f"--warmup-epochs {self.warmup_epochs} must be at least 0 and fewer than --epochs {self.epochs}.")
+            raise UserError(f"--warmup-epochs {self.warmup_epochs} must be at least 0 and fewer than the schedule's "
+                            f"{self.schedule_epochs or self.epochs} epochs (--epochs).")
         if self.warmup_epochs and self.schedule != "cosine":
             raise UserError(f"--warmup-epochs {self.warmup_epochs} only applies to --schedule cosine: add it or drop the warm-up.")
         if self.final == "ensemble" and self.cv < 2:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -99,8 +100,14 @@ def _stored_out_of_fold(model_name: str, version: str) -> Evaluation | None:
     mv = MlflowClient().get_model_version(model_name, version)
     if mv.tags.get(GATE_EVIDENCE_TAG) != "out-of-fold" or not mv.run_id:
         return None
-    local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=f"report/{EVIDENCE_FILE}")
-    return Evaluation.from_dict(json.loads(Path(local).read_text()))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=f"report/{EVIDENCE_FILE}",
+                                                        dst_path=tmp)
+        except Exception as e:  # the gate turns this into "champion cannot be read" (refused unless forced)
+            raise RuntimeError(f"v{version} was published after CV but its run {mv.run_id} has no readable "
+                               f"report/{EVIDENCE_FILE} ({type(e).__name__})") from None
+        return Evaluation.from_dict(json.loads(Path(local).read_text()))
 
 
 def export_checkpoint(src: str | Path, dst: str | Path) -> Path:

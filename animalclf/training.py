@@ -101,12 +101,14 @@ def fit(cfg: TrainConfig, split: Split, tracker: Optional["tracking.Tracker"], *
 
 def publish(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history: Sequence[dict[str, Any]],
             tracker: Optional["tracking.Tracker"], key: str, register: bool = True, promote: bool = True,
-            eligible: bool = True, evidence: Optional[OutOfFold] = None) -> TrainOutcome:
+            eligible: bool = True, evidence: Optional[OutOfFold] = None,
+            version_tags: Optional[dict[str, Any]] = None) -> TrainOutcome:
     """Export the best checkpoint, evaluate it on the whole validation split, write the report,
     and (when tracking) log report, checkpoint and model on ``tracker``'s run, register it and put
     it through the promotion gate (:func:`animalclf.evaluation.promote_candidate`). With
     ``evidence`` (a model published after CV, which saw every image) the report and the gate's
-    candidate side are the out-of-fold predictions instead of the model's own."""
+    candidate side are the out-of-fold predictions instead of the model's own. ``version_tags`` go on
+    the registered version before the gate runs (so it is never champion without them)."""
     out_root = runs_dir()
     ckpt = export_checkpoint(checkpoint_dir, out_root / "models" / key)
     model, meta = load_model(ckpt)
@@ -129,7 +131,8 @@ def publish(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history:
         version = tracker.log_model(model, ckpt / META_FILE, torch.zeros(1, 3, size, size), name)
         tracker.set_tags({"animalclf.checkpoint": str(ckpt), "animalclf.model_version": version or ""})
         if version:
-            registry.tag_version(cfg.model_name, version, split.classes, {"animalclf.run_id": tracker.run_id})
+            registry.tag_version(cfg.model_name, version, split.classes,
+                                 {"animalclf.run_id": tracker.run_id, **(version_tags or {})})
     out = TrainOutcome(checkpoint=str(ckpt), metrics=meta["metrics"], run_id=tracker.run_id if tracker else None,
                        report_dir=str(report_dir), report=report, model_version=version)
     if version and promote:
@@ -194,13 +197,12 @@ def publish_cv(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, histo
     if cfg.final == "ensemble":
         with tempfile.TemporaryDirectory() as tmp:
             export_ensemble(checkpoint_dir, cfg.cv, tmp)
-            out = publish(final_cfg, everything, tmp, history, tracker, key=key, evidence=evidence)
+            out = publish(final_cfg, everything, tmp, history, tracker, key=key, evidence=evidence, version_tags=tags)
     else:
         result = fit(final_cfg, everything, tracker)
         with result.checkpoint.as_directory() as d:  # the last epoch: the count CV chose
-            out = publish(final_cfg, everything, d, _history(result), tracker, key=key, evidence=evidence)
-    if out.model_version:
-        registry.tag_version(cfg.model_name, out.model_version, split.classes, tags)
+            out = publish(final_cfg, everything, d, _history(result), tracker, key=key, evidence=evidence,
+                          version_tags=tags)
     if tracker:
         tracker.end("FINISHED")
     out.epochs_run = epoch

@@ -134,8 +134,8 @@ def plan_concurrency(cfg: TrainConfig, requested: Optional[int], resources: Mapp
         raise UserError(f"--max-concurrent must be at least 1, got {requested}.")
     if check and fits < 1:
         extra = "".join(f"{v:g} {k} and " for k, v in need.items() if k != "CPU")
-        raise UserError(f"One trial needs {cfg.num_workers} worker(s) of {extra}{cfg.cpus_per_worker:g} CPU, more than "
-                        f"{where}: lower --num-workers/--cpus-per-worker or add nodes.")
+        raise UserError(f"One trial needs {cfg.num_workers} worker(s) of {extra}{cfg.cpus_per_worker:g} CPU (and 0.01 "
+                        f"CPU for its driver), more than {where}: lower --num-workers/--cpus-per-worker or add nodes.")
     if check and requested is not None and requested > fits:
         raise UserError(f"--max-concurrent {requested} needs more than the cluster has: {fits} trial(s) of "
                         f"{cfg.num_workers} worker(s) fit in {where}; lower it or pass --no-resource-check.")

@@ -67,7 +67,7 @@ def parse_variant(text: str) -> dict:
 
     if text == "-":
         return {}
-    fixed = {"data", "cv", "final", "seed", "name", "track"}  # what the bench itself sets
+    fixed = {"data", "cv", "final", "seed", "name", "track", "schedule_epochs"}  # what the bench itself sets
     allowed = {f.name for f in dataclasses.fields(TrainConfig)} - fixed
     out = {}
     for part in text.split(","):

@@ -34,3 +34,9 @@ def test_defaults_follow_the_original():
 def test_validation_errors(argv, match):
     with pytest.raises(UserError, match=match):
         parse(*argv).validate()
+
+
+def test_a_schedule_shorter_than_the_run_is_refused():
+    with pytest.raises(UserError, match="schedule_epochs 2 is shorter than --epochs 4"):
+        TrainConfig(data="d", epochs=4, schedule_epochs=2).validate()
+    TrainConfig(data="d", epochs=4, schedule_epochs=6, schedule="cosine").validate()  # a refit: a longer schedule, stopped early

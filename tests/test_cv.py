@@ -155,6 +155,8 @@ def test_cv_search_under_asha_scores_fold_means_and_publishes_the_best_as_an_ens
     assert run.data.tags["mlflow.parentRunId"] == out.parent_run_id
     assert run.data.tags["animalclf.kind"] == "ensemble" and float(run.data.params["lr"]) == out.best_config["lr"]
     assert version.tags["animalclf.final"] == "ensemble" and version.tags["animalclf.gate_evidence"] == "out-of-fold"
+    code = [Path(a.path).name for a in client.list_artifacts(version.run_id, "model/code/animalclf")]
+    assert "model.py" in code  # the pickled Ensemble's class travels with the MLflow model, for MLflow users
     served = Predictor.from_mlflow(f"models:/tiny-cv-tuned/{out.model_version}")  # the fold models, as one model
     assert isinstance(served.model, Ensemble) and len(served.model.members) == 2 and served.metadata()["members"] == 2
     assert served.meta["epoch"] == int(version.tags["animalclf.cv_epoch"])

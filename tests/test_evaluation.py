@@ -92,4 +92,10 @@ def test_a_cv_published_champion_is_scored_on_its_stored_out_of_fold_predictions
     for samples in ([("d.jpg", 0)], [("a.jpg", 1)]):
         with pytest.raises(UserError, match="extra_files"):
             champion_evaluation("m", version, samples, ["x", "y", "z"])
+    # tagged out-of-fold but the file is gone: an error the gate reports as "champion cannot be read"
+    bare = client.create_run("0")
+    lost = str(client.create_model_version("m", f"{bare.info.artifact_uri}/model", run_id=bare.info.run_id).version)
+    client.set_model_version_tag("m", lost, GATE_EVIDENCE_TAG, "out-of-fold")
+    with pytest.raises(RuntimeError, match=f"no readable report/{EVIDENCE_FILE}"):
+        champion_evaluation("m", lost, [("a.jpg", 0)], ["x", "y", "z"])
     mlflow.set_registry_uri("")
