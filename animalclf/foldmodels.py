@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -47,15 +47,17 @@ class OutOfFold:
         out["evaluated_on"] = f"out-of-fold predictions on all {len(self.samples)} images"
         return out
 
-    def evaluation(self, samples: Sequence[Sample]) -> Evaluation:
-        """The OOF predictions on ``samples`` (each one of this CV's images), in their order: the gate's
-        candidate side."""
-        row = {s: i for i, s in enumerate(self.samples)}
-        missing = [p for p, label in samples if (p, label) not in row]
-        if missing:
-            raise ValueError(f"{len(missing)} gate image(s) were not in the cross-validation, e.g. {missing[0]}")
-        idx = torch.tensor([row[tuple(s)] for s in samples], dtype=torch.long)
-        return Evaluation.from_probabilities([p for p, _ in samples], self.targets[idx].numpy(), self.probs[idx].numpy())
+    def evaluation(self, samples: Optional[Sequence[Sample]] = None) -> Evaluation:
+        """The OOF predictions as the gate reads them: on ``samples`` (each one of this CV's images) in
+        their order (the gate's candidate side), or on every image (what is stored beside the report)."""
+        every = Evaluation.from_probabilities([p for p, _ in self.samples], self.targets.numpy(), self.probs.numpy())
+        if samples is None:
+            return every
+        sub = every.subset(samples)
+        if sub is None:
+            raise ValueError(f"Some of the {len(samples)} gate images were not in the cross-validation (or had "
+                             f"other labels there)")
+        return sub
 
 
 def out_of_fold(checkpoint_dir: str | Path, split: Split, k: int, seed: int) -> OutOfFold:

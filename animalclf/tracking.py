@@ -286,7 +286,6 @@ class Tracker:
         # What animalclf loads is extra_files/ (the state dict, read with weights_only=True, and
         # animalclf.json); the pickled model beside it is for MLflow users and never loaded by us.
         from animalclf.checkpoint import MODEL_FILE
-
         from animalclf.model import Ensemble
 
         # mlflow.pytorch pickles by reference: an Ensemble's class lives in this package, so it travels along

@@ -117,7 +117,7 @@ def publish(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history:
     report_dir = out_root / "reports" / key
     write_report(report_dir, report)
     if evidence:  # what the gate reads when this version is the champion a later candidate meets
-        (report_dir / EVIDENCE_FILE).write_text(json.dumps(evidence.evaluation(evidence.samples).to_dict()))
+        (report_dir / EVIDENCE_FILE).write_text(json.dumps(evidence.evaluation().to_dict()))
     log.info("%s of the %s (epoch %s):\n%s", "Out-of-fold report" if evidence else "Validation report",
              "published model" if evidence else "best checkpoint", meta["epoch"], format_table(report))
     version = None
