@@ -22,6 +22,7 @@ NUM_LAYERS = 18
 METRICS = ("val_accuracy", "val_f1", "val_loss")
 FINAL_MODES = ("refit", "ensemble", "none")  # what a --cv run publishes (training.publish_cv)
 SCHEDULES = ("constant", "cosine")  # learning rate over epochs (animalclf.engine.lr_factor)
+HEAD_INITS = ("random", "probe")  # how the new head starts (animalclf.probe)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # files read as images
 
 
@@ -77,6 +78,7 @@ class TrainConfig:
     weights: str = "imagenet"
     unfreeze: int = 10
     dropout: float = 0.2
+    head_init: str = "random"  # HEAD_INITS: "probe" fits the head on frozen features before epoch 1
     # optimisation
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -152,6 +154,8 @@ class TrainConfig:
             raise UserError(f"Unknown metric {self.metric!r}: choose one of {', '.join(METRICS)}.")
         if self.cv == 1 or self.cv < 0:
             raise UserError(f"--cv {self.cv}: pass K >= 2 folds (e.g. --cv 5), or 0 for one train/val split.")
+        if self.head_init not in HEAD_INITS:
+            raise UserError(f"Unknown --head-init {self.head_init!r}: choose one of {', '.join(HEAD_INITS)}.")
         if self.final not in FINAL_MODES:
             raise UserError(f"Unknown --final {self.final!r}: choose one of {', '.join(FINAL_MODES)}.")
         if self.schedule not in SCHEDULES:
@@ -212,6 +216,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--weights", default=d.weights, help="imagenet, none, or a state-dict file (default: imagenet)")
     g.add_argument("--unfreeze", type=int, default=d.unfreeze, help=f"trainable trailing layers (default: {d.unfreeze})")
     g.add_argument("--dropout", type=float, default=d.dropout, help=f"(default: {d.dropout})")
+    g.add_argument("--head-init", default=d.head_init, choices=HEAD_INITS,
+                   help="random, or probe: fit the new head on the frozen pretrained features of the training "
+                        f"images before the first epoch, then fine-tune (LP-FT; default: {d.head_init})")
     g = parser.add_argument_group("Optimisation")
     g.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default: {d.lr})")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: 0)")
@@ -266,4 +273,4 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "runs_dir", "check_runs_dir", "ARCHS",
-           "METRICS", "FINAL_MODES", "SCHEDULES", "NUM_LAYERS", "better", "check_unfreeze", "resources_arg"]
+           "METRICS", "FINAL_MODES", "HEAD_INITS", "SCHEDULES", "NUM_LAYERS", "better", "check_unfreeze", "resources_arg"]

@@ -92,7 +92,17 @@ class LocalFolder(ClassFolders):
     def val_loader(self, split: Split, pre: Preprocess, batch_size: int, *, rank: int, world: int,
                    workers: int = 0, pin_memory: bool = False) -> EpochLoader:
         """Validation images ``rank::world``: over all ranks, each image exactly once."""
-        dataset = ImageList(split.val, eval_transform(pre))
+        return self._eval_loader(split.val, pre, batch_size, rank, world, workers, pin_memory)
+
+    def probe_loader(self, split: Split, pre: Preprocess, batch_size: int, *, rank: int, world: int, seed: int,
+                     workers: int = 0, pin_memory: bool = False) -> EpochLoader:
+        """Training images ``rank::world`` with the eval transform (no augmentation), each once."""
+        return self._eval_loader(split.train, pre, batch_size, rank, world, workers, pin_memory)
+
+    @staticmethod
+    def _eval_loader(samples: Sequence[Sample], pre: Preprocess, batch_size: int, rank: int, world: int, workers: int,
+                     pin_memory: bool) -> EpochLoader:
+        dataset = ImageList(samples, eval_transform(pre))
         return EpochLoader(make_loader(dataset, batch_size, sampler=ShardSampler(len(dataset), rank, world),
                                        workers=workers, pin_memory=pin_memory))
 

@@ -52,6 +52,11 @@ class DataSource(Protocol):
                    workers: int = 0, pin_memory: bool = False) -> EpochIterable:
         """This worker's validation batches; over all ranks, every validation image exactly once."""
 
+    def probe_loader(self, split: Split, pre: Preprocess, batch_size: int, *, rank: int, world: int, seed: int,
+                     workers: int = 0, pin_memory: bool = False) -> EpochIterable:
+        """This worker's share of the training images for the linear probe (``--head-init probe``):
+        unaugmented where the source can, each image once over all ranks."""
+
 
 def open_source(data: Optional[str] = None, train_dir: Optional[str] = None,
                 val_dir: Optional[str] = None) -> Union[LocalFolder, Bucket]:

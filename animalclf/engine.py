@@ -15,7 +15,7 @@ import torch
 import torchmetrics
 from torch import nn
 
-__all__ = ["EpochMetrics", "train_one_epoch", "evaluate", "autocast_for", "lr_factor", "set_lr"]
+__all__ = ["EpochMetrics", "train_one_epoch", "evaluate", "autocast_for", "lr_factor", "set_lr", "to_device"]
 
 
 def lr_factor(epoch: int, epochs: int, schedule: str = "constant", warmup: int = 0) -> float:
@@ -70,7 +70,8 @@ def autocast_for(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
-def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """A batch on ``device``, channels-last when asked (the layout the model was converted to)."""
     x = x.to(device, non_blocking=True)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
@@ -100,7 +101,7 @@ def train_one_epoch(
             break
         if batch is None:
             continue
-        x, y = _to(batch[0], device, channels_last), batch[1].to(device, non_blocking=True)
+        x, y = to_device(batch[0], device, channels_last), batch[1].to(device, non_blocking=True)
         with autocast_for(device, amp):
             logits = model(x)
             loss = criterion(logits, y)
@@ -135,7 +136,7 @@ def evaluate(
     for batch in loader:
         if batch is None:
             continue
-        x, y = _to(batch[0], device, channels_last), batch[1].to(device, non_blocking=True)
+        x, y = to_device(batch[0], device, channels_last), batch[1].to(device, non_blocking=True)
         with autocast_for(device, amp):
             logits = model(x)
         logits = logits.float()

@@ -191,6 +191,12 @@ class Bucket(ClassFolders):
 
         return ShardBatches(ray.train.get_dataset_shard("train"), batch_size, shuffle_seed=seed + rank)
 
+    def probe_loader(self, split: Split, pre: Preprocess, batch_size: int, *, rank: int, world: int, seed: int,
+                     workers: int = 0, pin_memory: bool = False) -> ShardBatches:
+        """One pass over this worker's training shard, augmented: the only per-worker copy of the
+        training images a bucket gives (a local folder probes unaugmented images)."""
+        return self.train_loader(split, pre, batch_size, rank=rank, world=world, seed=seed)
+
     def val_loader(self, split: Split, pre: Preprocess, batch_size: int, *, rank: int, world: int,
                    workers: int = 0, pin_memory: bool = False) -> ShardBatches | EpochLoader:
         """This worker's validation share (samples ``rank::world``), in order."""

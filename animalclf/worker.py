@@ -25,6 +25,7 @@ from animalclf.logs import fmt_seconds, setup_logging
 from animalclf.model import build_model, frozen_modules, preprocess_for
 from animalclf.monitoring import TrainingMetrics
 from animalclf.predict import FlipAverage
+from animalclf.probe import init_head
 from animalclf.split import Split
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     folds = cv.fold_splits(split, cfg.cv, cfg.seed) if cfg.cv > 1 else [split]  # CV: K models in lockstep
     built = [_build(cfg, n_classes) for _ in folds]
     progress = _resume([b[0] for b in built], [b[2] for b in built], rank)
-    models = [ray.train.torch.prepare_model(b[0]) for b in built]
-
     per_worker = max(1, cfg.batch_size // world)
     source, pin = source_of(cfg), device.type == "cuda"
+    if cfg.head_init == "probe" and progress.epoch == 0:  # before DDP wraps the model (it broadcasts rank 0's)
+        for i, (fold, (model, _, _)) in enumerate(zip(folds, built)):
+            loader = source.probe_loader(fold, pre, per_worker, rank=rank, world=world, seed=cfg.seed,
+                                         workers=cfg.loader_workers, pin_memory=pin)
+            stats = init_head(model.to(device), loader, device, n_classes, channels_last=cfg.channels_last,
+                              amp=cfg.amp and device.type == "cuda")
+            if rank == 0:
+                log.info("Linear probe%s: head fitted on the frozen features of %d training images in %s "
+                         "(training accuracy %.4f)", f" (fold {i})" if len(folds) > 1 else "", stats["probe_images"],
+                         fmt_seconds(stats["probe_seconds"]), stats["probe_train_accuracy"])
+    models = [ray.train.torch.prepare_model(b[0]) for b in built]
+
     loaders = [(source.train_loader(f, pre, per_worker, rank=rank, world=world, seed=cfg.seed, workers=cfg.loader_workers,
                                     pin_memory=pin),
                 source.val_loader(f, pre, per_worker, rank=rank, world=world, workers=cfg.loader_workers, pin_memory=pin))

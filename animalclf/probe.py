@@ -1,0 +1,111 @@
+"""Linear-probe head initialisation (``--head-init probe``, LP-FT).
+
+A new head starts random, and with a few hundred photos a fine-tune takes only a few dozen optimizer
+steps: the head is still far from fitted when training ends (bench/RESULTS.md, issue 12). Before
+the first epoch, :func:`init_head` fits the head alone, to convergence, on the frozen pretrained
+features of the training images (one forward pass, then an L2-regularised multinomial logistic
+regression by L-BFGS); fine-tuning then starts from that head. This is "LP-FT" (Kumar et al., ICLR
+2022: "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution").
+
+Only a fresh start probes: a resumed run already has its head. With several workers, each extracts
+the features of its own share and all ranks fit the same head on the gathered set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from animalclf.engine import autocast_for, to_device
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PROBE_L2", "head_of", "extract_features", "fit_linear", "init_head"]
+
+PROBE_L2 = 1e-3
+"""L2 penalty (on the mean cross-entropy) of the probe: 1e-4 to 1e-2 scored within 0.2 points of
+each other by 5-fold CV on the shared photos, so it is a constant, not a flag."""
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """The new head's linear layer (``model.classifier``: dropout + linear, see :func:`build_model`)."""
+    head = model.classifier
+    return head[-1] if isinstance(head, nn.Sequential) else head
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, loader: Iterable, device: torch.device, *, channels_last: bool = True,
+                     amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled features the head sees (the model in eval mode, its classifier bypassed) and the
+    labels, for every batch of ``loader``; float32 on CPU."""
+    was_training, classifier = model.training, model.classifier
+    model.eval()
+    model.classifier = nn.Identity()
+    feats, labels = [], []
+    try:
+        for batch in loader:
+            if batch is None:
+                continue
+            with autocast_for(device, amp):
+                feats.append(model(to_device(batch[0], device, channels_last)).float().cpu())
+            labels.append(torch.as_tensor(batch[1]).cpu())
+    finally:
+        model.classifier = classifier
+        model.train(was_training)
+    if not feats:
+        return torch.empty(0, head_of(model).in_features), torch.empty(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(labels).long()
+
+
+def _gather(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's features and labels, in rank order (unchanged without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, y
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (x, y))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = PROBE_L2,
+               max_iter: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression, ``mean CE + l2/2 |W|^2`` by L-BFGS in float64: the
+    ``(weight, bias)`` of a ``Linear(x.shape[1], num_classes)``, as float32."""
+    x64 = x.double()
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x64 @ weight.T + bias, y) + 0.5 * l2 * (weight * weight).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return weight.detach().float(), bias.detach().float()
+
+
+def init_head(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, *,
+              channels_last: bool = True, amp: bool = False, l2: float = PROBE_L2) -> dict[str, float]:
+    """Fit ``model``'s head on the frozen features of ``loader``'s images (gathered over ranks) and
+    set it in place; returns ``probe_images``, ``probe_train_accuracy`` and ``probe_seconds``."""
+    start = time.perf_counter()
+    x, y = _gather(*extract_features(model, loader, device, channels_last=channels_last, amp=amp))
+    if len(y) == 0:
+        raise RuntimeError("The linear probe found no training image to fit the head on.")
+    weight, bias = fit_linear(x, y, num_classes, l2)
+    head = head_of(model)
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight.device))
+        head.bias.copy_(bias.to(head.bias.device))
+    accuracy = ((x @ weight.T + bias).argmax(1) == y).float().mean().item()
+    return {"probe_images": float(len(y)), "probe_train_accuracy": accuracy, "probe_seconds": time.perf_counter() - start}
