@@ -79,10 +79,12 @@ class TrainConfig:
     unfreeze: int = 10
     dropout: float = 0.2
     head_init: str = "random"  # HEAD_INITS: "probe" fits the head on frozen features before epoch 1
+    freeze_bn: bool = False  # every BatchNorm keeps its pretrained statistics (eval mode) while training
     # optimisation
     lr: float = 1e-3
     weight_decay: float = 0.0
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # > 0: evaluate, checkpoint and serve an exponential moving average of the weights
     schedule: str = "constant"  # SCHEDULES: the lr each epoch is lr x engine.lr_factor(...)
     warmup_epochs: int = 0  # cosine: epochs of linear warm-up before the decay
     schedule_epochs: Optional[int] = None  # the schedule's length when not `epochs` (a refit stops early on it)
@@ -154,6 +156,8 @@ class TrainConfig:
             raise UserError(f"Unknown metric {self.metric!r}: choose one of {', '.join(METRICS)}.")
         if self.cv == 1 or self.cv < 0:
             raise UserError(f"--cv {self.cv}: pass K >= 2 folds (e.g. --cv 5), or 0 for one train/val split.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"--ema-decay {self.ema_decay} must be at least 0 (off) and below 1, e.g. 0.9.")
         if self.head_init not in HEAD_INITS:
             raise UserError(f"Unknown --head-init {self.head_init!r}: choose one of {', '.join(HEAD_INITS)}.")
         if self.final not in FINAL_MODES:
@@ -216,6 +220,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--weights", default=d.weights, help="imagenet, none, or a state-dict file (default: imagenet)")
     g.add_argument("--unfreeze", type=int, default=d.unfreeze, help=f"trainable trailing layers (default: {d.unfreeze})")
     g.add_argument("--dropout", type=float, default=d.dropout, help=f"(default: {d.dropout})")
+    g.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=d.freeze_bn,
+                   help="keep every BatchNorm layer in eval mode while training (its pretrained statistics; "
+                        "its scale and shift still train when unfrozen; default: off)")
     g.add_argument("--head-init", default=d.head_init, choices=HEAD_INITS,
                    help="random, or probe: fit the new head on the frozen pretrained features of the training "
                         f"images before the first epoch, then fine-tune (LP-FT; default: {d.head_init})")
@@ -223,6 +230,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default: {d.lr})")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: 0)")
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default: 0)")
+    g.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                   help="keep an exponential moving average of the weights (updated every step) and evaluate, "
+                        "checkpoint and serve it; 0 = off (default: 0)")
     g.add_argument("--schedule", default=d.schedule, choices=SCHEDULES,
                    help="learning rate over epochs: constant, or cosine decay to 0 after --warmup-epochs (default: constant)")
     g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,

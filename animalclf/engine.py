@@ -14,8 +14,9 @@ from typing import Iterable, Optional
 import torch
 import torchmetrics
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-__all__ = ["EpochMetrics", "train_one_epoch", "evaluate", "autocast_for", "lr_factor", "set_lr", "to_device"]
+__all__ = ["EpochMetrics", "train_one_epoch", "evaluate", "autocast_for", "lr_factor", "set_lr", "to_device", "make_ema"]
 
 
 def lr_factor(epoch: int, epochs: int, schedule: str = "constant", warmup: int = 0) -> float:
@@ -30,6 +31,12 @@ def lr_factor(epoch: int, epochs: int, schedule: str = "constant", warmup: int =
     if epoch < warmup:
         return (epoch + 1) / (warmup + 1)
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
+
+
+def make_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s parameters and buffers (BatchNorm statistics
+    too): ``ema = decay * ema + (1 - decay) * weights`` after each step, ``ema.module`` the model."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -88,9 +95,11 @@ def train_one_epoch(
     channels_last: bool = True,
     amp: bool = False,
     max_steps: Optional[int] = None,
+    ema: Optional[AveragedModel] = None,
 ) -> dict[str, float]:
     """One pass of training; returns ``train_loss/accuracy/f1/images``, ``train_seconds`` and
-    ``train_images_per_sec`` (over all workers). ``frozen`` modules stay in eval mode."""
+    ``train_images_per_sec`` (over all workers). ``frozen`` modules stay in eval mode; ``ema``
+    (see :func:`make_ema`) is updated after every optimizer step."""
     model.train()
     for m in frozen:
         m.eval()
@@ -108,6 +117,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(getattr(model, "module", model))  # the weights inside DDP
         metrics.update(loss, logits, y)
     out = metrics.compute("train")
     out["train_seconds"] = time.perf_counter() - start

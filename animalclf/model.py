@@ -86,9 +86,11 @@ def set_unfreeze(model: nn.Module, unfreeze: int) -> None:
     model.classifier.requires_grad_(True)
 
 
-def frozen_modules(model: nn.Module) -> list[nn.Module]:
-    """Feature layers with no trainable parameter: kept in eval mode so BatchNorm stats stay put."""
-    return [m for m in feature_layers(model) if not any(p.requires_grad for p in m.parameters())]
+def frozen_modules(model: nn.Module, freeze_bn: bool = False) -> list[nn.Module]:
+    """Modules kept in eval mode while training: feature layers with no trainable parameter (so their
+    BatchNorm statistics stay put) and, with ``freeze_bn``, every BatchNorm layer."""
+    frozen = [m for m in feature_layers(model) if not any(p.requires_grad for p in m.parameters())]
+    return frozen + [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if freeze_bn else frozen
 
 
 def _imagenet_b0_state() -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from animalclf import cv, tracking
 from animalclf.checkpoint import fold_dir, load_train_state, save_checkpoint, unwrap
 from animalclf.config import TrainConfig, better
 from animalclf.datasource import source_of
-from animalclf.engine import evaluate, lr_factor, set_lr, train_one_epoch
+from animalclf.engine import evaluate, lr_factor, make_ema, set_lr, train_one_epoch
 from animalclf.logs import fmt_seconds, setup_logging
 from animalclf.model import build_model, frozen_modules, preprocess_for
 from animalclf.monitoring import TrainingMetrics
@@ -68,31 +68,50 @@ class _Progress:
 
 def _build(cfg: TrainConfig, n_classes: int):
     model = build_model(cfg.arch, n_classes, cfg.unfreeze, cfg.weights, cfg.dropout)
-    frozen = frozen_modules(model)
+    frozen = frozen_modules(model, cfg.freeze_bn)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     return model, frozen, optimizer
 
 
-def _resume(models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer], rank: int) -> _Progress:
+def _resume(models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
+            rank: int) -> tuple[_Progress, list[dict[str, Any]]]:
     """Ray Train's checkpoint after a restart (every fold's weights and optimizer, progress), or a
-    fresh start."""
+    fresh start. Also returns each fold's saved train state (empty on a fresh start); with
+    ``--ema-decay``, ``model.pt`` holds the average (kept under ``"average"``) and the state the
+    trained weights."""
     import ray.train
 
     resumed = ray.train.get_checkpoint()
     if not resumed:
-        return _Progress()
+        return _Progress(), []
+    states = []
     with resumed.as_directory() as d:
-        saved = load_train_state(d)
         for i, (model, optimizer) in enumerate(zip(models, optimizers)):
             where = fold_dir(d, i)
-            model.load_state_dict(torch.load(where / "model.pt", map_location="cpu", weights_only=True))
-            optimizer.load_state_dict((saved if i == 0 else load_train_state(where))["optimizer"])
-    progress = _Progress(**{k: saved[k] for k in ("epoch", "history", "best", "bad_epochs")})
+            state = load_train_state(where)
+            saved = torch.load(where / "model.pt", map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"] if "model" in state else saved)
+            optimizer.load_state_dict(state["optimizer"])
+            states.append({**state, "average": saved})
+    progress = _Progress(**{k: states[0][k] for k in ("epoch", "history", "best", "bad_epochs")})
     if rank == 0:
         log.info("Resumed from checkpoint after epoch %d", progress.epoch)
-    return progress
+    return progress, states
+
+
+def _emas(cfg: TrainConfig, models: Sequence[nn.Module], states: Sequence[dict[str, Any]]) -> list[Optional[Any]]:
+    """One weight average per model with ``--ema-decay`` (``None`` each without), resumed where a
+    checkpoint holds one."""
+    if not cfg.ema_decay:
+        return [None] * len(models)
+    emas = [make_ema(unwrap(model), cfg.ema_decay) for model in models]
+    for ema, state in zip(emas, states):
+        if "ema_steps" in state:
+            ema.module.load_state_dict(state["average"])
+            ema.n_averaged.fill_(state["ema_steps"])
+    return emas
 
 
 def _log_epoch(cfg: TrainConfig, metrics: dict[str, Any], epoch_times: list[float], stop: bool) -> None:
@@ -126,7 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     folds = cv.fold_splits(split, cfg.cv, cfg.seed) if cfg.cv > 1 else [split]  # CV: K models in lockstep
     built = [_build(cfg, n_classes) for _ in folds]
-    progress = _resume([b[0] for b in built], [b[2] for b in built], rank)
+    progress, states = _resume([b[0] for b in built], [b[2] for b in built], rank)
     per_worker = max(1, cfg.batch_size // world)
     source, pin = source_of(cfg), device.type == "cuda"
     if cfg.head_init == "probe" and progress.epoch == 0:  # before DDP wraps the model (it broadcasts rank 0's)
@@ -140,6 +159,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                          "(training accuracy %.4f)", f" (fold {i})" if len(folds) > 1 else "", stats["probe_images"],
                          fmt_seconds(stats["probe_seconds"]), stats["probe_train_accuracy"])
     models = [ray.train.torch.prepare_model(b[0]) for b in built]
+    emas = _emas(cfg, models, states)
 
     loaders = [(source.train_loader(f, pre, per_worker, rank=rank, world=world, seed=cfg.seed, workers=cfg.loader_workers,
                                     pin_memory=pin),
@@ -161,19 +181,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         per_fold = []
         lr = cfg.lr * lr_factor(epoch, cfg.schedule_epochs or cfg.epochs, cfg.schedule, cfg.warmup_epochs)
-        for fold, model, (_, frozen, optimizer), (train_loader, val_loader) in zip(folds, models, built, loaders):
+        for fold, model, ema, (_, frozen, optimizer), (train_loader, val_loader) in zip(folds, models, emas, built, loaders):
             train_loader.set_epoch(epoch)
             set_lr(optimizer, lr)
             tm = train_one_epoch(model, train_loader, criterion, optimizer, device, n_classes, frozen=frozen,
-                                 channels_last=cfg.channels_last, amp=amp, max_steps=cfg.max_steps_per_epoch)
+                                 channels_last=cfg.channels_last, amp=amp, max_steps=cfg.max_steps_per_epoch, ema=ema)
+            scored = ema.module if ema is not None else unwrap(model)  # what is checkpointed and served
             if tm["train_images"] == 0:
                 raise RuntimeError(f"No training image could be read on worker {rank} (e.g. {fold.train[0][0]}): "
                                    f"the data must be visible at the same path on every node (shared storage or s3://).")
-            vm, _ = evaluate(unwrap(model), val_loader, criterion, device, n_classes, channels_last=cfg.channels_last, amp=amp)
+            vm, _ = evaluate(scored, val_loader, criterion, device, n_classes, channels_last=cfg.channels_last, amp=amp)
             if rank == 0 and vm["val_images"] < len(fold.val):  # files that stopped decoding were dropped
                 log.warning("Skipped %d unreadable validation image(s) of %d", len(fold.val) - vm["val_images"], len(fold.val))
             if len(folds) > 1:  # CV also measures flip TTA on the same images (bench/quality.py)
-                tta, _ = evaluate(FlipAverage(unwrap(model)), val_loader, criterion, device, n_classes,
+                tta, _ = evaluate(FlipAverage(scored), val_loader, criterion, device, n_classes,
                                   channels_last=cfg.channels_last, amp=amp)
                 vm.update({"val_tta_accuracy": tta["val_accuracy"], "val_tta_f1": tta["val_f1"]})
             per_fold.append({**tm, **vm})
@@ -190,9 +211,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:
                 meta = checkpoint_meta(cfg, split.classes, metrics, epoch + 1)
-                for i, (model, (_, _, optimizer)) in enumerate(zip(models, built)):
-                    state = {**asdict(progress), "optimizer": optimizer.state_dict()} if i == 0 else {"optimizer": optimizer.state_dict()}
-                    save_checkpoint(fold_dir(tmp, i), model, meta, state)
+                for i, (model, ema, (_, _, optimizer)) in enumerate(zip(models, emas, built)):
+                    state = {**(asdict(progress) if i == 0 else {}), "optimizer": optimizer.state_dict()}
+                    if ema is not None:  # model.pt is the average; resume needs the trained weights too
+                        state.update(model={k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+                                     ema_steps=int(ema.n_averaged))
+                    save_checkpoint(fold_dir(tmp, i), ema.module if ema is not None else model, meta, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
         if stop:

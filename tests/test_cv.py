@@ -7,9 +7,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from animalclf import cv
+from animalclf.checkpoint import fold_dir, load_train_state
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
 from animalclf.evidence import EVIDENCE_FILE, Evaluation
@@ -126,12 +128,21 @@ def test_cv_training_logs_fold_mean_and_std_per_epoch_then_refits_on_all_images(
 def test_cv_run_resumes_every_fold_from_its_checkpoint(ray_session, project, tiny_folder):
     from animalclf.training import run_training
 
-    first = run_training(tiny_cfg(tiny_folder, name="cv-resume", epochs=1, final="none", track=False))
-    second = run_training(tiny_cfg(tiny_folder, name="cv-resume", epochs=2, final="none", track=False))
+    cfg = tiny_cfg(tiny_folder, name="cv-resume", epochs=1, final="none", track=False, ema_decay=0.5)
+    first = run_training(cfg)
+    second = run_training(cfg.replace(epochs=2))
     h1, h2 = first.report["history"], second.report["history"]
     assert len(h1) == 1 and len(h2) == 2
     assert h2[0] == h1[0]  # epoch 1 was not rerun (its wall-clock figures are the first run's)
     assert "val_accuracy_std" in h2[1] and second.metrics["cv_val_accuracy"] == max(h["val_accuracy"] for h in h2)
+    # --ema-decay: each fold's weight average went on from the checkpoint, and model.pt is the average
+    ckpts = sorted((Path(cfg.resolved_storage()) / cfg.name).glob("checkpoint_*"))  # oldest first
+    steps = [[load_train_state(fold_dir(c, i))["ema_steps"] for i in range(2)] for c in (ckpts[0], ckpts[-1])]
+    assert steps[0][0] > 0 and steps[1] == [2 * s for s in steps[0]], steps
+    for i in range(2):
+        average = torch.load(fold_dir(ckpts[-1], i) / "model.pt", weights_only=True)
+        trained = load_train_state(fold_dir(ckpts[-1], i))["model"]
+        assert average.keys() == trained.keys() and any(not torch.equal(average[k], trained[k]) for k in average)
 
 
 @pytest.mark.slow

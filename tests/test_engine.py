@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from animalclf.engine import evaluate, lr_factor, set_lr, train_one_epoch
+from animalclf.engine import evaluate, lr_factor, make_ema, set_lr, train_one_epoch
 
 
 class FixedLogits(nn.Module):
@@ -52,6 +52,22 @@ def test_train_one_epoch_learns_and_respects_frozen_and_max_steps():
     assert torch.equal(body[1].running_mean, before)  # frozen BN statistics untouched
     capped = train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, torch.device("cpu"), 2, max_steps=2)
     assert capped["train_images"] == 32 and capped["train_images_per_sec"] > 0
+
+
+def test_ema_follows_every_step_with_its_decay_and_keeps_the_trained_weights_apart():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = make_ema(model, decay=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3), torch.tensor([0, 1] * 4)
+    seen = []
+    for _ in range(3):  # three one-batch epochs: three steps
+        train_one_epoch(model, [(x, y)], nn.CrossEntropyLoss(), opt, torch.device("cpu"), 2, channels_last=False, ema=ema)
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+    expected = {k: 0.25 * seen[0][k] + 0.25 * seen[1][k] + 0.5 * seen[2][k] for k in ("0.weight", "1.running_mean")}
+    for k, v in expected.items():  # the first step is copied, then ema = 0.5 ema + 0.5 weights
+        assert torch.allclose(ema.module.state_dict()[k], v, atol=1e-6), k
+    assert int(ema.n_averaged) == 3 and not torch.equal(ema.module[0].weight, model[0].weight)
 
 
 def test_lr_factor_constant_and_cosine_with_warmup():
