@@ -9,6 +9,7 @@ for), wall time and load, and the spread of the last-epoch mean over the seeds.
 
     python bench/quality.py                                  # demo + strong, 5 folds, seeds 42,1,2
     python bench/quality.py --recipes demo --seeds 42 --folds 5
+    python bench/quality.py --recipes demo,probe,probe224 --seeds 42,1,2 --strong-seeds 42
     python bench/quality.py --recipes demo --seeds 42 --vary - label_smoothing=0.1 schedule=cosine,warmup_epochs=1
                                                              # cheap gains, paired with the recipe as is (-)
     python bench/quality.py --final-compare --recipes demo  # --final refit vs ensemble by nested CV
@@ -32,10 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _ray_head import DEFAULT_DATA, load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
 
-# The demo's fine-tune (ray_jobs/demo.py) and a stronger fixed recipe (bench section 3's).
+# "demo": the demo's step 1 until 2026-11-29 (a 6-epoch fine-tune; the demo search's first point is
+# this at 4 epochs); "strong": bench section 3's fixed fine-tune; "probe": the demo's step 1 now (the
+# linear probe alone, ray_jobs/demo.py); "probe224": the same at 224 px.
 RECIPES = {
     "demo": dict(arch="efficientnet_lite0", image_size=160, unfreeze=2, lr=1e-3, batch_size=32, epochs=6),
     "strong": dict(arch="efficientnet_lite0", image_size=224, unfreeze=3, lr=1e-3, batch_size=32, epochs=8),
+    "probe": dict(arch="efficientnet_lite0", image_size=160, unfreeze=0, lr=0.0, batch_size=32, epochs=1, head_init="probe"),
+    "probe224": dict(arch="efficientnet_lite0", image_size=224, unfreeze=0, lr=0.0, batch_size=32, epochs=1,
+                     head_init="probe"),
 }
 
 

@@ -24,7 +24,10 @@ def test_defaults_follow_the_original():
     ([], "No data given"),
     (["--data", "d", "--train-dir", "t"], "either --data"),
     (["--data", "d", "--val-ratio", "1.5"], "val-ratio"),
-    (["--data", "d", "--lr", "0"], "--lr must be positive"),
+    (["--data", "d", "--lr", "-1"], "--lr must be positive"),
+    (["--data", "d", "--lr", "0"], "--lr 0 keeps the linear probe.*--head-init probe --unfreeze 0 --epochs 1"),
+    (["--data", "d", "--lr", "0", "--head-init", "probe", "--unfreeze", "0", "--epochs", "2"], "--epochs 1"),
+    (["--data", "d", "--ema-decay", "1"], "--ema-decay 1.0 must be at least 0"),
     (["--data", "d", "--metric", "auc"], "Unknown metric"),
     (["--data", "d", "--epochs", "3", "--warmup-epochs", "3"], "--warmup-epochs 3 must be"),
     (["--data", "d", "--warmup-epochs", "-1"], "--warmup-epochs -1 must be"),
@@ -34,6 +37,11 @@ def test_defaults_follow_the_original():
 def test_validation_errors(argv, match):
     with pytest.raises(UserError, match=match):
         parse(*argv).validate()
+
+
+def test_the_linear_probe_alone_is_a_valid_recipe():
+    cfg = parse("--data", "d", "--lr", "0", "--head-init", "probe", "--unfreeze", "0", "--epochs", "1").validate()
+    assert (cfg.lr, cfg.head_init, cfg.freeze_bn, cfg.ema_decay) == (0, "probe", False, 0.0)
 
 
 def test_a_schedule_shorter_than_the_run_is_refused():

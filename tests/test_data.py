@@ -141,6 +141,12 @@ def test_folder_loaders_cover_the_split_over_ranks(tmp_path):
     assert order(0, 0) == order(0, 0) and order(0, 0) != order(0, 1)  # seeded, reshuffled per epoch
     x, y = next(iter(source.train_loader(split, pre, 4, rank=0, world=1, seed=0)))
     assert tuple(x.shape) == (4, 3, 16, 16) and y.dtype == torch.int64
+    probe = Counter()
+    for rank in range(world):  # the linear probe's images: every training image once, unaugmented
+        probe += _labels(source.probe_loader(split, pre, 4, rank=rank, world=world, seed=0))
+    assert probe == Counter(y for _, y in split.train)
+    first, again = (torch.cat([b[0] for b in source.probe_loader(split, pre, 4, rank=0, world=1, seed=s)]) for s in (0, 1))
+    assert torch.equal(first, again)  # no random crop, flip or jitter
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16", "LA", "1"])

@@ -46,7 +46,7 @@ def test_demo_stops_in_every_phase_and_leaves_nothing(phase, how, tmp_path, tiny
     log = tmp_path / "demo.log"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "ray_jobs" / "demo.py"), "--data", str(tiny_folder), "--image-size", "64",
-         "--epochs", "1", "--trials", "1", "--tune-epochs", "1", "--serve-port", str(serve_port), "--ui-port", str(ui_port)],
+         "--trials", "1", "--tune-epochs", "1", "--serve-port", str(serve_port), "--ui-port", str(ui_port)],
         env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
