@@ -70,6 +70,23 @@ def test_ema_follows_every_step_with_its_decay_and_keeps_the_trained_weights_apa
     assert int(ema.n_averaged) == 3 and not torch.equal(ema.module[0].weight, model[0].weight)
 
 
+def test_freeze_bn_keeps_every_batchnorm_statistic_while_its_layer_trains():
+    from animalclf.model import build_model, frozen_modules
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 3, unfreeze=18, weights="none")
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert frozen_modules(model) == [] and set(map(id, bns)) <= set(map(id, frozen_modules(model, freeze_bn=True)))
+    before = [bn.running_mean.clone() for bn in bns]
+    weight = model.bn2.weight.detach().clone()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loader = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))]
+    train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, torch.device("cpu"), 3,
+                    frozen=frozen_modules(model, freeze_bn=True), channels_last=False)
+    assert all(torch.equal(bn.running_mean, b) for bn, b in zip(bns, before))  # statistics kept
+    assert not torch.equal(model.bn2.weight, weight)  # scale and shift still train
+
+
 def test_lr_factor_constant_and_cosine_with_warmup():
     assert [lr_factor(e, 4) for e in range(4)] == [1.0] * 4
     f = [lr_factor(e, 6, "cosine", warmup=1) for e in range(6)]

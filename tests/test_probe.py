@@ -9,7 +9,7 @@ import torch
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
 from animalclf.model import build_model
-from animalclf.probe import extract_features, fit_linear, head_of, init_head
+from animalclf.probe import _gather, extract_features, fit_linear, head_of, init_head
 
 
 def test_fit_linear_reaches_the_regularised_optimum():
@@ -51,10 +51,36 @@ def test_init_head_fits_the_head_on_frozen_features_and_touches_nothing_else():
     assert feats.shape == (len(y), head_of(model).in_features) and torch.equal(labels, y)
 
 
-def test_an_empty_share_is_an_error_not_a_random_head():
+def test_an_empty_training_set_is_an_error_not_a_random_head():
     model = build_model("efficientnet_lite0", 3, unfreeze=0, weights="none")
     with pytest.raises(RuntimeError, match="no training image"):
         init_head(model, [None], torch.device("cpu"), 3, channels_last=False)
+
+
+def _gather_on_rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        n = rank + 1  # unequal shares: 1 and 2 images
+        x, y = torch.full((n, 4), float(rank)), torch.full((n,), rank, dtype=torch.long)
+        torch.save(_gather(x, y), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_fits_on_every_ranks_features(tmp_path):
+    """Two real gloo processes with unequal shares: both get all 3 rows, in rank order."""
+    import torch.multiprocessing as mp
+
+    from animalclf.localray import free_port
+
+    mp.spawn(_gather_on_rank, args=(2, free_port(), str(tmp_path / "g")), nprocs=2, join=True)
+    for rank in range(2):
+        x, y = torch.load(tmp_path / f"g.{rank}", weights_only=True)
+        assert y.tolist() == [0, 1, 1] and x[:, 0].tolist() == [0.0, 1.0, 1.0]
+    x, y = torch.ones(2, 3), torch.zeros(2, dtype=torch.long)
+    assert _gather(x, y) == (x, y)  # no process group: unchanged
 
 
 def test_an_unknown_head_init_is_a_one_line_error():
