@@ -54,8 +54,9 @@ class DataSource(Protocol):
 
     def probe_loader(self, split: Split, pre: Preprocess, batch_size: int, *, rank: int, world: int, seed: int,
                      workers: int = 0, pin_memory: bool = False) -> EpochIterable:
-        """This worker's share of the training images for the linear probe (``--head-init probe``):
-        unaugmented where the source can, each image once over all ranks."""
+        """This worker's share of the training images for the linear probe (``--head-init probe``): a
+        local folder gives each image once over all ranks, unaugmented; a bucket one augmented pass
+        over the worker's training shard (Ray Data's equal split may leave out a few images)."""
 
 
 def open_source(data: Optional[str] = None, train_dir: Optional[str] = None,

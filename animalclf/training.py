@@ -33,7 +33,7 @@ from animalclf.worker import make_trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainOutcome", "prepare", "start_tracker", "fit", "publish", "publish_cv", "cv_figures", "run_training"]
+__all__ = ["TrainOutcome", "prepare", "start_tracker", "check_resumable", "fit", "publish", "publish_cv", "cv_figures", "run_training"]
 
 
 @dataclass
@@ -71,6 +71,33 @@ def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
         tracking.check_tracking(uri)
     log.info("Outputs (checkpoints, reports%s): %s", ", local MLflow store" if uri and uri.startswith("sqlite") else "", out)
     return split, uri
+
+
+# What a checkpoint's weights and optimizer state are shaped by: resuming under other values fails
+# deep inside the worker (e.g. an optimizer group of another size), so the driver refuses first.
+RESUME_KEYS = ("arch", "unfreeze", "cv")
+
+
+def check_resumable(cfg: TrainConfig, split: Split, name: str) -> None:
+    """Raise :class:`UserError` when run ``name`` already has a checkpoint in local storage that this
+    config cannot resume (another arch, ``unfreeze``, fold count or class list)."""
+    from animalclf import s3
+
+    storage = cfg.resolved_storage()
+    run_dir = Path(storage) / name
+    if s3.is_remote(storage) or not run_dir.is_dir():
+        return
+    ckpts = sorted(p for p in run_dir.glob("checkpoint_*") if (p / META_FILE).is_file())
+    if not ckpts:
+        return
+    meta = read_meta(ckpts[-1])
+    saved = {k: meta.get("config", {}).get(k) for k in RESUME_KEYS}
+    changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in RESUME_KEYS if saved[k] != getattr(cfg, k)]
+    if meta.get("classes") != list(split.classes):
+        changed.append(f"classes {len(meta.get('classes') or [])} -> {len(split.classes)}")
+    if changed:
+        raise UserError(f"Run {name!r} in {storage} has checkpoints of another setup ({', '.join(changed)}), so it cannot "
+                        f"resume: pass another --name to start afresh, or delete {run_dir}.")
 
 
 def fit(cfg: TrainConfig, split: Split, tracker: Optional["tracking.Tracker"], *, name: Optional[str] = None,
@@ -239,6 +266,7 @@ def run_training(cfg: TrainConfig, *, split: Optional[Split] = None) -> TrainOut
     cross-validate, then publish ``cfg.final``)."""
     if split is None:
         split, _ = prepare(cfg)
+    check_resumable(cfg, split, cfg.name)  # before any MLflow run exists
     if cfg.cv > 1:
         return _run_cv(cfg, split)
     tracker = start_tracker(cfg, split, cfg.name)

@@ -151,7 +151,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], split: dict[str, Any
     from animalclf.logs import setup_logging
 
     setup_logging()
-    cfg = TrainConfig.from_dict({**base, **config})
+    cfg = TrainConfig.from_dict({**base, **config}).validate()  # a sampled config is checked like a flag
     the_split = Split(**split)
     trial_id = tune.get_context().get_trial_id()
     tracker = None
@@ -192,6 +192,9 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
         unknown = set(point) - set(space)
         if unknown:
             raise UserError(f"--points names {sorted(unknown)} outside the search space {sorted(space)}.")
+    if cfg.lr == 0 and "lr" not in space:
+        raise UserError("--lr 0 (the linear probe alone) leaves nothing to train in a search: search lr "
+                        "(--space lr=LOW:HIGH) or train the probe with ray_jobs/train.py.")
     if cfg.cv > 1 and cfg.final == "none":
         raise UserError("A --cv search publishes its best config (--final refit or ensemble): drop --final none.")
     split, uri = prepare(cfg)

@@ -66,8 +66,10 @@ class _Progress:
         return stop
 
 
-def _build(cfg: TrainConfig, n_classes: int):
-    model = build_model(cfg.arch, n_classes, cfg.unfreeze, cfg.weights, cfg.dropout)
+def _build(cfg: TrainConfig, n_classes: int, device: torch.device):
+    """Model (on ``device`` before its optimizer exists, so a resumed optimizer's state lands there
+    too), the modules kept in eval mode, and the optimizer."""
+    model = build_model(cfg.arch, n_classes, cfg.unfreeze, cfg.weights, cfg.dropout).to(device)
     frozen = frozen_modules(model, cfg.freeze_bn)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -144,7 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     n_classes = len(split.classes)
 
     folds = cv.fold_splits(split, cfg.cv, cfg.seed) if cfg.cv > 1 else [split]  # CV: K models in lockstep
-    built = [_build(cfg, n_classes) for _ in folds]
+    built = [_build(cfg, n_classes, device) for _ in folds]
     progress, states = _resume([b[0] for b in built], [b[2] for b in built], rank)
     per_worker = max(1, cfg.batch_size // world)
     source, pin = source_of(cfg), device.type == "cuda"
@@ -152,7 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for i, (fold, (model, _, _)) in enumerate(zip(folds, built)):
             loader = source.probe_loader(fold, pre, per_worker, rank=rank, world=world, seed=cfg.seed,
                                          workers=cfg.loader_workers, pin_memory=pin)
-            stats = init_head(model.to(device), loader, device, n_classes, channels_last=cfg.channels_last,
+            stats = init_head(model, loader, device, n_classes, channels_last=cfg.channels_last,
                               amp=cfg.amp and device.type == "cuda")
             if rank == 0:
                 log.info("Linear probe%s: head fitted on the frozen features of %d training images in %s "

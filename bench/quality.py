@@ -94,7 +94,7 @@ def _cfg(args, recipe: str, seed: int, **kw):
     cfg = TrainConfig(data=args.data, weights="imagenet", patience=0, seed=seed, num_workers=1, cpus_per_worker=args.cpus,
                       track=False, cv=args.folds, final="none", name=f"q-{recipe}-{seed}", **{**RECIPES[recipe], **kw})
     if args.quick:
-        cfg = cfg.replace(image_size=64, epochs=2, max_steps_per_epoch=2, batch_size=8)
+        cfg = cfg.replace(image_size=64, epochs=min(cfg.epochs, 2), max_steps_per_epoch=2, batch_size=8)
     return cfg
 
 

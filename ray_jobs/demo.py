@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, data: str, uri: str, arch: str, head, t0: float) -> int:
     base = TrainConfig(data=data, arch=arch, image_size=args.image_size, unfreeze=2, epochs=args.tune_epochs, batch_size=32,
-                       lr=1e-3, patience=0, name="demo-train", experiment="animalclf-demo", model_name="animalclf")
+                       lr=1e-3, patience=0, name="demo-probe", experiment="animalclf-demo", model_name="animalclf")
 
     # Step 1 is the linear probe (the head fitted on frozen ImageNet features, no fine-tuning) at the
     # weights' own 224 px: by 5-fold CV on the shared photos it beat the 6-epoch 160 px fine-tune this step

@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from animalclf.config import TrainConfig
+from animalclf.errors import UserError
 from animalclf.predict import Predictor, decode_image
 from animalclf.training import run_training
 from conftest import make_image_folder
@@ -73,6 +74,22 @@ def test_two_worker_fine_tune_beats_chance_on_the_shared_photos(ray_session, pro
     out = run_training(cfg)
     chance = 1 / len(out.report["classes"])
     assert out.report["accuracy"] >= max(0.5, 5 * chance), out.report["accuracy"]
+
+
+@pytest.mark.slow
+def test_a_run_with_another_setup_is_refused_before_it_starts(ray_session, project, tmp_path):
+    """Same --name, other --unfreeze: one clear error before any MLflow run or worker, not an
+    optimizer-group mismatch inside the worker; the same setup resumes."""
+    data = make_image_folder(tmp_path / "data", per_class=6)
+    cfg = TrainConfig(data=str(data), arch="efficientnet_lite0", unfreeze=0, image_size=32, batch_size=8, epochs=1,
+                      name="same-name", experiment="resume-check", model_name=None, patience=0)
+    run_training(cfg)
+    client = MlflowClient()
+    runs_before = client.search_runs([client.get_experiment_by_name("resume-check").experiment_id])
+    with pytest.raises(UserError, match=r"Run 'same-name' .* another setup \(unfreeze 0 -> 1\).*another --name"):
+        run_training(cfg.replace(unfreeze=1, epochs=2))
+    assert len(client.search_runs([client.get_experiment_by_name("resume-check").experiment_id])) == len(runs_before)
+    assert run_training(cfg.replace(epochs=2)).epochs_run == 2  # the same setup resumes
 
 
 @pytest.mark.parametrize("argv,env,match", [

@@ -83,6 +83,9 @@ def test_space_and_concurrency_errors_before_any_trial():
     assert plan_concurrency(TrainConfig(use_gpu=True, num_workers=2), None, {"CPU": 16, "GPU": 8}) == 4
     with pytest.raises(UserError, match="drop --final none"):  # a CV search always publishes its best config
         run_search(TrainConfig(data="x", cv=2, final="none"), space, TuneOptions())
+    probe = TrainConfig(data="x", head_init="probe", unfreeze=0, lr=0.0, epochs=1)
+    with pytest.raises(UserError, match="--lr 0 .*leaves nothing to train in a search"):
+        run_search(probe, parse_space(["lr=", "unfreeze=0:2"]), TuneOptions())
 
 
 def run_tune(args, env, **kw):
