@@ -23,7 +23,7 @@ from torch import nn
 from animalclf.errors import UserError
 from animalclf.model import Ensemble, build_model
 
-__all__ = ["META_FILE", "MEMBERS", "save_checkpoint", "read_meta", "load_model", "load_train_state", "unwrap", "fold_dir"]
+__all__ = ["META_FILE", "MEMBERS", "ray_checkpoints", "save_checkpoint", "read_meta", "load_model", "load_train_state", "unwrap", "fold_dir"]
 
 META_FILE = "animalclf.json"
 MEMBERS = "members"  # meta key: how many models an Ensemble checkpoint holds
@@ -35,6 +35,12 @@ def fold_dir(root: str | Path, fold: int) -> Path:
     """Where fold ``fold``'s weights live in a cross-validation checkpoint: the root for fold 0 (so
     a checkpoint without CV is unchanged), ``fold<i>/`` for the others."""
     return Path(root) if fold == 0 else Path(root) / f"fold{fold}"
+
+
+def ray_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A local Ray Train run's checkpoint directories, oldest first (Ray names them by time; files
+    such as ``checkpoint_manager_snapshot.json`` are not checkpoints)."""
+    return sorted(p for p in Path(run_dir).glob("checkpoint_*") if (p / META_FILE).is_file())
 
 
 def unwrap(model: nn.Module) -> nn.Module:

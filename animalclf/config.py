@@ -147,11 +147,13 @@ class TrainConfig:
             raise UserError("Pass either --data or --train-dir/--val-dir, not both.")
         if not 0.0 < self.val_ratio < 1.0:
             raise UserError(f"--val-ratio {self.val_ratio} must be between 0 and 1 (exclusive), e.g. 0.2.")
+        if self.lr < 0:
+            raise UserError(f"--lr must be positive, got {self.lr}.")
         if self.lr == 0 and not (self.head_init == "probe" and self.unfreeze == 0 and self.epochs == 1):
             raise UserError("--lr 0 keeps the linear probe as the model: use it with --head-init probe --unfreeze 0 "
                             "--epochs 1, or give a positive --lr.")
-        for name in ("lr", "batch_size", "epochs", "num_workers"):
-            if getattr(self, name) <= 0 and not (name == "lr" and self.lr == 0):
+        for name in ("batch_size", "epochs", "num_workers"):
+            if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}.")
         if self.batch_size < self.num_workers:
             raise UserError(f"--batch-size {self.batch_size} is smaller than --num-workers {self.num_workers}.")

@@ -30,9 +30,8 @@ each other (5-fold CV on the shared photos, 3 seeds, Lite0 at 160 px), so it is 
 
 
 def head_of(model: nn.Module) -> nn.Linear:
-    """The new head's linear layer (``model.classifier``: dropout + linear, see :func:`build_model`)."""
-    head = model.classifier
-    return head[-1] if isinstance(head, nn.Sequential) else head
+    """The new head's linear layer (``model.classifier`` is dropout + linear, see :func:`build_model`)."""
+    return model.classifier[-1]
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from animalclf import cv, localray, registry, tracking
-from animalclf.checkpoint import META_FILE, load_model, load_train_state, read_meta
+from animalclf.checkpoint import META_FILE, load_model, load_train_state, ray_checkpoints, read_meta
 from animalclf.config import TrainConfig, check_runs_dir, runs_dir
 from animalclf.datasource import source_of
 from animalclf.errors import UserError
@@ -87,7 +87,7 @@ def check_resumable(cfg: TrainConfig, split: Split, name: str) -> None:
     run_dir = Path(storage) / name
     if s3.is_remote(storage) or not run_dir.is_dir():
         return
-    ckpts = sorted(p for p in run_dir.glob("checkpoint_*") if (p / META_FILE).is_file())
+    ckpts = ray_checkpoints(run_dir)
     if not ckpts:
         return
     meta = read_meta(ckpts[-1])

@@ -96,7 +96,7 @@ def _resume(models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimi
             saved = torch.load(where / "model.pt", map_location="cpu", weights_only=True)
             model.load_state_dict(state["model"] if "model" in state else saved)
             optimizer.load_state_dict(state["optimizer"])
-            states.append({**state, "average": saved})
+            states.append({**state, "average": saved} if "ema_steps" in state else state)
     progress = _Progress(**{k: states[0][k] for k in ("epoch", "history", "best", "bad_epochs")})
     if rank == 0:
         log.info("Resumed from checkpoint after epoch %d", progress.epoch)

@@ -1,8 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
-from animalclf.checkpoint import load_model, load_train_state, read_meta, save_checkpoint
+from animalclf.checkpoint import load_model, load_train_state, ray_checkpoints, read_meta, save_checkpoint
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
 from animalclf.model import build_model
@@ -45,3 +47,15 @@ def test_train_state_with_code_is_refused(tmp_path):
     with pytest.raises(Exception, match="[Ww]eights only"):
         load_train_state(tmp_path / "ck")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_ray_checkpoints_are_the_dated_checkpoint_dirs_oldest_first(tmp_path):
+    meta = {"arch": "efficientnet_lite0", "classes": ["a"], "unfreeze": 0}
+    for name in ("checkpoint_2026-11-29_10-00-02.1", "checkpoint_2026-11-29_10-00-01.5"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "animalclf.json").write_text(json.dumps(meta))
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray Train V2's own file
+    (tmp_path / "checkpoint_tmp_half_written").mkdir()  # no meta: not (yet) a checkpoint
+    assert [p.name for p in ray_checkpoints(tmp_path)] == ["checkpoint_2026-11-29_10-00-01.5",
+                                                           "checkpoint_2026-11-29_10-00-02.1"]
+    assert ray_checkpoints(tmp_path / "missing") == []

@@ -11,7 +11,7 @@ import torch
 from mlflow import MlflowClient
 
 from animalclf import cv
-from animalclf.checkpoint import fold_dir, load_train_state
+from animalclf.checkpoint import fold_dir, load_train_state, ray_checkpoints
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
 from animalclf.evidence import EVIDENCE_FILE, Evaluation
@@ -136,7 +136,7 @@ def test_cv_run_resumes_every_fold_from_its_checkpoint(ray_session, project, tin
     assert h2[0] == h1[0]  # epoch 1 was not rerun (its wall-clock figures are the first run's)
     assert "val_accuracy_std" in h2[1] and second.metrics["cv_val_accuracy"] == max(h["val_accuracy"] for h in h2)
     # --ema-decay: each fold's weight average went on from the checkpoint, and model.pt is the average
-    ckpts = sorted(p for p in (Path(cfg.resolved_storage()) / cfg.name).glob("checkpoint_*") if p.is_dir())  # oldest first
+    ckpts = ray_checkpoints(Path(cfg.resolved_storage()) / cfg.name)
     steps = [[load_train_state(fold_dir(c, i))["ema_steps"] for i in range(2)] for c in (ckpts[0], ckpts[-1])]
     assert steps[0][0] > 0 and steps[1] == [2 * s for s in steps[0]], steps
     for i in range(2):
