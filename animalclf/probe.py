@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from animalclf.engine import autocast_for, to_device
+from animalclf.engine import EpochMetrics, autocast_for, to_device
 
 __all__ = ["PROBE_L2", "head_of", "extract_features", "fit_linear", "init_head"]
 
@@ -37,21 +37,22 @@ def head_of(model: nn.Module) -> nn.Linear:
 @torch.no_grad()
 def extract_features(model: nn.Module, loader: Iterable, device: torch.device, *, channels_last: bool = True,
                      amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pooled features the head sees (the model in eval mode, its classifier bypassed) and the
-    labels, for every batch of ``loader``; float32 on CPU."""
-    was_training, classifier = model.training, model.classifier
+    """The pooled features the head sees (its input, caught by a forward pre-hook that runs after any
+    :func:`~animalclf.model.pool_rotations` hook, so these are pooled too; the model in eval mode) and
+    the labels, for every batch of ``loader``; float32 on CPU."""
+    was_training = model.training
     model.eval()
-    model.classifier = nn.Identity()
     feats, labels = [], []
+    hook = model.classifier.register_forward_pre_hook(lambda module, args: feats.append(args[0].float().cpu()))
     try:
         for batch in loader:
             if batch is None:
                 continue
             with autocast_for(device, amp):
-                feats.append(model(to_device(batch[0], device, channels_last)).float().cpu())
+                model(to_device(batch[0], device, channels_last))
             labels.append(torch.as_tensor(batch[1]).cpu())
     finally:
-        model.classifier = classifier
+        hook.remove()
         model.train(was_training)
     if not feats:
         return torch.empty(0, head_of(model).in_features), torch.empty(0, dtype=torch.long)
@@ -93,9 +94,12 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = P
 def init_head(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, *,
               channels_last: bool = True, amp: bool = False, l2: float = PROBE_L2) -> dict[str, float]:
     """Fit ``model``'s head on the frozen features of ``loader``'s images (gathered over ranks) and
-    set it in place; returns ``probe_images``, ``probe_train_accuracy`` and ``probe_seconds``."""
+    set it in place. Returns what an epoch of training reports for the fitted head on this worker's
+    images (``train_loss/accuracy/f1/images``, over all workers) and ``probe_images`` (all ranks'),
+    ``probe_seconds``: with ``--lr 0`` the probe is the training."""
     start = time.perf_counter()
-    x, y = _gather(*extract_features(model, loader, device, channels_last=channels_last, amp=amp))
+    x_local, y_local = extract_features(model, loader, device, channels_last=channels_last, amp=amp)
+    x, y = _gather(x_local, y_local)
     if len(y) == 0:
         raise RuntimeError("The linear probe found no training image to fit the head on.")
     weight, bias = fit_linear(x, y, num_classes, l2)
@@ -103,5 +107,8 @@ def init_head(model: nn.Module, loader: Iterable, device: torch.device, num_clas
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight.device))
         head.bias.copy_(bias.to(head.bias.device))
-    accuracy = ((x @ weight.T + bias).argmax(1) == y).float().mean().item()
-    return {"probe_images": float(len(y)), "probe_train_accuracy": accuracy, "probe_seconds": time.perf_counter() - start}
+    metrics = EpochMetrics(num_classes, device)
+    if len(y_local):
+        logits = x_local @ weight.T + bias
+        metrics.update(F.cross_entropy(logits, y_local).to(device), logits.to(device), y_local.to(device))
+    return {**metrics.compute("train"), "probe_images": float(len(y)), "probe_seconds": time.perf_counter() - start}

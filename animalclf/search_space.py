@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
-from animalclf.config import NUM_LAYERS, check_unfreeze
+from animalclf.config import check_unfreeze, num_layers
 from animalclf.errors import UserError
 
 __all__ = ["ParamSpec", "SEARCHABLE", "default_space", "parse_space"]
@@ -46,7 +46,7 @@ class ParamSpec:
 
 def default_space(arch: str) -> dict[str, ParamSpec]:
     """Learning rate (log-uniform) and unfreeze depth over the whole range the model defines."""
-    return {"lr": ParamSpec("loguniform", 1e-4, 1e-2), "unfreeze": ParamSpec("int", 0, NUM_LAYERS)}
+    return {"lr": ParamSpec("loguniform", 1e-4, 1e-2), "unfreeze": ParamSpec("int", 0, num_layers(arch))}
 
 
 def _spec(name: str, value: Any, arch: str) -> ParamSpec:

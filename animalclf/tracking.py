@@ -288,8 +288,10 @@ class Tracker:
         from animalclf.checkpoint import MODEL_FILE
         from animalclf.model import Ensemble
 
-        # mlflow.pytorch pickles by reference: an Ensemble's class lives in this package, so it travels along
-        code = [str(Path(__file__).resolve().parent)] if isinstance(model, Ensemble) else None
+        # mlflow.pytorch pickles by reference: an Ensemble's class and the rotation pool's hooks live in
+        # this package, so it travels along
+        ours = isinstance(model, Ensemble) or any(m._forward_pre_hooks for m in model.modules())
+        code = [str(Path(__file__).resolve().parent)] if ours else None
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=self.run_id):
             weights = Path(tmp) / MODEL_FILE
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)

@@ -75,7 +75,7 @@ def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
 
 # What a checkpoint's weights and optimizer state are shaped by: resuming under other values fails
 # deep inside the worker (e.g. an optimizer group of another size), so the driver refuses first.
-RESUME_KEYS = ("arch", "unfreeze", "cv")
+RESUME_KEYS = ("arch", "unfreeze", "cv", "rotation_pool")
 
 
 def check_resumable(cfg: TrainConfig, split: Split, name: str) -> None:
@@ -91,7 +91,8 @@ def check_resumable(cfg: TrainConfig, split: Split, name: str) -> None:
     if not ckpts:
         return
     meta = read_meta(ckpts[-1])
-    saved = {k: meta.get("config", {}).get(k) for k in RESUME_KEYS}
+    defaults = TrainConfig()  # a key an older checkpoint lacks had its default
+    saved = {k: meta.get("config", {}).get(k, getattr(defaults, k)) for k in RESUME_KEYS}
     changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in RESUME_KEYS if saved[k] != getattr(cfg, k)]
     if meta.get("classes") != list(split.classes):
         changed.append(f"classes {len(meta.get('classes') or [])} -> {len(split.classes)}")

@@ -10,7 +10,7 @@ from torchvision import transforms as T
 
 from animalclf.model import Preprocess
 
-__all__ = ["to_rgb", "eval_transform", "train_transform"]
+__all__ = ["to_rgb", "autocontrast", "eval_transform", "train_transform"]
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -28,12 +28,19 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def autocontrast(im: Image.Image) -> Image.Image:
+    """Each colour channel stretched to the full 0-255 range, ignoring its darkest and brightest 1%:
+    a photo taken in the dark (or a darkened copy) looks like a normal one to the model."""
+    return ImageOps.autocontrast(im, cutoff=1)
+
+
 _INTERP = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}
 
 
 def eval_transform(p: Preprocess) -> Callable:
-    """Resize, centre-crop, to tensor, normalise: the weights' own eval preprocessing."""
+    """(Autocontrast,) resize, centre-crop, to tensor, normalise: the weights' own eval preprocessing."""
     return T.Compose([
+        *([autocontrast] if p.autocontrast else []),
         T.Resize(p.resize_size, interpolation=_INTERP[p.interpolation], antialias=True),
         T.CenterCrop(p.crop_size),
         T.ToTensor(),
@@ -42,8 +49,9 @@ def eval_transform(p: Preprocess) -> Callable:
 
 
 def train_transform(p: Preprocess) -> Callable:
-    """Random resized crop, horizontal flip and mild colour jitter, then the eval normalisation."""
+    """(Autocontrast,) random resized crop, horizontal flip and mild colour jitter, then the eval normalisation."""
     return T.Compose([
+        *([autocontrast] if p.autocontrast else []),
         T.RandomResizedCrop(p.crop_size, scale=(0.5, 1.0), interpolation=_INTERP[p.interpolation], antialias=True),
         T.RandomHorizontalFlip(),
         T.ColorJitter(0.2, 0.2, 0.2),

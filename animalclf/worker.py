@@ -22,7 +22,7 @@ from animalclf.config import TrainConfig, better
 from animalclf.datasource import source_of
 from animalclf.engine import evaluate, lr_factor, make_ema, set_lr, train_one_epoch
 from animalclf.logs import fmt_seconds, setup_logging
-from animalclf.model import build_model, frozen_modules, preprocess_for
+from animalclf.model import Preprocess, build_model, frozen_modules, preprocess_for
 from animalclf.monitoring import TrainingMetrics
 from animalclf.predict import FlipAverage
 from animalclf.probe import init_head
@@ -30,16 +30,22 @@ from animalclf.split import Split
 
 log = logging.getLogger(__name__)
 
-__all__ = ["checkpoint_meta", "train_loop_per_worker", "make_trainer"]
+__all__ = ["checkpoint_meta", "preprocess_of", "train_loop_per_worker", "make_trainer"]
 
 
 def checkpoint_meta(cfg: TrainConfig, classes: Sequence[str], metrics: dict[str, Any], epoch: int) -> dict[str, Any]:
     """The JSON that makes a checkpoint self-describing."""
     return {
         "format": 1, "arch": cfg.arch, "classes": list(classes), "unfreeze": cfg.unfreeze, "dropout": cfg.dropout,
-        "preprocess": preprocess_for(cfg.arch, cfg.image_size).to_dict(), "epoch": epoch, "tta_flip": cfg.tta_flip,
+        "preprocess": preprocess_of(cfg).to_dict(), "epoch": epoch, "tta_flip": cfg.tta_flip,
+        "rotation_pool": cfg.rotation_pool,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "config": cfg.to_dict(),
     }
+
+
+def preprocess_of(cfg: TrainConfig) -> Preprocess:
+    """The eval preprocessing ``cfg`` trains, evaluates and serves with."""
+    return preprocess_for(cfg.arch, cfg.image_size, cfg.autocontrast)
 
 
 @dataclass
@@ -69,7 +75,7 @@ class _Progress:
 def _build(cfg: TrainConfig, n_classes: int, device: torch.device):
     """Model (on ``device`` before its optimizer exists, so a resumed optimizer's state lands there
     too), the modules kept in eval mode, and the optimizer."""
-    model = build_model(cfg.arch, n_classes, cfg.unfreeze, cfg.weights, cfg.dropout).to(device)
+    model = build_model(cfg.arch, n_classes, cfg.unfreeze, cfg.weights, cfg.dropout, cfg.rotation_pool).to(device)
     frozen = frozen_modules(model, cfg.freeze_bn)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -142,7 +148,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed)
     device = ray.train.torch.get_device()
-    pre = preprocess_for(cfg.arch, cfg.image_size)
+    pre = preprocess_of(cfg)
     n_classes = len(split.classes)
 
     folds = cv.fold_splits(split, cfg.cv, cfg.seed) if cfg.cv > 1 else [split]  # CV: K models in lockstep
@@ -150,16 +156,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     progress, states = _resume([b[0] for b in built], [b[2] for b in built], rank)
     per_worker = max(1, cfg.batch_size // world)
     source, pin = source_of(cfg), device.type == "cuda"
+    probed: list[dict[str, float]] = []  # per fold: what the probe's fit reports as training
     if cfg.head_init == "probe" and progress.epoch == 0:  # before DDP wraps the model (it broadcasts rank 0's)
         for i, (fold, (model, _, _)) in enumerate(zip(folds, built)):
             loader = source.probe_loader(fold, pre, per_worker, rank=rank, world=world, seed=cfg.seed,
                                          workers=cfg.loader_workers, pin_memory=pin)
-            stats = init_head(model, loader, device, n_classes, channels_last=cfg.channels_last,
-                              amp=cfg.amp and device.type == "cuda")
+            probed.append(init_head(model, loader, device, n_classes, channels_last=cfg.channels_last,
+                                    amp=cfg.amp and device.type == "cuda"))
             if rank == 0:
                 log.info("Linear probe%s: head fitted on the frozen features of %d training images in %s "
-                         "(training accuracy %.4f)", f" (fold {i})" if len(folds) > 1 else "", stats["probe_images"],
-                         fmt_seconds(stats["probe_seconds"]), stats["probe_train_accuracy"])
+                         "(training accuracy %.4f)", f" (fold {i})" if len(folds) > 1 else "", probed[-1]["probe_images"],
+                         fmt_seconds(probed[-1]["probe_seconds"]), probed[-1]["train_accuracy"])
     models = [ray.train.torch.prepare_model(b[0]) for b in built]
     emas = _emas(cfg, models, states)
 
@@ -183,11 +190,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         per_fold = []
         lr = cfg.lr * lr_factor(epoch, cfg.schedule_epochs or cfg.epochs, cfg.schedule, cfg.warmup_epochs)
-        for fold, model, ema, (_, frozen, optimizer), (train_loader, val_loader) in zip(folds, models, emas, built, loaders):
-            train_loader.set_epoch(epoch)
-            set_lr(optimizer, lr)
-            tm = train_one_epoch(model, train_loader, criterion, optimizer, device, n_classes, frozen=frozen,
-                                 channels_last=cfg.channels_last, amp=amp, max_steps=cfg.max_steps_per_epoch, ema=ema)
+        for i, (fold, model, ema, (_, frozen, optimizer), (train_loader, val_loader)) in enumerate(
+                zip(folds, models, emas, built, loaders)):
+            if cfg.lr == 0:  # the probe alone (validate() allows --lr 0 only so): its fit is the training, no idle pass
+                seconds = probed[i]["probe_seconds"]
+                tm = {**probed[i], "train_seconds": seconds, "train_images_per_sec": probed[i]["train_images"] / seconds}
+            else:
+                train_loader.set_epoch(epoch)
+                set_lr(optimizer, lr)
+                tm = train_one_epoch(model, train_loader, criterion, optimizer, device, n_classes, frozen=frozen,
+                                     channels_last=cfg.channels_last, amp=amp, max_steps=cfg.max_steps_per_epoch, ema=ema)
             scored = ema.module if ema is not None else unwrap(model)  # what is checkpointed and served
             if tm["train_images"] == 0:
                 raise RuntimeError(f"No training image could be read on worker {rank} (e.g. {fold.train[0][0]}): "
@@ -233,7 +245,7 @@ def make_trainer(cfg: TrainConfig, split: Split, run_id: Optional[str], *, name:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    inputs = source_of(cfg).trainer_inputs(split, preprocess_for(cfg.arch, cfg.image_size), cfg.seed, cfg.num_workers)
+    inputs = source_of(cfg).trainer_inputs(split, preprocess_of(cfg), cfg.seed, cfg.num_workers)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "split": asdict(split), "run_id": run_id, "tracking_uri": tracking_uri,

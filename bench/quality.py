@@ -35,13 +35,16 @@ from _ray_head import DEFAULT_DATA, load_average, ray_head  # noqa: E402  (sets 
 
 # "demo": the demo's step 1 until 2026-11-29 (a 6-epoch fine-tune; the demo search's first point is
 # this at 4 epochs); "strong": bench section 3's fixed fine-tune; "probe": the demo's step 1 now (the
-# linear probe alone, ray_jobs/demo.py); "probe224": the same at 224 px.
+# linear probe alone at 160 px); "probe224": the same at 224 px; "lite2": the probe of Lite2 at 260 px
+# with autocontrast and the rotation pool (the demo's step 1 now, ray_jobs/demo.py).
 RECIPES = {
     "demo": dict(arch="efficientnet_lite0", image_size=160, unfreeze=2, lr=1e-3, batch_size=32, epochs=6),
     "strong": dict(arch="efficientnet_lite0", image_size=224, unfreeze=3, lr=1e-3, batch_size=32, epochs=8),
     "probe": dict(arch="efficientnet_lite0", image_size=160, unfreeze=0, lr=0.0, batch_size=32, epochs=1, head_init="probe"),
     "probe224": dict(arch="efficientnet_lite0", image_size=224, unfreeze=0, lr=0.0, batch_size=32, epochs=1,
                      head_init="probe"),
+    "lite2": dict(arch="efficientnet_lite2", image_size=260, unfreeze=0, lr=0.0, batch_size=32, epochs=1,
+                  head_init="probe", autocontrast=True, rotation_pool=True),
 }
 
 

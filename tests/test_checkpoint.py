@@ -32,6 +32,18 @@ def test_checkpoint_round_trip_without_ray(tmp_path):
         read_meta(tmp_path)
 
 
+def test_rotation_pool_and_autocontrast_travel_in_the_checkpoint(tmp_path):
+    cfg = TrainConfig(arch="efficientnet_lite0", weights="none", unfreeze=0, image_size=64, rotation_pool=True,
+                      autocontrast=True)
+    model = build_model(cfg.arch, 3, 0, "none", rotation_pool=True).eval()
+    save_checkpoint(tmp_path / "ck", model, checkpoint_meta(cfg, ["x", "y", "z"], {}, epoch=1), {"epoch": 1})
+    loaded, meta = load_model(tmp_path / "ck")
+    assert meta["rotation_pool"] and meta["preprocess"]["autocontrast"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():  # the loaded model pools too: invariant, and equal to the saved one
+        torch.testing.assert_close(loaded(torch.rot90(x, 1, (2, 3))), model(x), atol=1e-5, rtol=1e-5)
+
+
 class _Payload:
     def __init__(self, path: str):
         self.path = path

@@ -21,6 +21,7 @@ def test_defaults_follow_the_original():
     (["--data", "d", "--arch", "vgg"], "Unknown arch 'vgg'"),
     (["--data", "d", "--unfreeze", "19"], "out of range"),
     (["--data", "d", "--unfreeze", "-1"], "out of range"),
+    (["--data", "d", "--arch", "efficientnet_lite2", "--unfreeze", "24"], "out of range for efficientnet_lite2.*0:23"),
     ([], "No data given"),
     (["--data", "d", "--train-dir", "t"], "either --data"),
     (["--data", "d", "--val-ratio", "1.5"], "val-ratio"),
@@ -42,6 +43,12 @@ def test_validation_errors(argv, match):
 def test_the_linear_probe_alone_is_a_valid_recipe():
     cfg = parse("--data", "d", "--lr", "0", "--head-init", "probe", "--unfreeze", "0", "--epochs", "1").validate()
     assert (cfg.lr, cfg.head_init, cfg.freeze_bn, cfg.ema_decay) == (0, "probe", False, 0.0)
+
+
+def test_lite2_autocontrast_and_rotation_pool_flags():
+    cfg = parse("--data", "d", "--arch", "efficientnet_lite2", "--unfreeze", "23", "--autocontrast", "--rotation-pool").validate()
+    assert (cfg.arch, cfg.unfreeze, cfg.autocontrast, cfg.rotation_pool) == ("efficientnet_lite2", 23, True, True)
+    assert not parse("--data", "d").autocontrast and not parse("--data", "d").rotation_pool  # off by default
 
 
 def test_a_schedule_shorter_than_the_run_is_refused():

@@ -1,25 +1,25 @@
 import pytest
 import torch
 
-from animalclf.transforms import eval_transform, to_rgb
+from animalclf.transforms import eval_transform, to_rgb, train_transform
 from animalclf.errors import UserError
-from animalclf.model import build_model, feature_layers, lite0_imagenet_state, num_layers, preprocess_for
+from animalclf.model import Preprocess, build_model, feature_layers, lite_imagenet_state, num_layers, preprocess_for
 
 
 def trainable(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("arch", ["efficientnet_b0", "efficientnet_lite0"])
-def test_unfreeze_counts(arch):
-    assert num_layers(arch) == 18
+@pytest.mark.parametrize("arch, layers", [("efficientnet_b0", 18), ("efficientnet_lite0", 18), ("efficientnet_lite2", 23)])
+def test_unfreeze_counts(arch, layers):
+    assert num_layers(arch) == layers == len(feature_layers(build_model(arch, 15, 0, "none")))
     head_only = trainable(build_model(arch, 15, 0, "none"))
     assert head_only == {"classifier.1.weight", "classifier.1.bias"}
     one = build_model(arch, 15, 1, "none")
     last = feature_layers(one)[-1]
     assert trainable(one) == head_only | {n for n, p in one.named_parameters() if any(p is q for q in last.parameters())}
     assert len(trainable(one)) > len(head_only)
-    full = build_model(arch, 15, 18, "none")
+    full = build_model(arch, 15, layers, "none")
     assert trainable(full) == {n for n, _ in full.named_parameters()}
     two = trainable(build_model(arch, 15, 2, "none"))
     assert trainable(one) < two < trainable(full)
@@ -30,6 +30,7 @@ def test_bad_arch_and_unfreeze_are_user_errors():
         build_model("resnet9", 15, 0, "none")
     with pytest.raises(UserError, match="out of range.*0 \\(head only\\) to 18"):
         build_model("efficientnet_lite0", 15, 19, "none")
+    build_model("efficientnet_lite2", 15, 23, "none")  # Lite2 has 21 blocks
 
 
 def test_b0_imagenet_offline_names_the_alternatives(monkeypatch, tmp_path):
@@ -43,18 +44,63 @@ def test_b0_imagenet_offline_names_the_alternatives(monkeypatch, tmp_path):
         assert (tmp_path / "hub" / "checkpoints").exists()
 
 
-def test_lite0_imagenet_weights_recognise_a_zebra(shared_data):
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_lite_imagenet_weights_recognise_a_zebra(arch, shared_data):
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(lite0_imagenet_state(model))
+    model = timm.create_model(f"tf_{arch}", pretrained=False)
+    model.load_state_dict(lite_imagenet_state(model, arch))
     model.eval()
     from PIL import Image
 
     photo = sorted((shared_data / "Zebra").iterdir())[0]
-    x = eval_transform(preprocess_for("efficientnet_lite0"))(to_rgb(Image.open(photo)))[None]
+    x = eval_transform(preprocess_for(arch))(to_rgb(Image.open(photo)))[None]
     with torch.no_grad():
         assert model(x).argmax().item() == 340  # ImageNet class 340: zebra
+
+
+def test_rotation_pool_is_invariant_to_quarter_turns_and_keeps_the_state_dict():
+    torch.manual_seed(0)
+    plain = build_model("efficientnet_lite0", 5, 0, "none").eval()
+    pooled = build_model("efficientnet_lite0", 5, 0, "none", rotation_pool=True).eval()
+    pooled.load_state_dict(plain.state_dict())  # same keys: the pool is hooks, not modules
+    assert list(pooled.state_dict()) == list(plain.state_dict())
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        out = pooled(x)
+        assert out.shape == (3, 5)
+        for k in (1, 2, 3):
+            torch.testing.assert_close(pooled(torch.rot90(x, k, (2, 3))), out, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(plain(torch.rot90(x, 1, (2, 3))), plain(x), atol=1e-3)  # the plain model is not
+        # the head sees the mean of the 4 turns' features: the same as pooling them by hand
+        feats = [plain.forward_head(plain.forward_features(torch.rot90(x, k, (2, 3))), pre_logits=True) for k in range(4)]
+        torch.testing.assert_close(out, plain.classifier(torch.stack(feats).mean(0)), atol=1e-5, rtol=1e-5)
+
+
+def _darkened(im, factor=0.25):
+    return im.point(lambda v: int(v * factor))
+
+
+def test_autocontrast_makes_a_darkened_photo_look_like_the_original(shared_data):
+    from PIL import Image
+
+    photo = to_rgb(Image.open(sorted((shared_data / "Tiger").iterdir())[0]))
+    plain, stretched = preprocess_for("efficientnet_lite0"), preprocess_for("efficientnet_lite0", autocontrast=True)
+    assert stretched.autocontrast and not plain.autocontrast and stretched.crop_size == plain.crop_size
+
+    def gap(p):
+        t = eval_transform(p)
+        return (t(photo) - t(_darkened(photo))).abs().mean().item()
+
+    assert gap(stretched) < gap(plain) / 4, (gap(stretched), gap(plain))
+    assert train_transform(stretched)(_darkened(photo)).shape == (3, 224, 224)
+
+
+def test_preprocess_of_an_older_checkpoint_has_no_autocontrast():
+    d = preprocess_for("efficientnet_lite0", autocontrast=True).to_dict()
+    assert Preprocess.from_dict(d).autocontrast
+    del d["autocontrast"]
+    assert not Preprocess.from_dict(d).autocontrast
 
 
 def test_weights_file_roundtrip(tmp_path):

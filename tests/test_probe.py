@@ -42,13 +42,25 @@ def test_init_head_fits_the_head_on_frozen_features_and_touches_nothing_else():
     body = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("classifier")}
     batches, x, y = _colour_batches()
     stats = init_head(model, batches, torch.device("cpu"), 3, channels_last=False)
-    assert stats["probe_images"] == len(y) and stats["probe_train_accuracy"] == 1.0
+    assert stats["probe_images"] == len(y) and stats["train_images"] == len(y) and stats["train_accuracy"] == 1.0
+    assert stats["train_loss"] > 0 and stats["probe_seconds"] > 0
     assert all(torch.equal(v, body[k]) for k, v in model.state_dict().items() if k in body)  # BN stats too
     assert model.training and isinstance(model.classifier, torch.nn.Sequential)  # mode and head restored
     with torch.no_grad():
         assert (model.eval()(x).argmax(1) == y).all()  # the fitted head is what the model now uses
     feats, labels = extract_features(model, batches, torch.device("cpu"), channels_last=False)
     assert feats.shape == (len(y), head_of(model).in_features) and torch.equal(labels, y)
+
+
+def test_probe_features_are_pooled_over_quarter_turns_with_the_rotation_pool():
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 3, unfreeze=0, weights="none", rotation_pool=True)
+    batches, x, y = _colour_batches()
+    feats, _ = extract_features(model, batches, torch.device("cpu"), channels_last=False)
+    turned, _ = extract_features(model, [(torch.rot90(b, 1, (2, 3)), t) for b, t in batches], torch.device("cpu"),
+                                 channels_last=False)
+    assert feats.shape == (len(y), head_of(model).in_features)  # one row per image, not per turn
+    torch.testing.assert_close(turned, feats, atol=1e-5, rtol=1e-5)
 
 
 def test_an_empty_training_set_is_an_error_not_a_random_head():

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
 from animalclf.predict import Predictor
-from animalclf.search_space import parse_space
+from animalclf.search_space import default_space, parse_space
 from animalclf.tuning import TuneOptions, plan_concurrency, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +70,8 @@ def test_space_and_concurrency_errors_before_any_trial():
         parse_space(["momentum=0.1:0.9"])
     with pytest.raises(UserError, match="within 0:18"):
         parse_space(["unfreeze=0:30"])
+    assert parse_space(["unfreeze=0:23"], arch="efficientnet_lite2")["unfreeze"].high == 23  # Lite2's 21 blocks
+    assert default_space("efficientnet_lite2")["unfreeze"].high == 23
     with pytest.raises(UserError, match="LOW must be > 0"):
         parse_space(["weight_decay=0:1e-3"])
     space = parse_space(["batch_size=32,64", "unfreeze="])

@@ -1,0 +1,85 @@
+"""What a model costs per request in-process: the Predictor's decode + preprocess + forward + top-5
+for one photo, for several model setups side by side in one run (alternating rounds), as the
+ratio to the first.
+
+    python bench/model_cost.py [--image PHOTO] [--n 40] [--rounds 3]
+
+Setups: Lite0 224 px (the serving benches' model), Lite2 260 px, Lite2 260 px with autocontrast
+and the rotation pool (what ``make demo`` ships since the fifth session). Untrained heads on
+ImageNet backbones: the compute of a trained model. Torch threads: all CPUs (the Predictor's default).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import statistics
+import tempfile
+import time
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ray_head import load_average  # noqa: E402
+from serve_latency import CLASSES, photo_bytes  # noqa: E402
+
+SETUPS = {
+    "lite0 224": dict(arch="efficientnet_lite0"),
+    "lite2 260": dict(arch="efficientnet_lite2"),
+    "lite2 260 autocontrast+rotation pool": dict(arch="efficientnet_lite2", autocontrast=True, rotation_pool=True),
+}
+
+
+def predictor(directory: str, **cfg_fields):
+    from animalclf.checkpoint import save_checkpoint
+    from animalclf.config import TrainConfig
+    from animalclf.model import build_model
+    from animalclf.predict import Predictor
+    from animalclf.worker import checkpoint_meta
+
+    cfg = TrainConfig(weights="imagenet", unfreeze=0, **cfg_fields)
+    model = build_model(cfg.arch, len(CLASSES), 0, "imagenet", rotation_pool=cfg.rotation_pool)
+    save_checkpoint(directory, model, checkpoint_meta(cfg, CLASSES, {}, 0))
+    return Predictor.from_checkpoint(directory)
+
+
+def time_one(pred, data: bytes, n: int) -> float:
+    """Median milliseconds of decode + predict (top-5) for ``data``."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        pred.predict([pred.decode(data)], top_k=5)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image", default=None, help="photo to send (default: the first shared Cat photo)")
+    p.add_argument("--n", type=int, default=40, help="requests per setup per round (default: 40)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
+    args = p.parse_args()
+    data = photo_bytes(args.image)
+    print(f"command: python bench/model_cost.py --n {args.n} --rounds {args.rounds}; {load_average()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        preds = {name: predictor(str(Path(tmp) / str(i)), **fields) for i, (name, fields) in enumerate(SETUPS.items())}
+        for pred in preds.values():
+            time_one(pred, data, 3)  # warm-up
+        medians: dict[str, list[float]] = {name: [] for name in preds}
+        for r in range(args.rounds):
+            for name, pred in preds.items():
+                medians[name].append(time_one(pred, data, args.n))
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} ms" for k, v in medians.items())
+                  + f"; {load_average()}", flush=True)
+    base = statistics.median(medians[next(iter(SETUPS))])
+    for name, values in medians.items():
+        m = statistics.median(values)
+        print(f"{name}: p50 {m:.1f} ms per request (median of round medians), {m / base:.2f}x the first")
+    print(load_average())
+
+
+if __name__ == "__main__":
+    main()
