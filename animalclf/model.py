@@ -140,7 +140,10 @@ def _load_file(path: str) -> dict[str, torch.Tensor]:
 
 def _rotate_batch(module: nn.Module, args: tuple) -> tuple:
     x = args[0]
-    return (torch.cat([torch.rot90(x, k, (2, 3)) for k in range(4)]), *args[1:])
+    turned = torch.cat([x, *(torch.rot90(x, k, (2, 3)) for k in (1, 2, 3))])
+    if x.is_contiguous(memory_format=torch.channels_last):  # keep the layout the model was converted to
+        turned = turned.contiguous(memory_format=torch.channels_last)
+    return (turned, *args[1:])
 
 
 def _mean_of_rotations(module: nn.Module, args: tuple) -> tuple:

@@ -225,5 +225,5 @@ class Predictor:
             "classes": self.classes, "arch": self.meta["arch"], "model_version": self.version,
             "metrics": self.meta.get("metrics", {}), "preprocess": self.preprocess.to_dict(),
             "unfreeze": self.meta.get("unfreeze"), "epoch": self.meta.get("epoch"), "tta_flip": self.tta_flip,
-            MEMBERS: int(self.meta.get(MEMBERS) or 1),
+            "rotation_pool": bool(self.meta.get("rotation_pool", False)), MEMBERS: int(self.meta.get(MEMBERS) or 1),
         }

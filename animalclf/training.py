@@ -75,7 +75,7 @@ def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
 
 # What a checkpoint's weights and optimizer state are shaped by: resuming under other values fails
 # deep inside the worker (e.g. an optimizer group of another size), so the driver refuses first.
-RESUME_KEYS = ("arch", "unfreeze", "cv", "rotation_pool")
+RESUME_KEYS = ("arch", "unfreeze", "cv", "rotation_pool", "autocontrast")
 
 
 def check_resumable(cfg: TrainConfig, split: Split, name: str) -> None:

@@ -187,7 +187,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     epoch_times: list[float] = []
     for epoch in range(progress.epoch, cfg.epochs):
-        t0 = time.perf_counter()
+        # the probe alone's fit (before DDP, above) is this epoch's training: its time counts too
+        t0 = time.perf_counter() - (sum(p["probe_seconds"] for p in probed) if cfg.lr == 0 else 0.0)
         per_fold = []
         lr = cfg.lr * lr_factor(epoch, cfg.schedule_epochs or cfg.epochs, cfg.schedule, cfg.warmup_epochs)
         for i, (fold, model, ema, (_, frozen, optimizer), (train_loader, val_loader)) in enumerate(

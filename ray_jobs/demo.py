@@ -93,8 +93,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, data: str, uri: str, arch: str, head, t0: float) -> int:
+    # Each demo run trains afresh under its own names: a fixed name would resume (or, after an
+    # upgrade that changed the demo's setup, refuse) an earlier demo's checkpoints in runs/ray.
+    stamp = int(time.time())
     base = TrainConfig(data=data, arch=arch, image_size=args.image_size, unfreeze=2, epochs=args.tune_epochs, batch_size=32,
-                       lr=1e-3, patience=0, name="demo-probe", experiment="animalclf-demo", model_name="animalclf",
+                       lr=1e-3, patience=0, name=f"demo-probe-{stamp}", experiment="animalclf-demo", model_name="animalclf",
                        autocontrast=True)
 
     # Step 1 is the linear probe (the head fitted on frozen ImageNet features, no fine-tuning) of
@@ -108,8 +111,8 @@ def _run(args: argparse.Namespace, data: str, uri: str, arch: str, head, t0: flo
 
     log.info("== 2/4 Tune lr x unfreeze (Ray Tune + Optuna + ASHA), promote @champion ==")
     space = parse_space(["lr=3e-4:3e-3", "unfreeze=0:4"], arch=arch)
-    tuned = run_search(base.replace(name="demo-tune"), space,
-                       TuneOptions(name=f"demo-tune-{int(time.time())}", num_samples=args.trials, grace_period=1,
+    tuned = run_search(base.replace(name=f"demo-tune-{stamp}"), space,
+                       TuneOptions(name=f"demo-tune-{stamp}", num_samples=args.trials, grace_period=1,
                                    reduction_factor=2, seed=0, points=[{"lr": 1e-3, "unfreeze": 2}]))
 
     log.info("== 3/4 Serve models:/animalclf@champion (Ray Serve) ==")
