@@ -47,7 +47,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=160,
                    help="crop size of the search's fine-tunes, for the demo's CPU budget; the probe uses its "
                         "weights' own 260 (default: 160)")
-    p.add_argument("--trials", type=int, default=4, help="tuning trials (default: 4)")
+    p.add_argument("--trials", type=int, default=3, help="tuning trials (default: 3)")
     p.add_argument("--tune-epochs", type=int, default=4, help="max epochs per trial (default: 4)")
     p.add_argument("--serve-port", type=int, default=8000)
     p.add_argument("--ui-port", type=int, default=8501)
