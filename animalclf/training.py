@@ -73,14 +73,15 @@ def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
     return split, uri
 
 
-# What a checkpoint's weights and optimizer state are shaped by: resuming under other values fails
-# deep inside the worker (e.g. an optimizer group of another size), so the driver refuses first.
+# What a checkpoint's weights and optimizer state are shaped by (resuming under other values fails
+# deep inside the worker, e.g. an optimizer group of another size) and what its model computes (a
+# resumed run would mix two models' epochs), so the driver refuses first.
 RESUME_KEYS = ("arch", "unfreeze", "cv", "rotation_pool", "autocontrast")
 
 
 def check_resumable(cfg: TrainConfig, split: Split, name: str) -> None:
     """Raise :class:`UserError` when run ``name`` already has a checkpoint in local storage that this
-    config cannot resume (another arch, ``unfreeze``, fold count or class list)."""
+    config cannot resume (another arch, ``unfreeze``, fold count, rotation pool, autocontrast or class list)."""
     from animalclf import s3
 
     storage = cfg.resolved_storage()

@@ -31,21 +31,19 @@ VARIANTS = [("efficientnet_lite0", False), ("efficientnet_lite0", True), ("effic
 
 
 def turned_features(arch: str, autocontrast: bool, samples: list, batch: int = 16) -> torch.Tensor:
-    """``N x 4 x D`` pooled features of each photo turned k quarter turns (k = 0..3)."""
-    from PIL import Image
-
+    """``N x 4 x D`` pooled features of each photo turned k quarter turns (k = 0..3): the library's
+    eval loader (each photo decoded once) and the probe's own ``extract_features``."""
+    from animalclf.loaders import ImageList, make_loader
     from animalclf.model import build_model, preprocess_for
-    from animalclf.transforms import eval_transform, to_rgb
+    from animalclf.probe import extract_features
+    from animalclf.transforms import eval_transform
 
-    model = build_model(arch, 2, 0, "imagenet").eval()
-    model.classifier = torch.nn.Identity()
-    transform = eval_transform(preprocess_for(arch, autocontrast=autocontrast))
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(samples), batch):
-            x = torch.stack([transform(to_rgb(Image.open(p))) for p, _ in samples[i:i + batch]])
-            out.append(torch.stack([model(torch.rot90(x, k, (2, 3))) for k in range(4)], 1))
-    return torch.cat(out)
+    model = build_model(arch, 2, 0, "imagenet")
+    batches = list(make_loader(ImageList(samples, eval_transform(preprocess_for(arch, autocontrast=autocontrast))), batch))
+    cpu = torch.device("cpu")
+    turns = [extract_features(model, [(torch.rot90(x, k, (2, 3)), y) for x, y in batches], cpu, channels_last=False)[0]
+             for k in range(4)]
+    return torch.stack(turns, 1)
 
 
 def cv_accuracy(x: torch.Tensor, samples: list, seed: int, folds: int = 5) -> float:

@@ -24,26 +24,14 @@ import time
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _ray_head import load_average  # noqa: E402
-from serve_latency import CLASSES, photo_bytes  # noqa: E402
+from serve_latency import make_model, photo_bytes  # noqa: E402
 
-SETUPS = {
-    "lite0 224": dict(arch="efficientnet_lite0"),
-    "lite2 260": dict(arch="efficientnet_lite2"),
-    "lite2 260 autocontrast+rotation pool": dict(arch="efficientnet_lite2", autocontrast=True, rotation_pool=True),
+SETUPS = {  # make_model's fields; image_size None = the weights' own (224 for Lite0, 260 for Lite2)
+    "lite0 224": dict(arch="efficientnet_lite0", image_size=None),
+    "lite2 260": dict(arch="efficientnet_lite2", image_size=None),
+    "lite2 260 autocontrast+rotation pool": dict(arch="efficientnet_lite2", image_size=None, autocontrast=True,
+                                                 rotation_pool=True),
 }
-
-
-def predictor(directory: str, **cfg_fields):
-    from animalclf.checkpoint import save_checkpoint
-    from animalclf.config import TrainConfig
-    from animalclf.model import build_model
-    from animalclf.predict import Predictor
-    from animalclf.worker import checkpoint_meta
-
-    cfg = TrainConfig(weights="imagenet", unfreeze=0, **cfg_fields)
-    model = build_model(cfg.arch, len(CLASSES), 0, "imagenet", rotation_pool=cfg.rotation_pool)
-    save_checkpoint(directory, model, checkpoint_meta(cfg, CLASSES, {}, 0))
-    return Predictor.from_checkpoint(directory)
 
 
 def time_one(pred, data: bytes, n: int) -> float:
@@ -65,7 +53,10 @@ def main() -> None:
     data = photo_bytes(args.image)
     print(f"command: python bench/model_cost.py --n {args.n} --rounds {args.rounds}; {load_average()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        preds = {name: predictor(str(Path(tmp) / str(i)), **fields) for i, (name, fields) in enumerate(SETUPS.items())}
+        from animalclf.predict import Predictor
+
+        preds = {name: Predictor.from_checkpoint(make_model(str(Path(tmp) / str(i)), **fields))
+                 for i, (name, fields) in enumerate(SETUPS.items())}
         for pred in preds.values():
             time_one(pred, data, 3)  # warm-up
         medians: dict[str, list[float]] = {name: [] for name in preds}

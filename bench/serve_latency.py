@@ -42,15 +42,17 @@ CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "
            "Kangaroo", "Lion", "Panda", "Tiger", "Zebra"]
 
 
-def make_model(directory: str, image_size: int = 224) -> str:
-    """An untrained-head Lite0 checkpoint (ImageNet backbone): same compute as a trained one."""
+def make_model(directory: str, image_size: int | None = 224, arch: str = "efficientnet_lite0", **cfg_fields) -> str:
+    """An untrained-head checkpoint (ImageNet backbone; Lite0 at 224 px unless told): same compute as
+    a trained one. ``cfg_fields``: other ``TrainConfig`` fields (``autocontrast``, ``rotation_pool``)."""
     from animalclf.checkpoint import save_checkpoint
     from animalclf.config import TrainConfig
     from animalclf.model import build_model
     from animalclf.worker import checkpoint_meta
 
-    cfg = TrainConfig(arch="efficientnet_lite0", weights="imagenet", unfreeze=0, image_size=image_size)
-    save_checkpoint(directory, build_model(cfg.arch, len(CLASSES), 0, "imagenet"), checkpoint_meta(cfg, CLASSES, {}, 0))
+    cfg = TrainConfig(arch=arch, weights="imagenet", unfreeze=0, image_size=image_size, **cfg_fields)
+    model = build_model(cfg.arch, len(CLASSES), 0, "imagenet", rotation_pool=cfg.rotation_pool)
+    save_checkpoint(directory, model, checkpoint_meta(cfg, CLASSES, {}, 0))
     return directory
 
 

@@ -43,7 +43,9 @@ from torch import nn  # noqa: E402
 from animalclf.config import TrainConfig  # noqa: E402
 from animalclf.datasource import open_source  # noqa: E402
 from animalclf.engine import evaluate, train_one_epoch  # noqa: E402
-from animalclf.model import build_model, frozen_modules, preprocess_for  # noqa: E402
+from animalclf.model import build_model, frozen_modules  # noqa: E402
+from animalclf.worker import preprocess_of  # noqa: E402
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = base_parser(__doc__, image_size=160, epochs=3, unfreeze=2, epochs_help="epochs per run; epoch 1 is warm-up ")
@@ -61,9 +63,9 @@ def plain_run(cfg: TrainConfig, split) -> dict:
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = torch.device("cpu")
-    pre = preprocess_for(cfg.arch, cfg.image_size)
+    pre = preprocess_of(cfg)
     n_classes = len(split.classes)
-    model = build_model(cfg.arch, n_classes, cfg.unfreeze, cfg.weights, cfg.dropout)
+    model = build_model(cfg.arch, n_classes, cfg.unfreeze, cfg.weights, cfg.dropout, cfg.rotation_pool)
     frozen = frozen_modules(model)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
