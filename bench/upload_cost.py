@@ -1,7 +1,7 @@
 """What a hostile or just large upload costs: a 12-megapixel phone JPEG vs a 224 px photo, and a
 16000x1 PNG, in-process and over HTTP through Ray Serve, with the replica's memory before/after.
 
-    python bench/upload_cost.py [--n 30] [--smoke-test]
+    python bench/upload_cost.py [--n 30] [--ingress python|haproxy] [--smoke-test]
 
 Targets (issue 10.5): the 12 MP JPEG's p50 <= 2x the 224 px photo's; the 16000x1 PNG answered
 (4xx or a right-sized 200) in < 100 ms with no memory growth in the replica.
@@ -29,7 +29,7 @@ from PIL import Image
 
 from animalclf.localray import free_port
 from _ray_head import ray_head
-from serve_latency import make_model, photo_bytes
+from serve_latency import INGRESS, make_model, photo_bytes
 
 
 def phone_jpeg(photo: bytes, size: tuple[int, int] = (4032, 3024)) -> bytes:
@@ -68,6 +68,19 @@ def timed(fn, n: int, warmup: int) -> list[float]:
     return out
 
 
+def alternating(calls: dict[str, object], n: int, warmup: int, rounds: int) -> dict[str, list[float]]:
+    """``n`` timed calls of each of ``calls`` (name -> no-argument function) in ``rounds`` alternating
+    rounds, so every image sees the same machine (this VM's speed drifts over minutes)."""
+    for fn in calls.values():
+        timed(fn, 0, warmup)
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    per = max(1, n // rounds)
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            out[name] += timed(fn, per, 0)
+    return out
+
+
 def _at_least_2(text: str) -> int:
     if not text.isdigit() or int(text) < 2:
         raise argparse.ArgumentTypeError(f"{text!r}: at least 2 rounds (the growth is measured after the first)")
@@ -79,7 +92,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=30, help="timed requests per image and path (default: 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed requests first (default: 5)")
     p.add_argument("--rounds", type=_at_least_2, default=2, help="rounds of 10 x n 16000x1 PNGs, replica RSS after each (default: 2)")
-    p.add_argument("--smoke-test", action="store_true", help="n=3, warmup=1")
+    p.add_argument("--alternations", type=int, default=5,
+                   help="rounds in which the images take turns, for the latency figures (default: 5)")
+    p.add_argument("--ingress", choices=list(INGRESS), default="python",
+                   help="HTTP ingress: Ray's Python proxy or the HAProxy one (default: python)")
+    p.add_argument("--image", default=None, help="the 224 px photo (default: the first shared Cat photo)")
+    p.add_argument("--smoke-test", action="store_true", help="n=3, warmup=1, alternations=1")
     return p
 
 
@@ -88,8 +106,8 @@ def main(args: argparse.Namespace) -> None:
     from serve import deploy
 
     if args.smoke_test:
-        args.n, args.warmup = 3, 1
-    small = photo_bytes(None)
+        args.n, args.warmup, args.alternations = 3, 1, 1
+    small = photo_bytes(args.image)
     big, strip = phone_jpeg(small), strip_png()
     images = {f"224 px photo ({len(small) // 1024} KiB)": small,
               f"12 MP phone JPEG ({len(big) / 2**20:.1f} MiB)": big,
@@ -99,13 +117,15 @@ def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = make_model(os.path.join(tmp, "lite0"))
         p = Predictor.load(model)
-        for name, data in images.items():
-            rows.append(("in-process", name, timed(lambda: p.predict([p.decode(data)], 5), args.n, args.warmup)))
+        local = alternating({name: (lambda d=data: p.predict([p.decode(d)], 5)) for name, data in images.items()},
+                            args.n, args.warmup, args.alternations)
+        rows += [("in-process", name, xs) for name, xs in local.items()]
         old = timed(lambda: p.predict_tensors(p.transform(Image.open(io.BytesIO(big)).convert("RGB"))[None]),
                     max(3, args.n // 5), 1)
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = INGRESS[args.ingress]  # read by Serve's controller at start
         with ray_head(num_cpus=4):  # a private head (token auth, loopback), stopped with its processes
             try:
-                url = deploy.start(model, port=free_port(), num_threads=threads, max_batch_size=1, batch_wait_timeout_s=0.0)
+                url = deploy.start(model, port=free_port(), num_cpus=threads, max_batch_size=1, batch_wait_timeout_s=0.0)
                 s = requests.Session()
                 pid = s.get(f"{url}/healthz", timeout=10).json()["pid"]
 
@@ -116,8 +136,9 @@ def main(args: argparse.Namespace) -> None:
                 for name, data in images.items():
                     post(data)
                 rss0 = rss_mib(pid)
-                for name, data in images.items():
-                    rows.append(("HTTP", name, timed(lambda: post(data), args.n, args.warmup)))
+                remote = alternating({name: (lambda d=data: post(d)) for name, data in images.items()},
+                                     args.n, args.warmup, args.alternations)
+                rows += [("HTTP", name, xs) for name, xs in remote.items()]
                 strip_n, rss = [], []
                 for _ in range(args.rounds):  # does the replica's memory settle, or grow with every request?
                     strip_n += timed(lambda: post(strip), 10 * args.n, 0)
@@ -126,7 +147,8 @@ def main(args: argparse.Namespace) -> None:
             finally:
                 deploy.stop()
     load = os.getloadavg()
-    print(f"\nLite0 224 px, batch 1, torch threads {threads}, {os.cpu_count()} CPUs, {args.n} timed requests each")
+    print(f"\nLite0 224 px, batch 1, replica num_cpus {threads}, {os.cpu_count()} CPUs, {args.n} timed requests each "
+          f"in {args.alternations} alternating rounds, ingress {args.ingress}")
     print(f"{'path':11s} {'image':34s} {'p50 ms':>8s} {'p99 ms':>8s} {'vs 224 px':>10s}")
     base = {}
     for path, name, xs in rows:

@@ -69,12 +69,15 @@ class Classifier:
         s = ServeSettings.from_dict(settings)
         if s.tracking_uri:
             os.environ["MLFLOW_TRACKING_URI"] = s.tracking_uri
-        torch.set_num_threads(s.threads)  # the CPUs this replica was given (Ray's default may be fewer)
-        # Every torch call of this replica runs on this one thread. Torch ops from several threads
-        # (asyncio.to_thread's pool) each get an OpenMP team of their own, and those teams slow each
-        # other down: a Lite0 forward took 1.5-1.7x as long as on a single thread (bench/RESULTS.md).
-        self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
-        self._torch.submit(torch.set_num_threads, s.threads).result()
+        # The replica's torch work runs on its own pool: ``forward_workers`` threads, each computing
+        # with ``threads_per_forward`` torch threads, so together they use the CPUs it was given
+        # (Ray's default thread count may be fewer). Torch ops from threads of any other pool
+        # (asyncio.to_thread's) would each get an OpenMP team of their own, and those teams slow each
+        # other down; and on a small CPU, one thread per forward pass with passes side by side beats
+        # several threads on one pass, for one image as for a batch (bench/RESULTS.md).
+        torch.set_num_threads(s.threads_per_forward)
+        self._torch = ThreadPoolExecutor(max_workers=s.forward_workers, thread_name_prefix="torch",
+                                         initializer=torch.set_num_threads, initargs=(s.threads_per_forward,))
         self.settings = s
         self.predictor: Optional[Predictor] = None
         self.model_ref: Optional[str] = None
@@ -140,18 +143,37 @@ class Classifier:
             groups.setdefault(id(p), []).append(i)
         for idx in groups.values():
             p = items[idx[0]][0]
-            probs = await self._on_torch(lambda: p.predict_tensors(torch.stack([items[i][1] for i in idx])))
-            for i, pr in zip(idx, probs):
-                out[i] = (p, pr)
+            parts = self._split(idx, self.settings.forward_workers)  # one part per forward worker, side by side
+            probs = await asyncio.gather(*(self._on_torch(self._forward, p, [items[i][1] for i in part]) for part in parts))
+            for part, pr in zip(parts, probs):
+                for i, row in zip(part, pr):
+                    out[i] = (p, row)
         return out  # type: ignore[return-value]
 
+    @staticmethod
+    def _forward(p: Predictor, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return p.predict_tensors(torch.stack(tensors))
+
+    @staticmethod
+    def _split(idx: list[int], n: int) -> list[list[int]]:
+        """``idx`` in at most ``n`` contiguous parts of near-equal size (none empty). (Helpers are
+        methods: Serve pickles this class by value, and module-level helpers did not travel.)"""
+        n = max(1, min(n, len(idx)))
+        q, r = divmod(len(idx), n)
+        bounds = [i * q + min(i, r) for i in range(n + 1)]
+        return [idx[a:b] for a, b in zip(bounds, bounds[1:])]
+
+    async def _infer_one(self, p: Predictor, t: torch.Tensor) -> tuple[Predictor, torch.Tensor]:
+        metrics()["batch_size"].observe(1)
+        return p, (await self._on_torch(self._forward, p, [t]))[0]
+
     async def _on_torch(self, fn, *args):
-        """``fn(*args)`` on the replica's torch thread."""
+        """``fn(*args)`` on one of the replica's torch threads."""
         return await asyncio.get_running_loop().run_in_executor(self._torch, fn, *args)
 
     async def _prepare(self, data: bytes, predictor: Predictor) -> torch.Tensor:
         """Decode (Pillow, no torch: any thread, so uploads decode while a batch runs) then the
-        model's preprocessing (torch ops: the torch thread)."""
+        model's preprocessing (torch ops: a torch thread)."""
         image = await asyncio.to_thread(predictor.decode, data, self.settings.max_bytes, self.settings.max_pixels)
         return await self._on_torch(predictor.tensor, image)
 
@@ -165,7 +187,10 @@ class Classifier:
                 if len(blobs) > 1:
                     raise InvalidImage(f"image {i}: {e}", e.status) from None
                 raise
-        results = await asyncio.gather(*(self._infer((predictor, t)) for t in tensors))
+        if self.settings.max_batch_size > 1:
+            results = await asyncio.gather(*(self._infer((predictor, t)) for t in tensors))
+        else:  # no batching: each image is its own forward pass, as many at once as there are workers
+            results = await asyncio.gather(*(self._infer_one(predictor, t) for t in tensors))
         version = results[0][0].version if results else predictor.version
         return [p.top_k(pr, top_k) for p, pr in results], version
 
@@ -224,7 +249,8 @@ class Classifier:
                 "limits": {"max_bytes": s.max_bytes, "max_pixels": s.max_pixels, "max_images": s.max_images,
                            "body_timeout_s": s.body_timeout_s},
                 "batching": {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s},
-                "top_k_default": s.top_k, "torch_threads": torch.get_num_threads(), "settings": s.to_dict()}
+                "top_k_default": s.top_k, "torch_threads": s.forward_workers * s.threads_per_forward,
+                "forward_workers": s.forward_workers, "threads_per_forward": s.threads_per_forward, "settings": s.to_dict()}
 
 
 def build_app(args: Optional[dict[str, Any]] = None) -> Application:

@@ -55,6 +55,8 @@ class ServeSettings:
     resources: Optional[dict[str, float]] = _f(None, "deployment", "custom Ray resources per replica (a JSON object), "
                                                "e.g. {\"serving\": 1}: replicas go only to nodes that have them")
     num_threads: Optional[int] = _f(None, "process", "torch threads per replica (default: its num_cpus, at least 1)")
+    threads_per_forward: int = _f(1, "process", "torch threads of one forward pass; a CPU replica runs num_threads // "
+                                  "threads_per_forward passes at once and splits each batch over them")
     tracking_uri: Optional[str] = _f(None, "process", "MLflow tracking URI for the replicas (default: this environment's)")
     host: str = _f("127.0.0.1", "process", "address to bind; anything but loopback exposes an endpoint without auth")
     port: int = _f(8000, "process", "HTTP port")
@@ -102,6 +104,8 @@ class ServeSettings:
                                         and all(isinstance(v, (int, float)) and v >= 0 for v in self.resources.values())),
              f"resources must be a JSON object of custom resource amounts (CPU/GPU: num_cpus/num_gpus), got {self.resources!r}")
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
+        need(1 <= self.threads_per_forward <= self.threads,
+             f"threads_per_forward must be between 1 and num_threads ({self.threads}), got {self.threads_per_forward}")
         need(0 < self.port < 65536, f"port must be 1-65535, got {self.port}")
         need(self.request_timeout_s > 0 and self.poll_s >= 0, "request_timeout_s must be > 0 and poll_s >= 0")
 
@@ -135,6 +139,11 @@ class ServeSettings:
     def threads(self) -> int:
         """torch threads for a replica: ``num_threads`` or the CPUs it was given."""
         return self.num_threads or max(1, int(self.num_cpus))
+
+    @property
+    def forward_workers(self) -> int:
+        """Forward passes a replica runs at once: one on a GPU, else ``threads // threads_per_forward``."""
+        return 1 if self.device == "cuda" else max(1, self.threads // self.threads_per_forward)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -404,3 +404,34 @@ def test_slow_body_is_cut_off_and_others_are_served(endpoint, photos):
             assert BODY_TIMEOUT_S - 0.5 < seconds < BODY_TIMEOUT_S + 5, seconds
     after = health(endpoint)
     assert (after["pid"], after["replica"]) == (before["pid"], before["replica"])
+
+
+def test_two_forward_workers_split_batches_and_answer_like_in_process(endpoint, checkpoints, photos, local):
+    """``num_threads=2`` gives a replica two one-thread forward passes side by side: a batch of three
+    is split over both (parts of 2 and 1, put back in order) and single requests without batching
+    run two at a time; every answer is the in-process Predictor's for that photo."""
+    from ray import serve
+
+    from serve.app import build_app
+
+    args = {"model_ref": str(checkpoints[0]), "num_threads": 2, "max_batch_size": 4, "batch_wait_timeout_s": 0.05}
+    serve.run(build_app(args), name="two", route_prefix="/two")
+    url = f"{endpoint}/two"
+    try:
+        meta = requests.get(f"{url}/metadata", timeout=10).json()
+        assert (meta["forward_workers"], meta["threads_per_forward"], meta["torch_threads"]) == (2, 1, 2)
+        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
+        r = requests.post(f"{url}/predict/batch?top_k=3", files=files, timeout=30)
+        assert r.status_code == 200, r.text
+        for res, path in zip(r.json()["results"], photos):
+            assert same(res["predictions"], expected(local, r.json()["model_version"], path, 3))
+        serve.run(build_app({**args, "max_batch_size": 1}), name="two", route_prefix="/two")  # in place
+        assert requests.get(f"{url}/metadata", timeout=10).json()["batching"]["max_batch_size"] == 1
+        sent = photos * 3
+        with ThreadPoolExecutor(6) as ex:
+            got = list(ex.map(lambda p: requests.post(f"{url}/predict?top_k=3", data=p.read_bytes(), timeout=30), sent))
+        for resp, path in zip(got, sent):
+            assert resp.status_code == 200, resp.text
+            assert same(resp.json()["predictions"], expected(local, resp.json()["model_version"], path, 3))
+    finally:
+        serve.delete("two")

@@ -27,6 +27,17 @@ def test_defaults_validate_and_split_into_user_config_and_options():
     assert s.replace(num_threads=2, num_cpus=4).threads == 2
 
 
+def test_forward_workers_use_the_cpus_side_by_side():
+    s = ServeSettings()
+    assert (s.threads_per_forward, s.forward_workers) == (1, 1)
+    assert s.replace(num_cpus=4).forward_workers == 4  # four one-thread forward passes at once
+    assert s.replace(num_cpus=4, threads_per_forward=2).forward_workers == 2
+    assert s.replace(num_cpus=3, threads_per_forward=2).forward_workers == 1
+    assert s.replace(num_threads=2).forward_workers == 2
+    assert s.replace(num_cpus=4, num_gpus=1).forward_workers == 1  # a GPU runs one pass at a time
+    assert ServeSettings.from_dict({"threads_per_forward": "2", "num_cpus": "2"}).threads_per_forward == 2
+
+
 def test_strings_from_serve_run_are_converted():
     s = ServeSettings.from_dict({"model": "/ck", "top_k": "3", "batch_wait_timeout_s": "0.01",
                                  "num_replicas": "auto", "num_threads": "2"})
@@ -44,6 +55,7 @@ def test_strings_from_serve_run_are_converted():
     ({"tok_k": 3}, "unknown"), ({"model_ref": ""}, "model_ref"),
     ({"resources": '{"CPU": 1}'}, "resources"), ({"resources": "serving"}, "resources"),
     ({"resources": '{"serving": -1}'}, "resources"),
+    ({"threads_per_forward": 0}, "threads_per_forward"), ({"threads_per_forward": 2}, "threads_per_forward"),
 ])
 def test_bad_settings_are_one_line_user_errors(bad, word):
     with pytest.raises(UserError, match=word) as e:
