@@ -1,8 +1,8 @@
 """Latency of one JPEG: over HTTP through Ray Serve vs the same Predictor called in-process.
 
 Both sides do the same work (decode the bytes, preprocess, Lite0 forward at 224 px, top-5) with
-the same number of torch threads per forward pass (the replica's ``threads_per_forward``); the
-ratio is what serving costs on top. The replica is given all the bench's CPUs (``num_cpus``).
+the same number of torch threads per forward pass (the replica's ``threads_per_forward``) and
+the same allocator setting (``mmap_threshold_mib``); the ratio is what serving costs on top. The replica is given all the bench's CPUs (``num_cpus``).
 
     python bench/serve_latency.py [--model CKPT_OR_URI] [--n 200] [--ingress python haproxy]
                                   [--threads-per-forward 1 2] [--smoke-test]
@@ -63,6 +63,18 @@ def photo_bytes(path: str | None) -> bytes:
     return p.read_bytes()
 
 
+def like_replica(mmap_threshold_mib: int | None = None) -> None:
+    """This process's allocator set up as a replica's (``ServeSettings.mmap_threshold_mib``, its
+    default unless given), so the in-process side does the same work under the same conditions."""
+    from animalclf.allocator import keep_freed_memory
+    from serve.settings import ServeSettings
+
+    if mmap_threshold_mib is None:
+        mmap_threshold_mib = ServeSettings().mmap_threshold_mib
+    if mmap_threshold_mib:
+        keep_freed_memory(mmap_threshold_mib << 20, 4 * (mmap_threshold_mib << 20))
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
@@ -118,6 +130,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--threads-per-forward", type=int, nargs="+", default=[1],
                    help="the replica's threads_per_forward settings to measure, each against the in-process "
                         "Predictor on as many torch threads (default: 1, the serving default)")
+    p.add_argument("--mmap-threshold-mib", type=int, default=None,
+                   help="the replica's mmap_threshold_mib, applied to the in-process side too (default: 32, "
+                        "the serving default; 0: glibc's own)")
     p.add_argument("--smoke-test", action="store_true", help="n=10, warmup=2, rounds=2")
     return p
 
@@ -137,7 +152,8 @@ def over_serve(model: str, data: bytes, args: argparse.Namespace, threads: int, 
     p = Predictor.load(model)
     out = []
     try:
-        url = deploy.start(model, port=free_port(), num_cpus=threads, threads_per_forward=tpf, **MODES[0][1])
+        mib = {} if args.mmap_threshold_mib is None else {"mmap_threshold_mib": args.mmap_threshold_mib}
+        url = deploy.start(model, port=free_port(), num_cpus=threads, threads_per_forward=tpf, **mib, **MODES[0][1])
         meta = requests.get(f"{url}/metadata", timeout=10).json()
         for mode, cfg in MODES:
             deploy.reconfigure(**cfg)
@@ -155,6 +171,7 @@ def main(args: argparse.Namespace) -> None:
         args.n, args.warmup, args.rounds = 10, 2, 2
     threads = torch.get_num_threads()
     data = photo_bytes(args.image)
+    like_replica(args.mmap_threshold_mib)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or make_model(os.path.join(tmp, "lite0"))

@@ -29,7 +29,7 @@ import requests
 import torch
 
 from _ray_head import ray_head
-from serve_latency import INGRESS, free_port, make_model, pct, photo_bytes
+from serve_latency import INGRESS, free_port, like_replica, make_model, pct, photo_bytes
 
 
 def run_level(url: str, data: bytes, concurrency: int, seconds: float) -> dict:
@@ -106,6 +106,7 @@ def main(args: argparse.Namespace) -> None:
     levels = [int(x) for x in args.levels.split(",")]
     data = photo_bytes(args.image)
     threads = torch.get_num_threads()
+    like_replica()  # the in-process side's allocator as a replica's (ServeSettings.mmap_threshold_mib)
     modes = [("batching", {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000}),
              ("no batching", {"max_batch_size": 1, "batch_wait_timeout_s": 0.0})]
     results: dict[tuple[int, str], dict[int, dict]] = {}

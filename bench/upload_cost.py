@@ -29,7 +29,7 @@ from PIL import Image
 
 from animalclf.localray import free_port
 from _ray_head import ray_head
-from serve_latency import INGRESS, make_model, photo_bytes
+from serve_latency import INGRESS, like_replica, make_model, photo_bytes
 
 
 def phone_jpeg(photo: bytes, size: tuple[int, int] = (4032, 3024)) -> bytes:
@@ -113,6 +113,7 @@ def main(args: argparse.Namespace) -> None:
               f"12 MP phone JPEG ({len(big) / 2**20:.1f} MiB)": big,
               f"16000x1 PNG ({len(strip)} B)": strip}
     threads = torch.get_num_threads()
+    like_replica()  # the in-process side's allocator as a replica's (ServeSettings.mmap_threshold_mib)
     rows: list[tuple[str, str, list[float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         model = make_model(os.path.join(tmp, "lite0"))

@@ -57,6 +57,8 @@ class ServeSettings:
     num_threads: Optional[int] = _f(None, "process", "torch threads per replica (default: its num_cpus, at least 1)")
     threads_per_forward: int = _f(1, "process", "torch threads of one forward pass; a CPU replica runs num_threads // "
                                   "threads_per_forward passes at once and splits each batch over them")
+    mmap_threshold_mib: int = _f(32, "process", "glibc malloc: buffers under this many MiB reuse freed memory instead "
+                                 "of fresh pages on every forward pass (0: glibc's adaptive default)")
     tracking_uri: Optional[str] = _f(None, "process", "MLflow tracking URI for the replicas (default: this environment's)")
     host: str = _f("127.0.0.1", "process", "address to bind; anything but loopback exposes an endpoint without auth")
     port: int = _f(8000, "process", "HTTP port")
@@ -106,6 +108,7 @@ class ServeSettings:
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         need(1 <= self.threads_per_forward <= self.threads,
              f"threads_per_forward must be between 1 and num_threads ({self.threads}), got {self.threads_per_forward}")
+        need(self.mmap_threshold_mib >= 0, f"mmap_threshold_mib must be >= 0, got {self.mmap_threshold_mib}")
         need(0 < self.port < 65536, f"port must be 1-65535, got {self.port}")
         need(self.request_timeout_s > 0 and self.poll_s >= 0, "request_timeout_s must be > 0 and poll_s >= 0")
 

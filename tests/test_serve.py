@@ -124,6 +124,7 @@ def test_metadata_and_health(endpoint, checkpoints):
     assert meta["model_version"] == f"checkpoint:{checkpoints[0].resolve()}"
     assert meta["limits"]["max_bytes"] == MAX_BYTES and meta["last_load_error"] is None
     assert meta["settings"]["num_cpus"] == 1 and meta["torch_threads"] == 1  # threads = the CPUs it was given
+    assert meta["allocator_tuned"] is True  # glibc here: freed activations are reused (animalclf.allocator)
     h = health(endpoint)
     assert h["status"] == "ok" and h["pid"] > 0 and h["replica"]
 

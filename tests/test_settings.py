@@ -56,6 +56,7 @@ def test_strings_from_serve_run_are_converted():
     ({"resources": '{"CPU": 1}'}, "resources"), ({"resources": "serving"}, "resources"),
     ({"resources": '{"serving": -1}'}, "resources"),
     ({"threads_per_forward": 0}, "threads_per_forward"), ({"threads_per_forward": 2}, "threads_per_forward"),
+    ({"mmap_threshold_mib": -1}, "mmap_threshold_mib"),
 ])
 def test_bad_settings_are_one_line_user_errors(bad, word):
     with pytest.raises(UserError, match=word) as e:

@@ -1,0 +1,83 @@
+"""What the allocator setting does to one forward pass: the in-process Predictor (decode, preprocess,
+Lite0 forward at 224 px, top-5, one torch thread) in fresh processes, taking turns with and without
+``animalclf.allocator.keep_freed_memory`` (what a Serve replica applies: ``mmap_threshold_mib``).
+
+    python bench/allocator.py [--image JPEG] [--rounds 4] [--n 60] [--smoke-test]
+
+Each process is new, so glibc's thresholds start where a new replica's do.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+
+from _ray_head import load_average
+
+CHILD = """
+import json, statistics, sys, time, torch
+sys.path[:0] = {paths!r}
+from serve_latency import like_replica, make_model, photo_bytes
+from animalclf.predict import Predictor
+torch.set_num_threads(1)
+if {tuned!r}:
+    like_replica()
+p, data = Predictor.load({model!r}), photo_bytes({image!r})
+out = []
+for i in range({warmup} + {n}):
+    t0 = time.perf_counter()
+    p.predict([p.decode(data)], 5)
+    out.append((time.perf_counter() - t0) * 1000)
+print(json.dumps(statistics.median(out[{warmup}:])))
+"""
+
+
+def one(model: str, image: str | None, tuned: bool, n: int, warmup: int) -> float:
+    root = Path(__file__).resolve().parents[1]
+    code = CHILD.format(paths=[str(root), str(root / "bench")], tuned=tuned, model=model, image=image, n=n, warmup=warmup)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Forward-pass latency with and without the allocator setting", add_help=add_help)
+    p.add_argument("--image", default=None, help="JPEG (default: the first shared Cat photo)")
+    p.add_argument("--rounds", type=int, default=4, help="pairs of fresh processes (default: 4)")
+    p.add_argument("--n", type=int, default=60, help="timed calls per process (default: 60)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed calls first (default: 20)")
+    p.add_argument("--smoke-test", action="store_true", help="1 round, n=5, warmup=2")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    from serve_latency import make_model
+
+    if args.smoke_test:
+        args.rounds, args.n, args.warmup = 1, 5, 2
+    got: dict[bool, list[float]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = make_model(os.path.join(tmp, "lite0"))
+        for _ in range(args.rounds):
+            for tuned in (False, True):
+                got[tuned].append(one(model, args.image, tuned, args.n, args.warmup))
+    print(f"\nLite0 224 px, one torch thread, in-process decode+predict p50 per fresh process ({args.n} calls each)")
+    for tuned, xs in got.items():
+        print(f"{'keep_freed_memory' if tuned else 'glibc default':18s} " + " ".join(f"{x:6.2f}" for x in xs)
+              + f"   median {statistics.median(xs):.2f} ms")
+    print(load_average())
+    print(f"\nuntuned / tuned = {statistics.median(got[False]) / statistics.median(got[True]):.2f}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
