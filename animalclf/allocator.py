@@ -25,7 +25,11 @@ M_MMAP_THRESHOLD = -3
 def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
     """Allocations under ``mmap_threshold`` bytes come from the heap, which keeps up to
     ``trim_threshold`` free bytes instead of returning them to the kernel. For the whole process,
-    from now on. Returns False, changing nothing, where the C library has no ``mallopt`` (not glibc)."""
+    from now on. Returns False, changing nothing, where the C library has no ``mallopt`` (not glibc).
+    Each of glibc's heaps (about one per thread that allocates) may keep ``trim_threshold`` unused."""
+    for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
+        if not 0 < int(value) < 2**31:
+            raise ValueError(f"{name} must be between 1 and 2**31 - 1 bytes (a C int), got {value}")
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):

@@ -2,7 +2,7 @@
 Lite0 forward at 224 px, top-5, one torch thread) in fresh processes, taking turns with and without
 ``animalclf.allocator.keep_freed_memory`` (what a Serve replica applies: ``mmap_threshold_mib``).
 
-    python bench/allocator.py [--image JPEG] [--rounds 4] [--n 60] [--smoke-test]
+    python bench/allocator.py [--image JPEG] [--rounds 4] [--n 60] [--warmup 20] [--smoke-test]
 
 Each process is new, so glibc's thresholds start where a new replica's do.
 """
@@ -28,11 +28,12 @@ from _ray_head import load_average
 CHILD = """
 import json, statistics, sys, time, torch
 sys.path[:0] = {paths!r}
-from serve_latency import like_replica, make_model, photo_bytes
+from serve_latency import photo_bytes
+from animalclf.allocator import keep_freed_memory
 from animalclf.predict import Predictor
 torch.set_num_threads(1)
 if {tuned!r}:
-    like_replica()
+    keep_freed_memory({mib} << 20, 4 * ({mib} << 20))  # what a replica does (ServeSettings.mmap_threshold_mib)
 p, data = Predictor.load({model!r}), photo_bytes({image!r})
 out = []
 for i in range({warmup} + {n}):
@@ -45,7 +46,10 @@ print(json.dumps(statistics.median(out[{warmup}:])))
 
 def one(model: str, image: str | None, tuned: bool, n: int, warmup: int) -> float:
     root = Path(__file__).resolve().parents[1]
-    code = CHILD.format(paths=[str(root), str(root / "bench")], tuned=tuned, model=model, image=image, n=n, warmup=warmup)
+    from serve.settings import ServeSettings
+
+    code = CHILD.format(paths=[str(root), str(root / "bench")], tuned=tuned, model=model, image=image, n=n, warmup=warmup,
+                        mib=ServeSettings().mmap_threshold_mib)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -4,8 +4,9 @@ Both sides do the same work (decode the bytes, preprocess, Lite0 forward at 224 
 the same number of torch threads per forward pass (the replica's ``threads_per_forward``) and
 the same allocator setting (``mmap_threshold_mib``); the ratio is what serving costs on top. The replica is given all the bench's CPUs (``num_cpus``).
 
-    python bench/serve_latency.py [--model CKPT_OR_URI] [--n 200] [--ingress python haproxy]
-                                  [--threads-per-forward 1 2] [--smoke-test]
+    python bench/serve_latency.py [--model CKPT_OR_URI] [--image JPEG] [--n 200] [--rounds 10]
+                                  [--ingress python haproxy] [--threads-per-forward 1 2]
+                                  [--mmap-threshold-mib 32] [--smoke-test]
 
 Each ingress gets its own private Ray head (Serve reads RAY_SERVE_ENABLE_HA_PROXY when its
 controller starts): ``python`` is Ray's default Python HTTP proxy, ``haproxy`` the HAProxy ingress
@@ -154,12 +155,10 @@ def over_serve(model: str, data: bytes, args: argparse.Namespace, threads: int, 
     try:
         mib = {} if args.mmap_threshold_mib is None else {"mmap_threshold_mib": args.mmap_threshold_mib}
         url = deploy.start(model, port=free_port(), num_cpus=threads, threads_per_forward=tpf, **mib, **MODES[0][1])
-        meta = requests.get(f"{url}/metadata", timeout=10).json()
         for mode, cfg in MODES:
             deploy.reconfigure(**cfg)
             local, remote, inside = interleaved(p, url, data, args)
-            out.append({"ingress": ingress, "tpf": tpf, "mode": mode, "local": local, "http": remote, "inside": inside,
-                        "workers": meta["forward_workers"]})
+            out.append({"ingress": ingress, "tpf": tpf, "mode": mode, "local": local, "http": remote, "inside": inside})
     finally:
         deploy.stop()
         torch.set_num_threads(threads)
@@ -180,7 +179,8 @@ def main(args: argparse.Namespace) -> None:
             with ray_head(num_cpus=4):  # each ingress on its own private head
                 for tpf in args.threads_per_forward:
                     rows += over_serve(model, data, args, threads, ingress, tpf)
-    print(f"\nLite0 224 px, one {len(data)}-byte JPEG, {args.n} sequential requests per side in {args.rounds} "
+    timed = args.rounds * max(1, args.n // args.rounds)
+    print(f"\nLite0 224 px, one {len(data)}-byte JPEG, {timed} sequential requests per side in {args.rounds} "
           f"alternating rounds, replica num_cpus {threads}, {os.cpu_count()} CPUs; tpf = threads per forward pass "
           "(the replica's threads_per_forward, the in-process Predictor's torch threads)")
     print(f"{'ingress':8s} {'tpf':>3s} {'mode':32s} {'in-proc p50':>11s} {'HTTP p50':>9s} {'HTTP p99':>9s} "

@@ -67,18 +67,25 @@ def model_ceiling(model: str, data: bytes, workers: int, tpf: int, batch: int, s
     p = Predictor.load(model)
     x = torch.stack([p.tensor(p.decode(data))] * batch)
     done = [0] * workers
-    stop_at = time.perf_counter() + seconds
+    start = threading.Barrier(workers + 1)
+    stop_at = [0.0]
 
     def work(i: int) -> None:
         torch.set_num_threads(tpf)
-        p.predict_tensors(x)  # warm
-        while time.perf_counter() < stop_at:
+        p.predict_tensors(x)  # warm, before the clock starts
+        start.wait()
+        while time.perf_counter() < stop_at[0]:
             p.predict_tensors(x)
             done[i] += batch
 
-    t0 = time.perf_counter()
     with ThreadPoolExecutor(workers) as ex:
-        list(ex.map(work, range(workers)))
+        futures = [ex.submit(work, i) for i in range(workers)]
+        stop_at[0] = float("inf")
+        start.wait()  # every worker is warm: start the clock
+        t0 = time.perf_counter()
+        stop_at[0] = t0 + seconds
+        for f in futures:
+            f.result()
     return sum(done) / (time.perf_counter() - t0)
 
 

@@ -76,13 +76,13 @@ class Classifier:
         # (asyncio.to_thread's) would each get an OpenMP team of their own, and those teams slow each
         # other down; and on a small CPU, one thread per forward pass with passes side by side beats
         # several threads on one pass, for one image as for a batch (bench/RESULTS.md).
-        torch.set_num_threads(s.threads_per_forward)
+        torch.set_num_threads(s.threads_per_worker)
         # Activations are megabytes: without this, glibc may hand them fresh pages on every forward pass
         # (27 vs 20 ms for a Lite0 forward; animalclf.allocator).
         mib = s.mmap_threshold_mib
         self.allocator_tuned = bool(mib) and keep_freed_memory(mib << 20, 4 * (mib << 20))
         self._torch = ThreadPoolExecutor(max_workers=s.forward_workers, thread_name_prefix="torch",
-                                         initializer=torch.set_num_threads, initargs=(s.threads_per_forward,))
+                                         initializer=torch.set_num_threads, initargs=(s.threads_per_worker,))
         self.settings = s
         self.predictor: Optional[Predictor] = None
         self.model_ref: Optional[str] = None
@@ -163,6 +163,8 @@ class Classifier:
     def _split(idx: list[int], n: int) -> list[list[int]]:
         """``idx`` in at most ``n`` contiguous parts of near-equal size (none empty). (Helpers are
         methods: Serve pickles this class by value, and module-level helpers did not travel.)"""
+        if not idx:
+            return []
         n = max(1, min(n, len(idx)))
         q, r = divmod(len(idx), n)
         bounds = [i * q + min(i, r) for i in range(n + 1)]
@@ -254,7 +256,7 @@ class Classifier:
                 "limits": {"max_bytes": s.max_bytes, "max_pixels": s.max_pixels, "max_images": s.max_images,
                            "body_timeout_s": s.body_timeout_s},
                 "batching": {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s},
-                "top_k_default": s.top_k, "torch_threads": s.forward_workers * s.threads_per_forward,
+                "top_k_default": s.top_k, "torch_threads": s.forward_workers * s.threads_per_worker,
                 "forward_workers": s.forward_workers, "threads_per_forward": s.threads_per_forward,
                 "allocator_tuned": self.allocator_tuned, "settings": s.to_dict()}
 

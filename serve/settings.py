@@ -106,9 +106,9 @@ class ServeSettings:
                                         and all(isinstance(v, (int, float)) and v >= 0 for v in self.resources.values())),
              f"resources must be a JSON object of custom resource amounts (CPU/GPU: num_cpus/num_gpus), got {self.resources!r}")
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
-        need(1 <= self.threads_per_forward <= self.threads,
-             f"threads_per_forward must be between 1 and num_threads ({self.threads}), got {self.threads_per_forward}")
-        need(self.mmap_threshold_mib >= 0, f"mmap_threshold_mib must be >= 0, got {self.mmap_threshold_mib}")
+        need(1 <= self.threads_per_forward <= self.threads and self.threads % self.threads_per_forward == 0,
+             f"threads_per_forward must divide num_threads ({self.threads}) so no CPU idles, got {self.threads_per_forward}")
+        need(0 <= self.mmap_threshold_mib <= 256, f"mmap_threshold_mib must be 0-256, got {self.mmap_threshold_mib}")
         need(0 < self.port < 65536, f"port must be 1-65535, got {self.port}")
         need(self.request_timeout_s > 0 and self.poll_s >= 0, "request_timeout_s must be > 0 and poll_s >= 0")
 
@@ -142,6 +142,12 @@ class ServeSettings:
     def threads(self) -> int:
         """torch threads for a replica: ``num_threads`` or the CPUs it was given."""
         return self.num_threads or max(1, int(self.num_cpus))
+
+    @property
+    def threads_per_worker(self) -> int:
+        """torch threads of each forward worker: ``threads_per_forward`` on a CPU; on a GPU (one
+        worker) all of ``threads``, for the preprocessing it still does on the CPU."""
+        return self.threads if self.device == "cuda" else self.threads_per_forward
 
     @property
     def forward_workers(self) -> int:

@@ -55,7 +55,7 @@ def metrics() -> dict[str, Any]:
         _METRICS["images"] = Counter(
             "animalclf_images", description="Images classified.", tag_keys=("route",))
         _METRICS["batch_size"] = Histogram(
-            "animalclf_batch_size", description="Images per model forward pass (dynamic batching).",
+            "animalclf_batch_size", description="Images per batch (dynamic batching; a batch is split over the replica's forward passes).",
             boundaries=[1, 2, 4, 8, 16, 32, 64])
     return _METRICS
 

@@ -424,6 +424,7 @@ def test_two_forward_workers_split_batches_and_answer_like_in_process(endpoint, 
         files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
         r = requests.post(f"{url}/predict/batch?top_k=3", files=files, timeout=30)
         assert r.status_code == 200, r.text
+        assert len(r.json()["results"]) == len(photos) == 3
         for res, path in zip(r.json()["results"], photos):
             assert same(res["predictions"], expected(local, r.json()["model_version"], path, 3))
         serve.run(build_app({**args, "max_batch_size": 1}), name="two", route_prefix="/two")  # in place
@@ -431,8 +432,19 @@ def test_two_forward_workers_split_batches_and_answer_like_in_process(endpoint, 
         sent = photos * 3
         with ThreadPoolExecutor(6) as ex:
             got = list(ex.map(lambda p: requests.post(f"{url}/predict?top_k=3", data=p.read_bytes(), timeout=30), sent))
+        assert len(got) == len(sent) == 9
         for resp, path in zip(got, sent):
             assert resp.status_code == 200, resp.text
             assert same(resp.json()["predictions"], expected(local, resp.json()["model_version"], path, 3))
     finally:
         serve.delete("two")
+
+
+def test_batches_split_into_contiguous_near_equal_parts():
+    from serve.app import Classifier
+
+    split = Classifier.func_or_class._split
+    assert split([0, 1, 2], 2) == [[0, 1], [2]]
+    assert split([0, 1, 2, 3, 4, 5, 6], 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split([0, 1], 4) == [[0], [1]]  # never an empty part
+    assert split([7], 1) == [[7]] and split([], 2) == []

@@ -32,10 +32,12 @@ def test_forward_workers_use_the_cpus_side_by_side():
     assert (s.threads_per_forward, s.forward_workers) == (1, 1)
     assert s.replace(num_cpus=4).forward_workers == 4  # four one-thread forward passes at once
     assert s.replace(num_cpus=4, threads_per_forward=2).forward_workers == 2
-    assert s.replace(num_cpus=3, threads_per_forward=2).forward_workers == 1
     assert s.replace(num_threads=2).forward_workers == 2
     assert s.replace(num_cpus=4, num_gpus=1).forward_workers == 1  # a GPU runs one pass at a time
     assert ServeSettings.from_dict({"threads_per_forward": "2", "num_cpus": "2"}).threads_per_forward == 2
+    gpu = s.replace(num_cpus=4, num_gpus=1)
+    assert (gpu.forward_workers, gpu.threads_per_worker) == (1, 4)  # the CPU threads still preprocess
+    assert s.replace(num_cpus=4).threads_per_worker == 1
 
 
 def test_strings_from_serve_run_are_converted():
@@ -56,7 +58,8 @@ def test_strings_from_serve_run_are_converted():
     ({"resources": '{"CPU": 1}'}, "resources"), ({"resources": "serving"}, "resources"),
     ({"resources": '{"serving": -1}'}, "resources"),
     ({"threads_per_forward": 0}, "threads_per_forward"), ({"threads_per_forward": 2}, "threads_per_forward"),
-    ({"mmap_threshold_mib": -1}, "mmap_threshold_mib"),
+    ({"mmap_threshold_mib": -1}, "mmap_threshold_mib"), ({"mmap_threshold_mib": 512}, "mmap_threshold_mib"),
+    ({"num_cpus": 3, "threads_per_forward": 2}, "threads_per_forward"),
 ])
 def test_bad_settings_are_one_line_user_errors(bad, word):
     with pytest.raises(UserError, match=word) as e:
