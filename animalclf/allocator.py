@@ -4,8 +4,8 @@ glibc serves large allocations with fresh pages from the kernel (mmap, or a heap
 after every free), so a forward pass whose activations are megabytes page-faults its memory in
 anew each time. Its thresholds adapt on their own, but not reliably: the same Lite0 forward took
 27 ms in one fresh process and 20 ms in another, or after fixing the thresholds (bench/RESULTS.md,
-"Serving latency and the allocator"). Fixing them keeps freed buffers for reuse; the heap then
-holds on to at most ``trim_threshold`` unused bytes.
+"Serving, sixth session", "The allocator"). Fixing them keeps freed buffers for reuse; each heap
+then holds on to at most 4x the mmap threshold unused.
 """
 
 from __future__ import annotations
@@ -20,21 +20,22 @@ __all__ = ["keep_freed_memory"]
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_THRESHOLD = -3
+MAX_MIB = 256  # 4x that, in bytes, must fit mallopt's C int
 
 
-def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
-    """Allocations under ``mmap_threshold`` bytes come from the heap, which keeps up to
-    ``trim_threshold`` free bytes instead of returning them to the kernel. For the whole process,
-    from now on. Returns False, changing nothing, where the C library has no ``mallopt`` (not glibc).
-    Each of glibc's heaps (about one per thread that allocates) may keep ``trim_threshold`` unused."""
-    for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
-        if not 0 < int(value) < 2**31:
-            raise ValueError(f"{name} must be between 1 and 2**31 - 1 bytes (a C int), got {value}")
+def keep_freed_memory(mmap_threshold_mib: int = 32) -> bool:
+    """Allocations under ``mmap_threshold_mib`` MiB come from the heap, which keeps up to 4x that
+    free instead of returning it to the kernel (each of glibc's heaps: about one per thread that
+    allocates). For the whole process, from now on. Returns False, changing nothing, where the C
+    library has no ``mallopt`` (not glibc)."""
+    if not 1 <= int(mmap_threshold_mib) <= MAX_MIB:
+        raise ValueError(f"mmap_threshold_mib must be 1-{MAX_MIB}, got {mmap_threshold_mib}")
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    ok = mallopt(M_MMAP_THRESHOLD, int(mmap_threshold)) == 1 and mallopt(M_TRIM_THRESHOLD, int(trim_threshold)) == 1
+    mmap, trim = int(mmap_threshold_mib) << 20, 4 * (int(mmap_threshold_mib) << 20)
+    ok = mallopt(M_MMAP_THRESHOLD, mmap) == 1 and mallopt(M_TRIM_THRESHOLD, trim) == 1
     if ok:
-        log.debug("malloc: mmap threshold %d, trim threshold %d bytes", mmap_threshold, trim_threshold)
+        log.debug("malloc: mmap threshold %d, trim threshold %d bytes", mmap, trim)
     return ok

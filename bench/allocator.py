@@ -26,21 +26,16 @@ import tempfile
 from _ray_head import load_average
 
 CHILD = """
-import json, statistics, sys, time, torch
+import json, statistics, sys, torch
 sys.path[:0] = {paths!r}
-from serve_latency import photo_bytes
+from serve_latency import photo_bytes, timed
 from animalclf.allocator import keep_freed_memory
 from animalclf.predict import Predictor
 torch.set_num_threads(1)
 if {tuned!r}:
-    keep_freed_memory({mib} << 20, 4 * ({mib} << 20))  # what a replica does (ServeSettings.mmap_threshold_mib)
+    keep_freed_memory({mib})  # what a replica does (ServeSettings.mmap_threshold_mib)
 p, data = Predictor.load({model!r}), photo_bytes({image!r})
-out = []
-for i in range({warmup} + {n}):
-    t0 = time.perf_counter()
-    p.predict([p.decode(data)], 5)
-    out.append((time.perf_counter() - t0) * 1000)
-print(json.dumps(statistics.median(out[{warmup}:])))
+print(json.dumps(statistics.median(timed(lambda: p.predict([p.decode(data)], 5), {n}, {warmup}))))
 """
 
 

@@ -73,7 +73,7 @@ def like_replica(mmap_threshold_mib: int | None = None) -> None:
     if mmap_threshold_mib is None:
         mmap_threshold_mib = ServeSettings().mmap_threshold_mib
     if mmap_threshold_mib:
-        keep_freed_memory(mmap_threshold_mib << 20, 4 * (mmap_threshold_mib << 20))
+        keep_freed_memory(mmap_threshold_mib)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -81,42 +81,42 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
 
 
-def in_process(p, data: bytes, n: int) -> list[float]:
-    """ms per image for ``n`` calls of the same work a replica does (decode, preprocess, forward, top-5)."""
+def timed(fn, n: int, warmup: int) -> list[float]:
+    """ms per call of ``fn()`` for ``n`` calls after ``warmup`` untimed ones."""
     out = []
-    for _ in range(n):
+    for i in range(warmup + n):
         t0 = time.perf_counter()
-        p.predict([p.decode(data)], 5)
-        out.append((time.perf_counter() - t0) * 1000)
+        fn()
+        if i >= warmup:
+            out.append((time.perf_counter() - t0) * 1000)
     return out
 
 
-def over_http(session: requests.Session, url: str, data: bytes, n: int, inside: list[float] | None = None) -> list[float]:
-    """Client-side ms per request; ``inside`` collects the replica's own ``latency_ms``."""
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        r = session.post(f"{url}/predict", data=data, timeout=30)
-        dt = (time.perf_counter() - t0) * 1000
-        r.raise_for_status()
-        out.append(dt)
-        if inside is not None:
-            inside.append(r.json()["latency_ms"])
+def alternating(calls: dict[str, object], n: int, warmup: int, rounds: int) -> dict[str, list[float]]:
+    """``n`` timed calls of each of ``calls`` (name -> no-argument function) in ``rounds`` alternating
+    rounds, so every side sees the same machine (this VM's speed drifts over minutes)."""
+    for fn in calls.values():
+        timed(fn, 0, warmup)
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    per = max(1, n // rounds)
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            out[name] += timed(fn, per, 0)
     return out
 
 
 def interleaved(p, url: str, data: bytes, args: argparse.Namespace) -> tuple[list[float], list[float], list[float]]:
     """In-process and HTTP timed in alternating rounds (``args.rounds``, ``args.n`` requests per side
-    in all), so both see the same machine: this VM's speed drifts by a fifth over minutes."""
-    session = requests.Session()
-    over_http(session, url, data, args.warmup)
-    in_process(p, data, args.warmup)
-    local, remote, inside = [], [], []
-    per = max(1, args.n // args.rounds)
-    for _ in range(args.rounds):
-        local += in_process(p, data, per)
-        remote += over_http(session, url, data, per, inside)
-    return local, remote, inside
+    in all); also the replica's own ``latency_ms`` of each timed HTTP request."""
+    session, inside = requests.Session(), []
+
+    def http() -> None:
+        r = session.post(f"{url}/predict", data=data, timeout=30)
+        r.raise_for_status()
+        inside.append(r.json()["latency_ms"])
+
+    got = alternating({"local": lambda: p.predict([p.decode(data)], 5), "http": http}, args.n, args.warmup, args.rounds)
+    return got["local"], got["http"], inside[args.warmup:]
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -24,7 +24,6 @@ import io
 import os
 import statistics
 import tempfile
-import time
 
 import numpy as np
 import requests
@@ -33,7 +32,7 @@ from PIL import Image
 
 from animalclf.localray import free_port
 from _ray_head import ray_head
-from serve_latency import INGRESS, like_replica, make_model, photo_bytes
+from serve_latency import INGRESS, alternating, like_replica, make_model, photo_bytes, timed
 
 
 def phone_jpeg(photo: bytes, size: tuple[int, int] = (4032, 3024)) -> bytes:
@@ -60,29 +59,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def timed(fn, n: int, warmup: int) -> list[float]:
-    out = []
-    for i in range(warmup + n):
-        t0 = time.perf_counter()
-        fn()
-        if i >= warmup:
-            out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
-def alternating(calls: dict[str, object], n: int, warmup: int, rounds: int) -> dict[str, list[float]]:
-    """``n`` timed calls of each of ``calls`` (name -> no-argument function) in ``rounds`` alternating
-    rounds, so every image sees the same machine (this VM's speed drifts over minutes)."""
-    for fn in calls.values():
-        timed(fn, 0, warmup)
-    out: dict[str, list[float]] = {name: [] for name in calls}
-    per = max(1, n // rounds)
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            out[name] += timed(fn, per, 0)
-    return out
 
 
 def _at_least_2(text: str) -> int:

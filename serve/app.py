@@ -79,8 +79,7 @@ class Classifier:
         torch.set_num_threads(s.threads_per_worker)
         # Activations are megabytes: without this, glibc may hand them fresh pages on every forward pass
         # (27 vs 20 ms for a Lite0 forward; animalclf.allocator).
-        mib = s.mmap_threshold_mib
-        self.allocator_tuned = bool(mib) and keep_freed_memory(mib << 20, 4 * (mib << 20))
+        self.allocator_tuned = bool(s.mmap_threshold_mib) and keep_freed_memory(s.mmap_threshold_mib)
         self._torch = ThreadPoolExecutor(max_workers=s.forward_workers, thread_name_prefix="torch",
                                          initializer=torch.set_num_threads, initargs=(s.threads_per_worker,))
         self.settings = s

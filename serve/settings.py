@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
+from animalclf.allocator import MAX_MIB
 from animalclf.errors import UserError
 from animalclf.predict import MAX_BYTES, MAX_PIXELS
 from animalclf.registry import champion_ref
@@ -108,7 +109,7 @@ class ServeSettings:
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         need(1 <= self.threads_per_forward <= self.threads and self.threads % self.threads_per_forward == 0,
              f"threads_per_forward must divide num_threads ({self.threads}) so no CPU idles, got {self.threads_per_forward}")
-        need(0 <= self.mmap_threshold_mib <= 256, f"mmap_threshold_mib must be 0-256, got {self.mmap_threshold_mib}")
+        need(0 <= self.mmap_threshold_mib <= MAX_MIB, f"mmap_threshold_mib must be 0-{MAX_MIB}, got {self.mmap_threshold_mib}")
         need(0 < self.port < 65536, f"port must be 1-65535, got {self.port}")
         need(self.request_timeout_s > 0 and self.poll_s >= 0, "request_timeout_s must be > 0 and poll_s >= 0")
 

@@ -42,3 +42,13 @@ def test_freed_buffers_are_reused_not_faulted_in_again():
     assert r["ok"] is True
     assert r["untuned"] >= 10 * pages_per_round, r  # 20 rounds: each faults its 16 MiB in again
     assert r["tuned"] <= 3 * pages_per_round, r  # the heap grows once (a round or two), then is reused
+
+
+def test_thresholds_outside_what_mallopt_takes_are_refused():
+    import pytest
+
+    from animalclf.allocator import MAX_MIB, keep_freed_memory
+
+    for bad in (0, MAX_MIB + 1):
+        with pytest.raises(ValueError, match="mmap_threshold_mib"):
+            keep_freed_memory(bad)
