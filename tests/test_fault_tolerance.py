@@ -68,15 +68,18 @@ def test_driver_killed_rerun_resumes(tiny_folder, tmp_path):
     try:
         first.wait_until(lambda: checkpointed_epoch(storage, "ft-driver") >= 1, 180, "epoch 1's checkpoint")
         os.kill(first.proc.pid, signal.SIGKILL)
-        first.proc.wait(10)
-        done_before = epoch_lines(first.output())
     finally:
+        # The run's own local Ray goes with its driver at once: left alone, its Train controller
+        # outlives the driver for a moment and (epochs here are sub-second) once checkpointed the
+        # last epoch before it was reaped, leaving the rerun nothing to resume (CI, stop 17).
         first.cleanup()
-    assert done_before and done_before[-1] < EPOCHS, "the first run finished before it was killed"
+    left_at = checkpointed_epoch(storage, "ft-driver")
+    assert 1 <= left_at < EPOCHS, f"the first run checkpointed epoch {left_at} of {EPOCHS} before it was killed"
 
     out = train_run(tmp_path, tiny_folder, *name).finish()
     resumed = [int(n) for n in re.findall(r"Resumed from checkpoint after epoch (\d+)", out)]
-    assert len(resumed) == 1 and resumed[0] >= 1, out[-4000:]
-    epochs = epoch_lines(out)
-    assert epochs[0] == resumed[0] + 1 and epochs[-1] == EPOCHS, epochs
+    # Ray may restore a checkpoint its controller was still registering when killed (one epoch
+    # past the snapshot read here), never an older one; the rerun trains exactly what is left.
+    assert len(resumed) == 1 and left_at <= resumed[0] < EPOCHS, (left_at, out[-4000:])
+    assert epoch_lines(out) == list(range(resumed[0] + 1, EPOCHS + 1)), out[-4000:]
     assert "Best checkpoint:" in out
