@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from animalclf import rayauth, tracking
+from animalclf import headguard, rayauth, tracking
 from animalclf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ class LocalHead:
     address: str
     dashboard_url: str
     temp_dir: Path
+    guardian: Optional[subprocess.Popen] = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self) -> None:
@@ -133,6 +134,9 @@ class LocalHead:
             return
         self._stopped = True
         _Watchdog.stop()
+        if self.guardian is not None:  # we stop the head ourselves (the guardian is for when we cannot)
+            self.guardian.kill()
+            self.guardian.wait()
         import ray
 
         if ray.is_initialized():
@@ -154,9 +158,12 @@ def _become_subreaper() -> None:
         pass
 
 
-def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = None, connect: bool = True) -> LocalHead:
-    """Start a head on loopback (token auth on, dashboard on ``dashboard_port``)
-    and connect to it."""
+def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = None, connect: bool = True,
+               fate_share: bool = True) -> LocalHead:
+    """Start a head on loopback (token auth on, dashboard on ``dashboard_port``) and connect to it.
+
+    With ``fate_share`` (the default) the head is stopped when this process ends in any way, a
+    SIGKILL included (:mod:`animalclf.headguard`); without it, it outlives us like `ray start`'s."""
     rayauth.enable_token_auth()
     _become_subreaper()
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths must stay < 108 chars
@@ -170,6 +177,8 @@ def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = N
         cmd.append(f"--num-cpus={num_cpus}")
     head = LocalHead(os.environ["RAY_ADDRESS"], f"http://127.0.0.1:{dash}", temp)
     try:
+        if fate_share:  # first: a kill while `ray start` runs is covered too
+            head.guardian = headguard.start_guardian(temp, head.address)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
         if r.returncode != 0:
             raise RuntimeError(f"ray start failed: {r.stderr[-2000:]}")

@@ -1,6 +1,6 @@
 """Fault tolerance of the real train job: a Ray Train worker SIGKILLed mid-run is replaced and
 the run resumes from its latest checkpoint (--max-failures 1); a driver SIGKILLed mid-run is
-resumed by re-running with the same --name and --storage-path.
+resumed by re-running with the same --name and --storage-path, and its private Ray goes with it.
 
 Each run is `ray_jobs/train.py` in its own process session with its own local Ray
 (RAY_ADDRESS=local, own RAY_TMPDIR); the worker to kill is found among that run's descendants
@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from trainproc import TrainProcess, checkpointed_epoch, train_workers
+from trainproc import TrainProcess, checkpointed_epoch, descendants, train_workers
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -67,19 +69,23 @@ def test_driver_killed_rerun_resumes(tiny_folder, tmp_path):
     first = train_run(tmp_path, tiny_folder, *name)
     try:
         first.wait_until(lambda: checkpointed_epoch(storage, "ft-driver") >= 1, 180, "epoch 1's checkpoint")
+        head = list(descendants(first.proc.pid))  # its private head: raylet, GCS, Train controller and worker, guardian
         os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait(10)
+        # The head goes with its driver (animalclf.headguard). Without that, its Train controller
+        # went on alone and checkpointed the last epoch, leaving the rerun nothing to resume (CI, stop 17).
+        deadline = time.monotonic() + 30
+        while (left := [p for p in head if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"the killed driver's Ray processes are still running: {left}"
     finally:
-        # The run's own local Ray goes with its driver at once: left alone, its Train controller
-        # outlives the driver for a moment and (epochs here are sub-second) once checkpointed the
-        # last epoch before it was reaped, leaving the rerun nothing to resume (CI, stop 17).
         first.cleanup()
     left_at = checkpointed_epoch(storage, "ft-driver")
     assert 1 <= left_at < EPOCHS, f"the first run checkpointed epoch {left_at} of {EPOCHS} before it was killed"
 
     out = train_run(tmp_path, tiny_folder, *name).finish()
     resumed = [int(n) for n in re.findall(r"Resumed from checkpoint after epoch (\d+)", out)]
-    # Ray may restore a checkpoint its controller was still registering when killed (one epoch
-    # past the snapshot read here), never an older one; the rerun trains exactly what is left.
-    assert len(resumed) == 1 and left_at <= resumed[0] < EPOCHS, (left_at, out[-4000:])
-    assert epoch_lines(out) == list(range(resumed[0] + 1, EPOCHS + 1)), out[-4000:]
+    assert resumed == [left_at], out[-4000:]
+    assert epoch_lines(out) == list(range(left_at + 1, EPOCHS + 1)), out[-4000:]
     assert "Best checkpoint:" in out
