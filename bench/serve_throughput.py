@@ -2,10 +2,11 @@
 batching, in one run (Lite0 at 224 px, one real JPEG, raw-body POST /predict).
 
     python bench/serve_throughput.py [--model CKPT_OR_URI] [--seconds 8] [--ingress haproxy]
-                                     [--threads-per-forward 1 2] [--smoke-test]
+                                     [--threads-per-forward 1 2] [--images-per-pass 4 0] [--smoke-test]
 
 Targets: with batching >= 1.5x the unbatched throughput at concurrency 32; p99 <= 3x p50.
-Batching on/off is switched in place (``deploy.reconfigure``), so both runs share one replica.
+Batching on/off (and ``images_per_pass``) is switched in place (``deploy.reconfigure``), so all
+modes share one replica.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="HTTP ingress: Ray's Python proxy or the HAProxy one (default: python)")
     p.add_argument("--threads-per-forward", type=int, nargs="+", default=[1],
                    help="the replica's threads_per_forward settings to measure in turn (default: 1, the serving default)")
+    p.add_argument("--images-per-pass", type=int, nargs="+", default=[4],
+                   help="the batching runs' images_per_pass settings, each a mode of its own (default: 4, the serving default)")
     p.add_argument("--smoke-test", action="store_true", help="2 s per level")
     return p
 
@@ -114,8 +117,9 @@ def main(args: argparse.Namespace) -> None:
     data = photo_bytes(args.image)
     threads = torch.get_num_threads()
     like_replica()  # the in-process side's allocator as a replica's (ServeSettings.mmap_threshold_mib)
-    modes = [("batching", {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000}),
-             ("no batching", {"max_batch_size": 1, "batch_wait_timeout_s": 0.0})]
+    batching = [(f"batching/{ipp}", {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000,
+                                      "images_per_pass": ipp}) for ipp in args.images_per_pass]
+    modes = [*batching, ("no batching", {"max_batch_size": 1, "batch_wait_timeout_s": 0.0})]
     results: dict[tuple[int, str], dict[int, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or make_model(os.path.join(tmp, "lite0"))
@@ -135,15 +139,17 @@ def main(args: argparse.Namespace) -> None:
         ceilings = []
         for tpf in args.threads_per_forward:  # the model alone, after the endpoint (its head stopped)
             workers = max(1, threads // tpf)
-            per = max(1, -(-args.max_batch_size // workers))  # a full batch split over the workers
             one = model_ceiling(model, data, workers, tpf, 1, args.seconds / 2)
-            full = model_ceiling(model, data, workers, tpf, per, args.seconds / 2)
-            ceilings.append(f"tpf {tpf}, the model alone in-process ({workers} worker(s) x {tpf} thread(s)): batch 1 "
-                            f"{one:.1f} img/s, batch {per} per worker {full:.1f} img/s: batching's ceiling {full / one:.2f}x")
+            for ipp in args.images_per_pass:
+                per = max(1, -(-args.max_batch_size // workers))  # a full batch split over the workers
+                per = min(per, ipp) if ipp else per  # ... in passes of at most images_per_pass
+                full = model_ceiling(model, data, workers, tpf, per, args.seconds / 2)
+                ceilings.append(f"tpf {tpf}, the model alone in-process ({workers} worker(s) x {tpf} thread(s)): batch 1 "
+                                f"{one:.1f} img/s, batch {per} per pass {full:.1f} img/s: batching/{ipp}'s ceiling {full / one:.2f}x")
     print(f"\nLite0 224 px, {len(data)}-byte JPEG, 1 replica with num_cpus {threads}, {os.cpu_count()} CPUs, "
           f"{args.seconds:.0f} s per level, ingress {args.ingress}")
-    print(f"batching = max batch {args.max_batch_size}, wait {args.batch_wait_ms:.0f} ms; tpf = the replica's "
-          f"threads_per_forward ({threads} // tpf forward passes at once)")
+    print(f"batching/N = max batch {args.max_batch_size}, wait {args.batch_wait_ms:.0f} ms, images_per_pass N; tpf = "
+          f"the replica's threads_per_forward ({threads} // tpf forward passes at once)")
     print(f"{'tpf':>3s} {'mode':12s} {'conc':>5s} {'img/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'p99/p50':>8s} {'ok':>6s}  errors")
     for (tpf, name), rows in results.items():
         for c, r in rows.items():
@@ -151,17 +157,19 @@ def main(args: argparse.Namespace) -> None:
                   f"{r['n']:6d}  {r['errors'] or '-'}")
     top = max(levels)
     for tpf in args.threads_per_forward:
-        b, nb = results[tpf, "batching"], results[tpf, "no batching"]
-        for c in levels:
-            print(f"tpf {tpf}, concurrency {c:2d}: batching / no batching throughput = {b[c]['rps'] / nb[c]['rps']:.2f}")
+        for name, _ in batching:
+            b, nb = results[tpf, name], results[tpf, "no batching"]
+            for c in levels:
+                print(f"tpf {tpf}, concurrency {c:2d}: {name} / no batching throughput = {b[c]['rps'] / nb[c]['rps']:.2f}")
     print("\n".join(ceilings))
     load = os.getloadavg()
     print(f"load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     for tpf in args.threads_per_forward:
-        b, nb = results[tpf, "batching"], results[tpf, "no batching"]
-        ratio, tail = b[top]["rps"] / nb[top]["rps"], b[top]["p99"] / b[top]["p50"]
-        print(f"tpf {tpf}: target batching >= 1.5x at {top}: {ratio:.2f} {'met' if ratio >= 1.5 else 'MISSED'}; "
-              f"p99 <= 3x p50 with batching at {top}: {tail:.2f} {'met' if tail <= 3 else 'MISSED'}")
+        for name, _ in batching:
+            b, nb = results[tpf, name], results[tpf, "no batching"]
+            ratio, tail = b[top]["rps"] / nb[top]["rps"], b[top]["p99"] / b[top]["p50"]
+            print(f"tpf {tpf}: target {name} >= 1.5x no batching at {top}: {ratio:.2f} {'met' if ratio >= 1.5 else 'MISSED'}; "
+                  f"p99 <= 3x p50 at {top}: {tail:.2f} {'met' if tail <= 3 else 'MISSED'}")
     if len(args.threads_per_forward) > 1:
         first = args.threads_per_forward[0]
         for tpf in args.threads_per_forward[1:]:

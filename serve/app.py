@@ -147,7 +147,7 @@ class Classifier:
             groups.setdefault(id(p), []).append(i)
         for idx in groups.values():
             p = items[idx[0]][0]
-            parts = self._split(idx, self.settings.forward_workers)  # one part per forward worker, side by side
+            parts = self._split(idx, self.settings.forward_parts(len(idx)))  # run side by side on the forward workers
             probs = await asyncio.gather(*(self._on_torch(self._forward, p, [items[i][1] for i in part]) for part in parts))
             for part, pr in zip(parts, probs):
                 for i, row in zip(part, pr):
@@ -254,7 +254,8 @@ class Classifier:
                 "last_load_error": self.last_load_error, "replica": self.replica_id,
                 "limits": {"max_bytes": s.max_bytes, "max_pixels": s.max_pixels, "max_images": s.max_images,
                            "body_timeout_s": s.body_timeout_s},
-                "batching": {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s},
+                "batching": {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s,
+                             "images_per_pass": s.images_per_pass},
                 "top_k_default": s.top_k, "torch_threads": s.forward_workers * s.threads_per_worker,
                 "forward_workers": s.forward_workers, "threads_per_forward": s.threads_per_forward,
                 "allocator_tuned": self.allocator_tuned, "settings": s.to_dict()}

@@ -41,8 +41,11 @@ class ServeSettings:
     model_ref: str = _f(DEFAULT_MODEL, "user_config", "checkpoint directory or MLflow model URI; an alias "
                         "(models:/NAME@champion) is followed: Serve moves when the alias does")
     top_k: int = _f(5, "user_config", "classes returned per image unless ?top_k=")
-    max_batch_size: int = _f(16, "user_config", "images per forward pass (1 = no dynamic batching)")
+    max_batch_size: int = _f(16, "user_config", "images per dynamic batch (1 = no dynamic batching)")
     batch_wait_timeout_s: float = _f(0.005, "user_config", "how long a batch waits to fill, in s")
+    images_per_pass: int = _f(4, "user_config", "on a CPU, a batch runs as forward passes of at most this many "
+                              "images, side by side on the forward workers (0: one part per worker; a GPU "
+                              "takes the whole batch in one pass)")
     max_images: int = _f(16, "user_config", "images per /predict/batch request (more: 413)")
     max_bytes: int = _f(MAX_BYTES, "user_config", "bytes per image (more: 413)")
     max_pixels: int = _f(MAX_PIXELS, "user_config", "pixels per image, against decompression bombs (more: 413)")
@@ -109,6 +112,7 @@ class ServeSettings:
         need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}")
         need(1 <= self.threads_per_forward <= self.threads and self.threads % self.threads_per_forward == 0,
              f"threads_per_forward must divide num_threads ({self.threads}) so no CPU idles, got {self.threads_per_forward}")
+        need(self.images_per_pass >= 0, f"images_per_pass must be >= 0 (0: no limit), got {self.images_per_pass}")
         need(0 <= self.mmap_threshold_mib <= MAX_MIB, f"mmap_threshold_mib must be 0-{MAX_MIB}, got {self.mmap_threshold_mib}")
         need(0 < self.port < 65536, f"port must be 1-65535, got {self.port}")
         need(self.request_timeout_s > 0 and self.poll_s >= 0, "request_timeout_s must be > 0 and poll_s >= 0")
@@ -154,6 +158,15 @@ class ServeSettings:
     def forward_workers(self) -> int:
         """Forward passes a replica runs at once: one on a GPU, else ``threads // threads_per_forward``."""
         return 1 if self.device == "cuda" else max(1, self.threads // self.threads_per_forward)
+
+    def forward_parts(self, n: int) -> int:
+        """Forward passes a batch of ``n`` images runs as: one per forward worker, and on a CPU more,
+        so that none takes over ``images_per_pass`` (a Lite0 pass over 8 images costs a third more
+        per image than two over 4 on one thread each: bench/RESULTS.md); never more than ``n``."""
+        parts = self.forward_workers
+        if self.device != "cuda" and self.images_per_pass:
+            parts = max(parts, -(-n // self.images_per_pass))
+        return max(1, min(parts, n))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

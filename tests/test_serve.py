@@ -409,18 +409,21 @@ def test_slow_body_is_cut_off_and_others_are_served(endpoint, photos):
 
 def test_two_forward_workers_split_batches_and_answer_like_in_process(endpoint, checkpoints, photos, local):
     """``num_threads=2`` gives a replica two one-thread forward passes side by side: a batch of three
-    is split over both (parts of 2 and 1, put back in order) and single requests without batching
-    run two at a time; every answer is the in-process Predictor's for that photo."""
+    with ``images_per_pass=1`` runs as three passes on the two workers (put back in order) and
+    single requests without batching run two at a time; every answer is the in-process
+    Predictor's for that photo."""
     from ray import serve
 
     from serve.app import build_app
 
-    args = {"model_ref": str(checkpoints[0]), "num_threads": 2, "max_batch_size": 4, "batch_wait_timeout_s": 0.05}
+    args = {"model_ref": str(checkpoints[0]), "num_threads": 2, "max_batch_size": 4, "batch_wait_timeout_s": 0.05,
+            "images_per_pass": 1}
     serve.run(build_app(args), name="two", route_prefix="/two")
     url = f"{endpoint}/two"
     try:
         meta = requests.get(f"{url}/metadata", timeout=10).json()
         assert (meta["forward_workers"], meta["threads_per_forward"], meta["torch_threads"]) == (2, 1, 2)
+        assert meta["batching"]["images_per_pass"] == 1
         files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]
         r = requests.post(f"{url}/predict/batch?top_k=3", files=files, timeout=30)
         assert r.status_code == 200, r.text

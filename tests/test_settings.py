@@ -19,7 +19,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "serve" / "config.yaml"
 def test_defaults_validate_and_split_into_user_config_and_options():
     s = ServeSettings()
     assert s.model_ref == DEFAULT_MODEL == "models:/animalclf@champion"
-    assert set(s.user_config()) == {"model_ref", "top_k", "max_batch_size", "batch_wait_timeout_s", "max_images",
+    assert set(s.user_config()) == {"model_ref", "top_k", "max_batch_size", "batch_wait_timeout_s", "images_per_pass", "max_images",
                                     "max_bytes", "max_pixels", "body_timeout_s"}
     opts = s.deployment_options()
     assert opts["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0} and opts["num_replicas"] == 1
@@ -38,6 +38,15 @@ def test_forward_workers_use_the_cpus_side_by_side():
     gpu = s.replace(num_cpus=4, num_gpus=1)
     assert (gpu.forward_workers, gpu.threads_per_worker) == (1, 4)  # the CPU threads still preprocess
     assert s.replace(num_cpus=4).threads_per_worker == 1
+
+
+def test_a_cpu_batch_runs_as_passes_of_at_most_images_per_pass():
+    two = ServeSettings(num_threads=2)
+    assert two.images_per_pass == 4
+    assert [two.forward_parts(n) for n in (1, 2, 3, 8, 9, 16)] == [1, 2, 2, 2, 3, 4]
+    assert two.replace(images_per_pass=0).forward_parts(16) == 2  # no limit: one part per worker
+    assert two.replace(images_per_pass=1).forward_parts(3) == 3
+    assert two.replace(num_gpus=1).forward_parts(16) == 1  # a GPU takes the whole batch
 
 
 def test_strings_from_serve_run_are_converted():
@@ -59,7 +68,7 @@ def test_strings_from_serve_run_are_converted():
     ({"resources": '{"serving": -1}'}, "resources"),
     ({"threads_per_forward": 0}, "threads_per_forward"), ({"threads_per_forward": 2}, "threads_per_forward"),
     ({"mmap_threshold_mib": -1}, "mmap_threshold_mib"), ({"mmap_threshold_mib": 512}, "mmap_threshold_mib"),
-    ({"num_cpus": 3, "threads_per_forward": 2}, "threads_per_forward"),
+    ({"num_cpus": 3, "threads_per_forward": 2}, "threads_per_forward"), ({"images_per_pass": -1}, "images_per_pass"),
 ])
 def test_bad_settings_are_one_line_user_errors(bad, word):
     with pytest.raises(UserError, match=word) as e:
