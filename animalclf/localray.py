@@ -72,7 +72,7 @@ def head_processes(temp_dir: Path, address: str = "") -> list:
     for p in roots:
         try:
             found.update({c.pid: c for c in p.children(recursive=True)})
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
     found.pop(os.getpid(), None)
     return list(found.values())
@@ -90,7 +90,7 @@ def stop_processes(temp_dir: Path, address: str = "", grace_s: float = 2.0) -> N
     for p in procs:
         try:
             p.terminate()
-        except psutil.NoSuchProcess:
+        except psutil.Error:  # gone, or not ours to signal
             pass
     _, alive = psutil.wait_procs(procs, timeout=grace_s)
     kill_processes(alive + head_processes(temp_dir, address))  # and any orphan reparented to us meanwhile
@@ -104,7 +104,7 @@ def kill_processes(procs: list, wait_s: float = 5.0) -> None:
     for p in procs:
         try:
             p.kill()
-        except psutil.NoSuchProcess:
+        except psutil.Error:  # gone, or not ours to signal
             pass
     psutil.wait_procs(procs, timeout=wait_s)
 
@@ -134,18 +134,21 @@ class LocalHead:
             return
         self._stopped = True
         _Watchdog.stop()
-        if self.guardian is not None:  # we stop the head ourselves (the guardian is for when we cannot)
-            self.guardian.kill()
-            self.guardian.wait()
         import ray
 
-        if ray.is_initialized():
-            try:
-                ray.shutdown()
-            except Exception as e:  # a dead head must not keep us from cleaning up
-                log.debug("ray.shutdown: %s", e)
-        stop_processes(self.temp_dir, self.address)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        try:
+            if ray.is_initialized():
+                try:
+                    ray.shutdown()
+                except Exception as e:  # a dead head must not keep us from cleaning up
+                    log.debug("ray.shutdown: %s", e)
+            stop_processes(self.temp_dir, self.address)
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        finally:  # the guardian is retired last: a stop cut short (a second Ctrl-C) still has it
+            if self.guardian is not None:
+                self.guardian.kill()
+                self.guardian.wait()
+                self.guardian.stdin.close()
         if os.environ.get("RAY_ADDRESS") == self.address:
             os.environ.pop("RAY_ADDRESS")
 
@@ -180,6 +183,9 @@ def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = N
         if fate_share:  # first: a kill while `ray start` runs is covered too
             head.guardian = headguard.start_guardian(temp, head.address)
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        if head.guardian is not None and head.guardian.poll() is not None:
+            log.warning("The guardian of the Ray head at %s exited (status %s): the head will outlive this "
+                        "process if it is killed.", head.address, head.guardian.returncode)
         if r.returncode != 0:
             raise RuntimeError(f"ray start failed: {r.stderr[-2000:]}")
         if connect:

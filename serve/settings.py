@@ -163,9 +163,9 @@ class ServeSettings:
         """Forward passes a batch of ``n`` images runs as: one per forward worker, and on a CPU more,
         so that none takes over ``images_per_pass`` (a Lite0 pass over 8 images costs a third more
         per image than two over 4 on one thread each: bench/RESULTS.md); never more than ``n``."""
-        parts = self.forward_workers
-        if self.device != "cuda" and self.images_per_pass:
-            parts = max(parts, -(-n // self.images_per_pass))
+        workers = parts = self.forward_workers
+        if self.device != "cuda" and self.images_per_pass:  # a multiple of the workers, so each gets as much
+            parts = workers * -(-n // (workers * self.images_per_pass))
         return max(1, min(parts, n))
 
     def to_dict(self) -> dict[str, Any]:

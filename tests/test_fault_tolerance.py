@@ -36,6 +36,13 @@ def epoch_lines(out: str) -> list[int]:
     return [int(m) for m in re.findall(rf"epoch (\d+)/{EPOCHS}  train loss", out)]
 
 
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_worker_killed_mid_run_resumes(tiny_folder, tmp_path):
     storage = tmp_path / "storage"
     run = train_run(tmp_path, tiny_folder, "--name", "ft-worker", "--storage-path", str(storage), "--max-failures", "1",
@@ -75,8 +82,7 @@ def test_driver_killed_rerun_resumes(tiny_folder, tmp_path):
         # The head goes with its driver (animalclf.headguard). Without that, its Train controller
         # went on alone and checkpointed the last epoch, leaving the rerun nothing to resume (CI, stop 17).
         deadline = time.monotonic() + 30
-        while (left := [p for p in head if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]) \
-                and time.monotonic() < deadline:
+        while (left := [p for p in head if running(p)]) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left, f"the killed driver's Ray processes are still running: {left}"
     finally:

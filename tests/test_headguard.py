@@ -15,12 +15,14 @@ from pathlib import Path
 
 import psutil
 
+from animalclf.localray import free_port, head_processes
+
 ROOT = Path(__file__).resolve().parents[1]
 
 STARTER = """
-import subprocess, sys, time
+import os, subprocess, sys, time
 from animalclf.headguard import start_guardian
-temp, address = sys.argv[1], sys.argv[2]
+temp, address = os.environ["HEAD_TEMP"], os.environ["HEAD_ADDRESS"]  # not in argv: a driver's argv does not name them
 sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
 head = subprocess.Popen(sleeper + [f"--temp-dir={temp}"], start_new_session=True)          # the head's, by temp dir
 other = subprocess.Popen(sleeper + ["--address=10.0.0.1:1"], start_new_session=True)        # someone else's
@@ -49,13 +51,17 @@ def wait_gone(pids: list[int], timeout: float) -> bool:
 def test_starter_killed_takes_its_head_and_nothing_else():
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     (temp / "session_latest").mkdir()
-    starter = subprocess.Popen([sys.executable, "-c", STARTER, str(temp), "127.0.0.1:6390"], stdout=subprocess.PIPE,
-                               text=True, cwd=ROOT, start_new_session=True)
+    address = f"127.0.0.1:{free_port()}"
+    starter = subprocess.Popen([sys.executable, "-c", STARTER], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                               env={**os.environ, "HEAD_TEMP": str(temp), "HEAD_ADDRESS": address},
+                               start_new_session=True)
     head = other = guardian = None
     try:
         head, other, guardian = map(int, starter.stdout.readline().split())
         time.sleep(1.0)
         assert not gone(head) and not gone(guardian), "the guardian acted while its starter was alive"
+        found = {p.pid for p in head_processes(temp, address)}
+        assert head in found and guardian not in found, "a clean stop would find the guardian among the head's processes"
         os.killpg(starter.pid, signal.SIGKILL)  # the starter's group: the head and the guardian are not in it
         starter.wait(10)
         assert wait_gone([head, guardian], 15), "the head outlived its starter"

@@ -43,7 +43,7 @@ def test_forward_workers_use_the_cpus_side_by_side():
 def test_a_cpu_batch_runs_as_passes_of_at_most_images_per_pass():
     two = ServeSettings(num_threads=2)
     assert two.images_per_pass == 4
-    assert [two.forward_parts(n) for n in (1, 2, 3, 8, 9, 16)] == [1, 2, 2, 2, 3, 4]
+    assert [two.forward_parts(n) for n in (1, 2, 3, 8, 9, 16, 17)] == [1, 2, 2, 2, 4, 4, 6]  # even work per worker
     assert two.replace(images_per_pass=0).forward_parts(16) == 2  # no limit: one part per worker
     assert two.replace(images_per_pass=1).forward_parts(3) == 3
     assert two.replace(num_gpus=1).forward_parts(16) == 1  # a GPU takes the whole batch
