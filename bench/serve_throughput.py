@@ -110,6 +110,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     from serve import deploy
+    from serve.settings import ServeSettings
 
     if args.smoke_test:
         args.seconds = 2.0
@@ -140,9 +141,10 @@ def main(args: argparse.Namespace) -> None:
         for tpf in args.threads_per_forward:  # the model alone, after the endpoint (its head stopped)
             workers = max(1, threads // tpf)
             one = model_ceiling(model, data, workers, tpf, 1, args.seconds / 2)
-            for ipp in args.images_per_pass:
-                per = max(1, -(-args.max_batch_size // workers))  # a full batch split over the workers
-                per = min(per, ipp) if ipp else per  # ... in passes of at most images_per_pass
+            for ipp in args.images_per_pass:  # a full batch in the replica's passes (ServeSettings.forward_parts)
+                parts = ServeSettings(num_threads=threads, threads_per_forward=tpf, images_per_pass=ipp).forward_parts(
+                    args.max_batch_size)
+                per = -(-args.max_batch_size // parts)
                 full = model_ceiling(model, data, workers, tpf, per, args.seconds / 2)
                 ceilings.append(f"tpf {tpf}, the model alone in-process ({workers} worker(s) x {tpf} thread(s)): batch 1 "
                                 f"{one:.1f} img/s, batch {per} per pass {full:.1f} img/s: batching/{ipp}'s ceiling {full / one:.2f}x")

@@ -15,10 +15,9 @@ import signal
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from trainproc import TrainProcess, checkpointed_epoch, descendants, train_workers
+from trainproc import TrainProcess, checkpointed_epoch, descendants, running, train_workers
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -34,13 +33,6 @@ def train_run(home: Path, data: Path, *extra: str) -> TrainProcess:
 
 def epoch_lines(out: str) -> list[int]:
     return [int(m) for m in re.findall(rf"epoch (\d+)/{EPOCHS}  train loss", out)]
-
-
-def running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_worker_killed_mid_run_resumes(tiny_folder, tmp_path):

@@ -13,9 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 from animalclf.localray import free_port, head_processes
+from trainproc import running
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,10 +32,7 @@ time.sleep(600)
 
 
 def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    return not running(pid)
 
 
 def wait_gone(pids: list[int], timeout: float) -> bool:

@@ -409,8 +409,8 @@ def test_slow_body_is_cut_off_and_others_are_served(endpoint, photos):
 
 def test_two_forward_workers_split_batches_and_answer_like_in_process(endpoint, checkpoints, photos, local):
     """``num_threads=2`` gives a replica two one-thread forward passes side by side: a batch of three
-    with ``images_per_pass=1`` runs as three passes on the two workers (put back in order) and
-    single requests without batching run two at a time; every answer is the in-process
+    with ``images_per_pass=1`` runs as three passes on the two workers, with 2 as passes of 2 and 1
+    (put back in order), and single requests without batching run two at a time; every answer is the in-process
     Predictor's for that photo."""
     from ray import serve
 
@@ -428,6 +428,12 @@ def test_two_forward_workers_split_batches_and_answer_like_in_process(endpoint, 
         r = requests.post(f"{url}/predict/batch?top_k=3", files=files, timeout=30)
         assert r.status_code == 200, r.text
         assert len(r.json()["results"]) == len(photos) == 3
+        for res, path in zip(r.json()["results"], photos):
+            assert same(res["predictions"], expected(local, r.json()["model_version"], path, 3))
+        serve.run(build_app({**args, "images_per_pass": 2}), name="two", route_prefix="/two")  # in place: parts of 2 and 1
+        r = requests.post(f"{url}/predict/batch?top_k=3", files=files, timeout=30)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["results"]) == len(photos)
         for res, path in zip(r.json()["results"], photos):
             assert same(res["predictions"], expected(local, r.json()["model_version"], path, 3))
         serve.run(build_app({**args, "max_batch_size": 1}), name="two", route_prefix="/two")  # in place

@@ -45,6 +45,16 @@ def descendants(pid: int) -> dict[int, str]:
     return out
 
 
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie waiting to be reaped)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def train_workers(pid: int) -> list[int]:
     """The Ray Train worker processes of the run whose driver is ``pid``."""
     return [p for p, cmd in descendants(pid).items() if cmd.startswith("ray::RayTrainWorker")]
@@ -88,7 +98,8 @@ class TrainProcess:
         return self.output()
 
     def cleanup(self) -> None:
-        """Kill what is left of the run's process group (its local Ray) and its Ray temp dir."""
+        """Kill what is left of the run's process group and its Ray temp dir. (A private head is in a
+        process group of its own; it goes with its driver: animalclf.headguard.)"""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
