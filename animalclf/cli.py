@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 from animalclf import localray
 from animalclf.errors import UserError
 from animalclf.logs import setup_logging
-from animalclf.tracking import redact
+from animalclf.tracking import forget_secrets, redact
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def run_main(main: Callable[[argparse.Namespace], int], parser: argparse.Argumen
 
     Ctrl-C, ``kill -INT`` and SIGTERM all end the run the same way: the private Ray head this
     process started (if any) is stopped with every process of it, and the exit code is 130.
+    However it ends, the secrets file a submitted job was given is removed.
     """
     setup_logging()
     try:
@@ -91,6 +92,7 @@ def run_main(main: Callable[[argparse.Namespace], int], parser: argparse.Argumen
         raise
     finally:
         localray.stop_owned()
+        forget_secrets()  # a job's secrets file (make submit-*): its driver is done with it
 
 
 def _user_error_in(e: BaseException) -> Optional[BaseException]:

@@ -221,20 +221,40 @@ def recorded_address_file() -> Path:
 
 
 def _recorded_address() -> Optional[str]:
+    """The address ``ray start`` recorded, when the record is this user's own; else ``None`` (with
+    one line saying why). Ray's temp dir is world-writable, so another local user could write the
+    record: joining their head would hand them our code, data and credentials, and unpickle what
+    they send back."""
+    path = recorded_address_file()
     try:
-        return recorded_address_file().read_text().strip() or None
+        st = path.stat()
+        address = path.read_text().strip() or None
     except OSError:
         return None
+    if address is None:
+        return None
+    if st.st_uid != os.getuid():
+        log.warning("Not joining the Ray at %s recorded in %s: the record belongs to user id %d, not to you; starting "
+                    "a private head instead (set RAY_ADDRESS to join a head on purpose).", address, path, st.st_uid)
+        return None
+    if st.st_mode & 0o022:
+        log.warning("Not joining the Ray at %s recorded in %s: the record is writable by others (mode %o); starting "
+                    "a private head instead (set RAY_ADDRESS to join a head on purpose).", address, path,
+                    st.st_mode & 0o777)
+        return None
+    return address
 
 
 def init_ray(num_cpus: Optional[int] = None) -> Optional[LocalHead]:
     """Join the running Ray or start a private head; return the head when we started it.
 
     ``RAY_ADDRESS`` (set by ``ray job submit`` too) must answer within seconds, else one line says
-    so. An address recorded by an earlier ``ray start`` that no longer answers (a head killed
-    without ``ray stop``) is skipped with a warning and a private head is started instead. Tracking
-    credentials travel in a runtime env only when this shell joins a running cluster from outside a
-    job (a Ray we start inherits our environment; a job's env already reaches its workers).
+    so. An address recorded by an earlier ``ray start`` is joined only when the record is this
+    user's (:func:`_recorded_address`) and it answers; otherwise a private head is started, with
+    one line saying why. Tracking credentials travel in a runtime env only when this shell joins a
+    running cluster from outside a job, and then secrets as a private file's path, removed when
+    this process ends (:func:`animalclf.tracking.runtime_env_vars`); a Ray we start inherits our
+    environment, and a job's env already reaches its workers.
     """
     import ray
 
@@ -259,8 +279,12 @@ def init_ray(num_cpus: Optional[int] = None) -> Optional[LocalHead]:
         _owned.append(head)
         atexit.register(stop_owned)
         return head
-    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-    connect_driver(address, runtime_env=None if in_job else {"env_vars": tracking.worker_env()})
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        connect_driver(address)
+        return None
+    env = tracking.worker_env()
+    atexit.register(tracking.forget_secrets, env)
+    connect_driver(address, runtime_env={"env_vars": env})
     return None
 
 

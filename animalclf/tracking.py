@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "resolve_tracking", "configure", "worker_env", "check_tracking", "Tracker", "flatten_params", "redact",
-    "job_runtime_env", "TRACKING_VARS", "dagshub_login_token", "artifact_location",
+    "job_runtime_env", "runtime_env_vars", "forget_secrets", "TRACKING_VARS", "dagshub_login_token", "artifact_location",
 ]
 
 SECRET_VARS = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DAGSHUB_USER_TOKEN")
@@ -92,23 +92,65 @@ def artifact_location(experiment: str) -> Optional[str]:
 
 def job_runtime_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The runtime env `ray job submit` gets (mk/jobs.mk): the tracking variables set here, where
-    outputs go, and excludes for the working-dir upload. Secret values do not travel in it (Ray's
-    runtime-env agent writes a job's ``env_vars`` to its log): they go to a file readable only by
-    you under ``runs/.secrets/`` and the job gets its path (:data:`SECRETS_FILE_VAR`)."""
+    outputs go, and excludes for the working-dir upload. Secret values never travel in it (Ray
+    shows a job's ``env_vars`` to every holder of the cluster token and its agents log them): see
+    :func:`runtime_env_vars`."""
     keys = ("ANIMALCLF_HOME", "ANIMALCLF_LOG_LEVEL") + TRACKING_VARS
-    env = {k: environ[k] for k in keys if environ.get(k) and k not in SECRET_VARS}
-    secrets = {k: environ[k] for k in SECRET_VARS if environ.get(k)}
-    if secrets:
-        folder = runs_dir() / ".secrets"
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = folder / f"job-{os.urandom(8).hex()}.json"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(secrets, f)
-        env[SECRETS_FILE_VAR] = str(path)
+    env = runtime_env_vars({k: environ[k] for k in keys if environ.get(k)})
     # A driver that also passes ray.init(runtime_env=...) (your own code) may override the job's env.
     env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
     return {"env_vars": env, "excludes": [".git", ".venv", "runs", "mlruns", "mlartifacts", "*.db"]}
+
+
+def runtime_env_vars(variables: Mapping[str, str]) -> dict[str, str]:
+    """``variables`` made fit for a Ray runtime env: the secret ones (:data:`SECRET_VARS`) go to a
+    file only you can read, ``runs/.secrets/<random>.json`` (mode 600, in a mode-700 folder), and
+    only its path travels (:data:`SECRETS_FILE_VAR`); every process of the run reads them from
+    there (:func:`with_secrets`). The run's driver removes the file when it ends
+    (:func:`forget_secrets`); one left by a run that never started is removed a day later."""
+    env = {k: v for k, v in variables.items() if v and k not in SECRET_VARS}
+    secrets = {k: variables[k] for k in SECRET_VARS if variables.get(k)}
+    if secrets:
+        env[SECRETS_FILE_VAR] = str(_write_secrets(secrets))
+    return env
+
+
+def _secrets_dir() -> Path:
+    return runs_dir() / ".secrets"
+
+
+def _write_secrets(secrets: Mapping[str, str], stale_after_s: float = 86400.0) -> Path:
+    import time
+
+    folder = _secrets_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
+    for old in folder.glob("*.json"):  # left by a job that never started its driver
+        try:
+            if time.time() - old.stat().st_mtime > stale_after_s:
+                old.unlink()
+        except OSError:
+            pass
+    path = folder / f"run-{os.urandom(8).hex()}.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(dict(secrets), f)
+    return path
+
+
+def forget_secrets(environ: Mapping[str, str] = os.environ) -> None:
+    """Remove the secrets file :data:`SECRETS_FILE_VAR` names, when it is one of ours
+    (:func:`runtime_env_vars`); called by a run's driver when it ends, however it ends."""
+    path = environ.get(SECRETS_FILE_VAR)
+    if not path:
+        return
+    p = Path(path)
+    if p.parent.name == ".secrets" and p.name.startswith("run-") and p.suffix == ".json":
+        try:
+            p.unlink()
+            log.debug("Removed the run's secrets file %s", p)
+        except FileNotFoundError:
+            pass
 
 
 def with_secrets(environ: Mapping[str, str]) -> Mapping[str, str]:
@@ -146,8 +188,10 @@ def configure(environ: Mapping[str, str] = os.environ, uri: Optional[str] = None
 
 
 def worker_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """Variables Ray workers need to log to the same store (sent through the runtime env)."""
-    return resolve_tracking(environ)
+    """Variables Ray workers need to log to the same store, for a runtime env: the resolved tracking
+    settings (a DagsHub token found by ``dagshub login`` included), secrets as a file's path
+    (:func:`runtime_env_vars`), never as values."""
+    return runtime_env_vars(resolve_tracking(environ))
 
 
 def redact(text: str, environ: Mapping[str, str] = os.environ) -> str:

@@ -325,6 +325,36 @@ def files_with(root: Path, needle: str) -> list[str]:
     return hits
 
 
+def dashboard_answers(head: Head) -> dict[str, str]:
+    """What anyone holding the cluster token reads from the dashboard's API: jobs, actors, tasks,
+    workers and runtime envs, in detail."""
+    auth = {"Authorization": f"Bearer {head.token_file.read_text().strip()}"}
+    out = {}
+    for route in ("/api/jobs/", "/api/v0/actors?detail=1&limit=10000", "/api/v0/tasks?detail=1&limit=10000",
+                  "/api/v0/workers?detail=1&limit=10000", "/api/v0/runtime_envs?detail=1&limit=10000"):
+        r = requests.get(f"{head.address}{route}", headers=auth, timeout=60)
+        assert r.status_code == 200, (route, r.status_code, r.text[:300])
+        out[route] = r.text
+    return out
+
+
+def assert_secret_nowhere(secret: str, head: Head, runs: Path, client, experiment: str) -> None:
+    """The secret's value in none of: the dashboard's job/actor/task/worker/runtime-env answers, the
+    head's session directory, the run outputs (``runs/``), the MLflow runs' params and tags; and no
+    secrets file left behind."""
+    leaked = [route for route, text in dashboard_answers(head).items() if secret in text]
+    assert not leaked, f"secret in the dashboard's answers: {leaked}"
+    assert files_with(head.temp_dir, secret) == [], "secret in the head's session directory"
+    assert files_with(runs, secret) == [], "secret in the run outputs"
+    assert not list((runs / ".secrets").glob("run-*.json")), "a run's secrets file outlived it"
+    exp = client.get_experiment_by_name(experiment)
+    found = client.search_runs([exp.experiment_id])
+    assert found
+    for r in found:
+        assert all(secret not in v for v in r.data.params.values()), r.info.run_id
+        assert all(secret not in v for v in r.data.tags.values()), r.info.run_id
+
+
 def test_train_and_tune_jobs_track_on_dagshub_with_only_its_variables(head, user_jobs, dagshub, tiny_folder):
     """Only DAGSHUB_REPO_OWNER/NAME/USER_TOKEN (+ DAGSHUB_CLIENT_HOST for the stand-in) set: the train
     run, the search's parent run, every trial's run with its per-epoch metrics, the models, the
@@ -367,7 +397,49 @@ def test_train_and_tune_jobs_track_on_dagshub_with_only_its_variables(head, user
         os.environ.pop("MLFLOW_TRACKING_PASSWORD")
     for logs in (train_logs, tune_logs):
         assert dagshub.token not in logs
-    assert files_with(head.temp_dir, dagshub.token) == [], "token in the head's session logs"
+    os.environ.update(MLFLOW_TRACKING_USERNAME="alice", MLFLOW_TRACKING_PASSWORD=dagshub.token)
+    try:
+        assert_secret_nowhere(dagshub.token, head, user_jobs.project / "runs",
+                              MlflowClient(tracking_uri=dagshub.uri, registry_uri=dagshub.uri), "dh")
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME")
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+
+
+def test_joining_a_head_with_a_password_leaves_it_nowhere(head, dagshub, tiny_folder, tmp_path):
+    """train.py and tune.py run in a shell that joins the running head (RAY_ADDRESS = its GCS) with
+    MLFLOW_TRACKING_USERNAME/PASSWORD for a basic-auth server: runs, trials and metrics land there,
+    and the password is in no record of Ray's, no output, no param or tag (it reaches the workers
+    as a private file's path, removed when the driver ends)."""
+    from mlflow import MlflowClient
+
+    project, home = tmp_path / "project", tmp_path / "home"
+    home.mkdir()
+    env = head.env(RAY_ADDRESS=f"127.0.0.1:{head.port}", HOME=str(home), ANIMALCLF_HOME=str(project),
+                   MLFLOW_TRACKING_URI=dagshub.uri, MLFLOW_TRACKING_USERNAME=dagshub.user,
+                   MLFLOW_TRACKING_PASSWORD=dagshub.password)
+    common = ["--data", str(tiny_folder), "--arch", "efficientnet_lite0", "--smoke-test", "--experiment", "joined",
+              "--model-name", "joined-clf"]
+    for script, extra in (("train.py", []), ("tune.py", ["--num-samples", "1", "--name", "joined-search"])):
+        r = subprocess.run([sys.executable, str(ROOT / "ray_jobs" / script), *common, *extra], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=400)
+        assert r.returncode == 0, f"{script}: {r.stderr[-4000:]}"
+        assert dagshub.password not in r.stdout + r.stderr
+        assert "Local Ray head at" not in r.stderr, "started a private head instead of joining"
+    client = MlflowClient(tracking_uri=dagshub.uri, registry_uri=dagshub.uri)
+    os.environ.update(MLFLOW_TRACKING_USERNAME=dagshub.user, MLFLOW_TRACKING_PASSWORD=dagshub.password)
+    try:
+        runs = client.search_runs([client.get_experiment_by_name("joined").experiment_id])
+        assert sorted(r.data.tags.get("animalclf.kind") for r in runs) == ["train", "trial", "tune"]
+        trial = next(r for r in runs if r.data.tags["animalclf.kind"] == "trial")
+        assert [m.step for m in client.get_metric_history(trial.info.run_id, "val_accuracy")][:1] == [1]  # from a worker
+        assert_secret_nowhere(dagshub.password, head, project / "runs", client, "joined")
+        jobs = requests.get(f"{head.address}/api/jobs/", timeout=30,
+                            headers={"Authorization": f"Bearer {head.token_file.read_text().strip()}"}).text
+        assert "ANIMALCLF_SECRETS_FILE" in jobs, "the drivers did not join this head"
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME")
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD")
 
 
 def test_wrong_dagshub_token_fails_before_training(head, user_jobs, dagshub, tiny_folder):

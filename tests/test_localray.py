@@ -186,3 +186,29 @@ def test_train_on_its_private_head_stops_on_sigint_and_leaves_nothing(tmp_path, 
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_only_your_own_recorded_head_is_joined(tmp_path, monkeypatch, caplog):
+    """The record of `ray start` lives in a world-writable folder: one written by another user, or
+    writable by others, is not joined (one line says why); your own is."""
+    import logging
+
+    from animalclf import localray
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    record = localray.recorded_address_file()
+    record.parent.mkdir(parents=True)
+    record.parent.chmod(0o777)  # as Ray leaves it
+    record.write_text("127.0.0.1:6390")
+    record.chmod(0o644)
+    assert localray._recorded_address() == "127.0.0.1:6390"
+    with caplog.at_level(logging.WARNING, logger="animalclf.localray"):
+        record.chmod(0o666)
+        assert localray._recorded_address() is None
+        assert "writable by others" in caplog.text and "private head" in caplog.text
+        record.chmod(0o644)
+        if os.getuid() == 0:  # as root, make it another user's, as a neighbour's `ray start` would
+            os.chown(record, 65534, 65534)
+            caplog.clear()
+            assert localray._recorded_address() is None
+            assert "belongs to user id 65534" in caplog.text and "RAY_ADDRESS" in caplog.text

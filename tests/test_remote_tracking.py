@@ -40,8 +40,22 @@ def test_resolve_tracking_dagshub(project):
     assert resolve_tracking(explicit) == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_TRACKING_USERNAME": "u"}
     with pytest.raises(UserError, match="DAGSHUB_REPO_NAME"):
         resolve_tracking({"DAGSHUB_REPO_OWNER": "alice", "DAGSHUB_USER_TOKEN": "tok-123"})
-    # What Ray workers get is the same mapping; nothing else from the environment.
-    assert worker_env({**env, "UNRELATED_SECRET": "x"}) == resolve_tracking(env)
+    # What Ray workers get is the same mapping, the token as a private file's path, nothing else.
+    import json
+    import stat
+
+    from animalclf.tracking import SECRETS_FILE_VAR, forget_secrets, with_secrets
+
+    sent = worker_env({**env, "UNRELATED_SECRET": "x"})
+    assert "tok-123" not in json.dumps(sent)
+    secrets_file = Path(sent.pop(SECRETS_FILE_VAR))
+    assert sent == {k: v for k, v in resolve_tracking(env).items() if k != "MLFLOW_TRACKING_PASSWORD"}
+    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secrets_file.parent.stat().st_mode) == 0o700
+    assert resolve_tracking({**sent, SECRETS_FILE_VAR: str(secrets_file)}) == resolve_tracking(env)
+    assert with_secrets({SECRETS_FILE_VAR: str(secrets_file)})["MLFLOW_TRACKING_PASSWORD"] == "tok-123"
+    forget_secrets({SECRETS_FILE_VAR: str(secrets_file)})
+    assert not secrets_file.exists()
     assert resolve_tracking({})["MLFLOW_TRACKING_URI"] == f"sqlite:///{project / 'runs' / 'mlflow.db'}"
 
 
