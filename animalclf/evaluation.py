@@ -6,6 +6,7 @@ checkpoint's inference part. Runs in the calling process, without Ray.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -111,16 +112,42 @@ def _stored_out_of_fold(model_name: str, version: str) -> Evaluation | None:
 
 
 def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """Copy the inference part (weights + JSON) of a checkpoint to ``dst`` (replaced whole)."""
+    """Copy the inference part (weights + JSON) of a checkpoint to ``dst``, replaced whole: the new
+    copy is complete beside it before the two trade places in one step (Linux ``renameat2``), and
+    only then is the old one removed; a crash at any point leaves ``dst`` old or new, never half."""
     dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp")
+    tmp = dst.with_name(f".{dst.name}.new-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for f in (MODEL_FILE, META_FILE):
-        shutil.copy2(Path(src) / f, tmp / f)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
+    try:
+        for f in (MODEL_FILE, META_FILE):
+            shutil.copy2(Path(src) / f, tmp / f)
+            with open(tmp / f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if not dst.exists():
+            tmp.rename(dst)
+            return dst
+        if not _exchange(tmp, dst):  # no renameat2: a moment without dst, but both copies whole
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            dst.rename(old)
+            tmp.rename(dst)
+            tmp = old
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the old copy after a swap; a partial new one after a failure
     return dst
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (``renameat2(RENAME_EXCHANGE)``); ``False`` where unsupported."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        renameat2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def promote_candidate(cfg: TrainConfig, version: str, model: nn.Module, meta: dict[str, Any], split: Split, *,

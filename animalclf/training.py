@@ -80,26 +80,45 @@ RESUME_KEYS = ("arch", "unfreeze", "cv", "rotation_pool", "autocontrast")
 
 
 def check_resumable(cfg: TrainConfig, split: Split, name: str) -> None:
-    """Raise :class:`UserError` when run ``name`` already has a checkpoint in local storage that this
-    config cannot resume (another arch, ``unfreeze``, fold count, rotation pool, autocontrast or class list)."""
-    from animalclf import s3
-
+    """Raise :class:`UserError` when run ``name`` already has a checkpoint, in local or ``s3://``
+    storage, that this config cannot resume (another arch, ``unfreeze``, fold count, rotation pool,
+    autocontrast or class list)."""
     storage = cfg.resolved_storage()
-    run_dir = Path(storage) / name
-    if s3.is_remote(storage) or not run_dir.is_dir():
+    meta = _latest_checkpoint_meta(storage, name)
+    if meta is None:
         return
-    ckpts = ray_checkpoints(run_dir)
-    if not ckpts:
-        return
-    meta = read_meta(ckpts[-1])
     defaults = TrainConfig()  # a key an older checkpoint lacks had its default
     saved = {k: meta.get("config", {}).get(k, getattr(defaults, k)) for k in RESUME_KEYS}
     changed = [f"{k} {saved[k]} -> {getattr(cfg, k)}" for k in RESUME_KEYS if saved[k] != getattr(cfg, k)]
     if meta.get("classes") != list(split.classes):
         changed.append(f"classes {len(meta.get('classes') or [])} -> {len(split.classes)}")
     if changed:
+        where = f"{storage.rstrip('/')}/{name}"
         raise UserError(f"Run {name!r} in {storage} has checkpoints of another setup ({', '.join(changed)}), so it cannot "
-                        f"resume: pass another --name to start afresh, or delete {run_dir}.")
+                        f"resume: pass another --name to start afresh, or delete {where}.")
+
+
+def _latest_checkpoint_meta(storage: str, name: str) -> Optional[dict[str, Any]]:
+    """The ``animalclf.json`` of run ``name``'s newest checkpoint in ``storage`` (a folder or an
+    ``s3://`` prefix), or ``None`` when it has none."""
+    from animalclf import s3
+
+    if not s3.is_remote(storage):
+        ckpts = ray_checkpoints(Path(storage) / name)
+        return read_meta(ckpts[-1]) if ckpts else None
+    from pyarrow import fs
+
+    fsys, base = s3.s3_filesystem(), f"{s3.strip(storage)}/{name}"
+    try:
+        found = fsys.get_file_info(fs.FileSelector(base, allow_not_found=True))
+    except OSError as e:
+        raise UserError(f"Cannot list {storage}/{name} ({e}): check the bucket and the AWS variables.") from None
+    for d in sorted((i.path for i in found if i.type == fs.FileType.Directory and i.base_name.startswith("checkpoint_")),
+                    reverse=True):
+        meta = fsys.get_file_info(f"{d}/{META_FILE}")
+        if meta.type == fs.FileType.File:
+            return json.loads(s3.read_bytes(f"{s3.SCHEME}{d}/{META_FILE}"))
+    return None
 
 
 def fit(cfg: TrainConfig, split: Split, tracker: Optional["tracking.Tracker"], *, name: Optional[str] = None,

@@ -99,3 +99,40 @@ def test_a_cv_published_champion_is_scored_on_its_stored_out_of_fold_predictions
     with pytest.raises(RuntimeError, match=f"no readable report/{EVIDENCE_FILE}"):
         champion_evaluation("m", lost, [("a.jpg", 0)], ["x", "y", "z"])
     mlflow.set_registry_uri("")
+
+
+def test_export_replaces_whole_and_a_failed_export_keeps_the_old_one(tmp_path, samples, monkeypatch):
+    import shutil
+
+    from animalclf import evaluation
+    from animalclf.checkpoint import META_FILE, MODEL_FILE
+    from animalclf.evaluation import export_checkpoint
+
+    classes, _ = samples
+    old_src, new_src = checkpoint(tmp_path, classes, False), checkpoint(tmp_path, classes, True)
+    dst = tmp_path / "models" / "key"
+    export_checkpoint(old_src, dst)
+    old = (dst / META_FILE).read_text()
+    assert sorted(p.name for p in dst.iterdir()) == sorted([MODEL_FILE, META_FILE])
+
+    real_copy = shutil.copy2
+
+    def crash_on_json(a, b, *args, **kw):  # the weights copied, then the process "dies"
+        if str(a).endswith(META_FILE):
+            raise OSError("disk full")
+        return real_copy(a, b, *args, **kw)
+
+    monkeypatch.setattr(evaluation.shutil, "copy2", crash_on_json)
+    with pytest.raises(OSError, match="disk full"):
+        export_checkpoint(new_src, dst)
+    assert (dst / META_FILE).read_text() == old and load_model(dst)[1]["config"]["tta_flip"] is False
+    monkeypatch.setattr(evaluation.shutil, "copy2", real_copy)
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["key"]  # nothing half-written left beside it
+
+    # the swap itself is one step: at no moment is there no checkpoint at dst
+    swapped = []
+    real_exchange = evaluation._exchange
+    monkeypatch.setattr(evaluation, "_exchange", lambda a, b: swapped.append((b / META_FILE).is_file()) or real_exchange(a, b))
+    export_checkpoint(new_src, dst)
+    assert swapped == [True] and load_model(dst)[1]["config"]["tta_flip"] is True
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["key"]

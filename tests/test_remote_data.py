@@ -277,3 +277,27 @@ def test_the_worker_loaders_of_both_kinds_cover_the_split(ray_session, s3, tmp_p
         sizes = [len(r[f"train{epoch}"]) for r in ranks]
         assert sizes[0] == sizes[1] > 0  # equal shards: DDP workers step together
         assert abs(sum(sizes) - len(split.train)) <= 1  # folder pads one image, bucket drops one
+
+
+def test_resume_with_another_setup_is_refused_on_s3_storage(s3, tmp_path):
+    """A run whose checkpoints in an ``s3://`` storage have another autocontrast or rotation pool
+    is refused before any training, as on local storage; the same setup, or another name, passes."""
+    import json
+
+    from animalclf.split import Split
+    from animalclf.training import check_resumable
+
+    cfg = TrainConfig(arch="efficientnet_lite0", storage_path=f"s3://{BUCKET}/ray")
+    classes = ["Blue", "Green", "Red"]
+    meta = {"classes": classes, "config": {k: getattr(cfg, k) for k in ("arch", "unfreeze", "cv", "rotation_pool",
+                                                                        "autocontrast")}}
+    for stamp in ("2026-12-01_10-00-00", "2026-12-01_11-00-00"):
+        s3.put_object(Bucket=BUCKET, Key=f"ray/run1/checkpoint_{stamp}/animalclf.json", Body=json.dumps(meta).encode())
+    s3.put_object(Bucket=BUCKET, Key="ray/run1/checkpoint_manager_snapshot.json", Body=b"{}")
+    split = Split(classes=classes, train=[], val=[])
+    check_resumable(cfg, split, "run1")  # the same setup resumes
+    check_resumable(cfg.replace(autocontrast=True), split, "run2")  # nothing stored under another name
+    for change, word in (({"autocontrast": True}, "autocontrast False -> True"),
+                         ({"rotation_pool": True}, "rotation_pool False -> True")):
+        with pytest.raises(UserError, match=rf"Run 'run1' in s3://{BUCKET}/ray .*{word}.*s3://{BUCKET}/ray/run1"):
+            check_resumable(cfg.replace(**change), split, "run1")
