@@ -4,8 +4,13 @@ glibc serves large allocations with fresh pages from the kernel (mmap, or a heap
 after every free), so a forward pass whose activations are megabytes page-faults its memory in
 anew each time. Its thresholds adapt on their own, but not reliably: the same Lite0 forward took
 27 ms in one fresh process and 20 ms in another, or after fixing the thresholds (bench/RESULTS.md,
-"Serving, sixth session", "The allocator"). Fixing them keeps freed buffers for reuse; each heap
-then holds on to at most 4x the mmap threshold unused.
+"The allocator"). Fixing them keeps freed buffers for reuse; each heap then holds on to at most 4x
+the mmap threshold unused.
+
+An upload's buffers are another matter: a large decoded image must not stay in the heap after its
+request. Pillow allocates an image in blocks; :func:`keep_freed_memory` makes them at least the
+mmap threshold, so a large image's blocks are mapped and unmapped whole, and
+:func:`release_freed_memory` (after a large request) hands back what freed pages the heaps hold.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 
 log = logging.getLogger(__name__)
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "release_freed_memory"]
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -37,5 +42,20 @@ def keep_freed_memory(mmap_threshold_mib: int = 32) -> bool:
     mmap, trim = int(mmap_threshold_mib) << 20, 4 * (int(mmap_threshold_mib) << 20)
     ok = mallopt(M_MMAP_THRESHOLD, mmap) == 1 and mallopt(M_TRIM_THRESHOLD, trim) == 1
     if ok:
+        from PIL import Image
+
+        # an image larger than one block is mapped, and unmapped when freed, block by block
+        Image.core.set_block_size(max(Image.core.get_block_size(), mmap))
         log.debug("malloc: mmap threshold %d, trim threshold %d bytes", mmap, trim)
     return ok
+
+
+def release_freed_memory() -> bool:
+    """Return the free pages glibc's heaps hold to the kernel (``malloc_trim(0)``, every arena);
+    a few milliseconds. Returns whether it ran (glibc only)."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True

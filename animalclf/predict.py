@@ -8,7 +8,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -23,12 +23,14 @@ EXTRA_FILES = "extra_files"  # where mlflow.pytorch.log_model(extra_files=...) p
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Predictor", "class_probabilities", "pin_version", "decode_image", "bound_aspect", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE", "MAX_ASPECT"]
+__all__ = ["Predictor", "class_probabilities", "pin_version", "decode_image", "bound_aspect", "decode_cost", "MAX_BYTES", "MAX_PIXELS", "MAX_SIDE",
+           "MAX_ASPECT", "MAX_DECODE_BYTES"]
 
 MAX_BYTES = 10 * 1024 * 1024  # 10 MiB per image
 MAX_PIXELS = 40_000_000  # well under Pillow's ~179 MP bomb error; a 8000x5000 photo fits
 MAX_SIDE = 20_000  # longest side accepted; a 200 MP phone sensor is 16320 px wide
 MAX_ASPECT = 4.0  # wider/taller images keep only their central part (the model sees the centre)
+MAX_DECODE_BYTES = 64 << 20  # memory one image may take to decode: a 16 MP PNG, a JPEG of any size (draft)
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO")
 
 
@@ -61,16 +63,47 @@ def _shrink(im: Image.Image, min_side: int) -> Image.Image:
         return im
 
 
+# Bytes per pixel Pillow holds for a mode (RGB is stored in 4), and the full-size copy a mode that
+# ``reduce`` cannot shrink needs first (palette -> RGB(A), 1-bit -> L, 16-bit -> 32-bit).
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_WIDEN = {"P": "RGBA", "1": "L", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}
+# Formats whose decoder fills a buffer of its own (RGBA) that Pillow then copies.
+_DECODER_BUFFER = {"WEBP": 4}
+
+
+def decode_cost(im: Image.Image) -> int:
+    """Bytes it takes to decode ``im`` (opened, not loaded) at its size now and bring it to a mode
+    that can be reduced: what a decode budget is checked against before any pixel is decoded."""
+    w, h = im.size
+    per_pixel = _STORED_BYTES.get(im.mode, 4) + _DECODER_BUFFER.get(im.format or "", 0)
+    if im.mode in _WIDEN:
+        per_pixel += _STORED_BYTES.get(_WIDEN[im.mode], 4)
+    return w * h * per_pixel
+
+
+def _reducible(im: Image.Image) -> Image.Image:
+    """``im`` in a mode ``reduce`` accepts (the one full-size copy :func:`decode_cost` counts)."""
+    if im.mode not in _WIDEN:
+        return im
+    if im.mode == "P":
+        return im.convert("RGBA" if "transparency" in im.info else "RGB")
+    return im.convert(_WIDEN[im.mode])
+
+
 def decode_image(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
-                 *, min_side: Optional[int] = None) -> Image.Image:
+                 *, min_side: Optional[int] = None, max_decode_bytes: int = MAX_DECODE_BYTES,
+                 on_cost: Optional[Callable[[int], None]] = None) -> Image.Image:
     """Bytes from a client to an upright RGB image, or :class:`InvalidImage` with an HTTP status.
 
-    Limits hold before any pixel is decoded (bytes, pixels, longest side); extreme aspect ratios
-    keep their centre (:func:`bound_aspect`). With ``min_side`` (the short side the model's
-    preprocessing needs) a large JPEG is decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft mode)
-    (short side still >= ``min_side``) and other large images are box-reduced (short side still
-    >= 2 x ``min_side``).
-    Animated GIF/WebP/PNG: the first frame.
+    Limits hold before any pixel is decoded: bytes, pixels, longest side, and the memory decoding
+    takes (``max_decode_bytes``: pixels x bytes per pixel at the size decoded, :func:`decode_cost`).
+    With ``min_side`` (the short side the model's preprocessing needs) a large JPEG is decoded at
+    1/2, 1/4 or 1/8 scale (Pillow's draft mode, short side still >= ``min_side``), and the budget is
+    checked at that scale; other formats decode at full size, so a PNG, WebP, TIFF, GIF or BMP over
+    the budget is refused (413), and what is decoded is box-reduced (short side still >= 2 x
+    ``min_side``) before any conversion. Extreme aspect ratios keep their centre
+    (:func:`bound_aspect`). Animated GIF/WebP/PNG: the first frame. ``on_cost`` is told the
+    decode cost before decoding (a server releases memory after large ones).
     """
     if not data:
         raise InvalidImage("empty body: send the image bytes (multipart field 'file' or the raw body)", 400)
@@ -92,12 +125,23 @@ def decode_image(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_
     try:
         if min_side and im.format in ("JPEG", "MPO"):
             im.draft(None, (min_side, min_side))  # DCT scaling: never below min_side
+    except Exception as e:
+        raise InvalidImage(f"corrupt or truncated image ({e})", 400) from None
+    cost = decode_cost(im)
+    if on_cost is not None:
+        on_cost(cost)
+    if cost > max_decode_bytes:
+        mib = 1 << 20
+        raise InvalidImage(f"a {w}x{h} {im.format} ({im.mode}) takes {cost / mib:.0f} MiB to decode; the limit is "
+                           f"{max_decode_bytes / mib:.0f} MiB per image: send it smaller (a JPEG is decoded at "
+                           f"reduced size)", 413)
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im.load()
         im = bound_aspect(im)
         if min_side:
-            im = _shrink(im, min_side)
+            im = _shrink(_reducible(im), min_side)
         im = to_rgb(im)
         return _shrink(im, min_side) if min_side else im
     except Exception as e:  # truncated data, bad Huffman tables, ...
@@ -194,10 +238,12 @@ class Predictor:
             return cls.from_mlflow(ref, device)
         return cls.from_checkpoint(ref, device)
 
-    def decode(self, data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    def decode(self, data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
+               max_decode_bytes: int = MAX_DECODE_BYTES, on_cost: Optional[Callable[[int], None]] = None) -> Image.Image:
         """Untrusted bytes to an RGB image decoded only as large as this model's preprocessing
         needs (see :func:`decode_image`); what Serve does with every upload."""
-        return decode_image(data, max_bytes, max_pixels, min_side=self.preprocess.resize_size)
+        return decode_image(data, max_bytes, max_pixels, min_side=self.preprocess.resize_size,
+                            max_decode_bytes=max_decode_bytes, on_cost=on_cost)
 
     def tensor(self, image: Image.Image) -> torch.Tensor:
         """Preprocess one RGB image to a CHW tensor (extreme aspect ratios keep their centre)."""

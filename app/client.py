@@ -15,6 +15,7 @@ import requests
 
 from animalclf.config import IMAGE_EXTENSIONS, TrainConfig
 from animalclf.registry import champion_ref
+from serve.auth import client_headers
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,12 @@ class Client:
         self.base_url = (base_url or default_endpoint()).rstrip("/")
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.headers = client_headers()  # the endpoint's API key, when ANIMALCLF_API_KEY(_FILE) is set
 
     def _request(self, method: str, route: str, **kw: Any) -> dict[str, Any]:
         url = f"{self.base_url}{route}"
         try:
-            r = requests.request(method, url, timeout=self.timeout, **kw)
+            r = requests.request(method, url, timeout=self.timeout, headers=self.headers, **kw)
         except requests.ConnectionError:
             raise EndpointError(
                 f"Cannot reach the classifier at {self.base_url}: is it running? Start it with "
@@ -94,6 +96,9 @@ class Client:
         if r.status_code in (429, 503):
             wait = r.headers.get("retry-after")
             raise EndpointError(f"The classifier is overloaded (HTTP {r.status_code}); try again{f' in {wait} s' if wait else ''}.", r.status_code)
+        if r.status_code == 401:
+            raise EndpointError(f"The classifier at {self.base_url} requires an API key: set ANIMALCLF_API_KEY (or "
+                                f"ANIMALCLF_API_KEY_FILE) where the UI runs.", 401)
         if 400 <= r.status_code < 500:
             raise EndpointError(f"The classifier rejected the request (HTTP {r.status_code}): {detail[:300]}", r.status_code)
         raise EndpointError(f"The classifier failed (HTTP {r.status_code}): {detail[:300]}", r.status_code)

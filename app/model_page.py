@@ -43,6 +43,9 @@ def model_page(meta: Optional[dict[str, Any]], meta_error: Optional[str]) -> Non
         return
     if meta and meta.get("last_load_error"):
         st.warning(f"The last model update failed, the version below is still serving: {meta['last_load_error']}")
+    elif meta and meta.get("load_error"):
+        st.warning("The last model update failed, the version below is still serving (the reason is in the replica's "
+                   "log, and in /metadata for callers with the API key).")
     try:
         uri = Registry().uri
         name = served[0] if served else TrainConfig.model_name

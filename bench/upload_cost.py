@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> None:
                 url = deploy.start(model, port=free_port(), num_cpus=min(threads, 4), max_batch_size=1,
                                    batch_wait_timeout_s=0.0)
                 s = requests.Session()
-                pid = s.get(f"{url}/healthz", timeout=10).json()["pid"]
+                pid = deploy.replica_status()["pid"]
 
                 def post(data: bytes) -> None:
                     r = s.post(f"{url}/predict", data=data, timeout=60)

@@ -100,7 +100,7 @@ def serve_champion(model_name: str, port: Optional[int], resources: Optional[dic
     except UserError:  # nothing answers there yet
         given = {k: v for k, v in {"port": port, "resources": resources}.items() if v}  # else ServeSettings' defaults
         url = deploy.start(ref, follow=False, **given)
-        health = requests.get(f"{url}/healthz", timeout=30).json()
+        health = deploy.replica_status()
     log.info("Serving %s = %s at %s (POST %s/predict)", ref, health.get("model_version"), url, url)
     if localray.owns_head():  # this command's private Ray ends with it: keep serving until Ctrl-C
         log.info("The endpoint runs on this command's private Ray: Ctrl-C stops it (a `make head-start` head keeps it).")

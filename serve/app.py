@@ -4,8 +4,11 @@ Routes (JSON in/out)::
 
     POST /predict         one image: multipart field ``file`` or the raw body; ``?top_k=N``
     POST /predict/batch   several images: multipart field ``files`` (repeated); ``?top_k=N``
-    GET  /healthz         replica id, pid, model version, last model-load error
-    GET  /metadata        classes, arch, model version, metrics, preprocessing, limits
+    GET  /healthz         whether it is ready, nothing else
+    GET  /metadata        classes, arch, model version, metrics, preprocessing, limits; with the
+                          API key also where the model came from, the settings and load errors
+
+With an API key set (:mod:`serve.auth`) the two POST routes answer 401 without it.
 
 Run it::
 
@@ -13,7 +16,9 @@ Run it::
     serve run serve.app:build_app model_ref=CKPT_DIR top_k=3        # keys: serve.settings.ServeSettings
     serve deploy serve/config.yaml                                  # production config, same keys
 
-A bad upload is the client's fault and answers 4xx ``{"error": "..."}``; overload answers 503
+A bad upload is the client's fault and answers 4xx ``{"error": "..."}``; every upload's decode
+cost is bounded before it is decoded (``max_decode_mib``), decoding runs on a pool of the replica's
+own CPUs, and a request still running after ``deadline_s`` stops (503). Overload answers 503
 with ``Retry-After`` from Serve's proxy (``max_queued_requests``); a new ``user_config.model_ref``
 swaps the weights in place and a failed load keeps the old model serving. Every answer names the
 model version that produced it (``model_version``).
@@ -26,6 +31,7 @@ import asyncio
 import logging
 import os
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
@@ -35,10 +41,11 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
 
-from animalclf.allocator import keep_freed_memory
+from animalclf.allocator import keep_freed_memory, release_freed_memory
 from animalclf.errors import InvalidImage, UserError
 from animalclf.predict import Predictor
 from animalclf.registry import is_model_ref
+from serve.auth import authorized, read_key
 from serve.web import MULTIPART_OVERHEAD, ClientError, fastapi_app, guarded, metrics, read_body, read_files
 from serve.settings import ServeSettings, from_environment
 
@@ -82,6 +89,10 @@ class Classifier:
         self.allocator_tuned = bool(s.mmap_threshold_mib) and keep_freed_memory(s.mmap_threshold_mib)
         self._torch = ThreadPoolExecutor(max_workers=s.forward_workers, thread_name_prefix="torch",
                                          initializer=torch.set_num_threads, initargs=(s.threads_per_worker,))
+        # Uploads decode on a pool of the replica's own CPUs, not on the event loop's default pool
+        # (as many threads as the machine has cores): at most that many decodes at once.
+        self._decode = ThreadPoolExecutor(max_workers=s.threads, thread_name_prefix="decode")
+        self._api_key = read_key(s.api_key_file)  # an unreadable key file fails the replica, never opens it
         self.settings = s
         self.predictor: Optional[Predictor] = None
         self.model_ref: Optional[str] = None
@@ -177,22 +188,41 @@ class Classifier:
         """``fn(*args)`` on one of the replica's torch threads."""
         return await asyncio.get_running_loop().run_in_executor(self._torch, fn, *args)
 
-    async def _prepare(self, data: bytes, predictor: Predictor) -> torch.Tensor:
-        """Decode (Pillow, no torch: any thread, so uploads decode while a batch runs) then the
-        model's preprocessing (torch ops: a torch thread)."""
-        image = await asyncio.to_thread(predictor.decode, data, self.settings.max_bytes, self.settings.max_pixels)
+    async def _prepare(self, data: bytes, predictor: Predictor, costs: list[int]) -> torch.Tensor:
+        """Decode (Pillow, no torch: the decode pool, so uploads decode while a batch runs) within
+        the decode budget, then the model's preprocessing (torch ops: a torch thread)."""
+        s = self.settings
+        image = await asyncio.get_running_loop().run_in_executor(
+            self._decode, lambda: predictor.decode(data, s.max_bytes, s.max_pixels, s.max_decode_mib << 20, costs.append))
         return await self._on_torch(predictor.tensor, image)
 
-    async def _classify(self, blobs: list[bytes], top_k: int) -> tuple[list[list[dict]], str]:
-        predictor = self.predictor
+    def _in_time(self, deadline: float) -> None:
+        """Stop a request's work once its deadline has passed (its client has most likely gone)."""
+        if time.monotonic() > deadline:
+            raise ClientError(f"the request took longer than {self.settings.deadline_s:g} s and was stopped; try "
+                              "again (or send a smaller image)", 503, {"Retry-After": "1"})
+
+    async def _classify(self, blobs: list[bytes], top_k: int, deadline: float) -> tuple[list[list[dict]], str]:
+        predictor, costs = self.predictor, []
+        try:
+            return await self._classify_within(blobs, top_k, deadline, predictor, costs)
+        finally:
+            # a large upload's buffers go back to the kernel, not into the heap kept for forward passes
+            if sum(costs) + sum(map(len, blobs)) > (self.settings.mmap_threshold_mib or 32) << 20:
+                self._decode.submit(release_freed_memory)
+
+    async def _classify_within(self, blobs: list[bytes], top_k: int, deadline: float, predictor: Predictor,
+                               costs: list[int]) -> tuple[list[list[dict]], str]:
         tensors = []
         for i, b in enumerate(blobs):
+            self._in_time(deadline)
             try:
-                tensors.append(await self._prepare(b, predictor))
+                tensors.append(await self._prepare(b, predictor, costs))
             except InvalidImage as e:
                 if len(blobs) > 1:
                     raise InvalidImage(f"image {i}: {e}", e.status) from None
                 raise
+        self._in_time(deadline)
         if self.settings.max_batch_size > 1:
             results = await asyncio.gather(*(self._infer((predictor, t)) for t in tensors))
         else:  # no batching: each image is its own forward pass, as many at once as there are workers
@@ -213,9 +243,16 @@ class Classifier:
         return k
 
     # -- routes ---------------------------------------------------------------------------------
+    def _check_key(self, request: Request) -> None:
+        if not authorized(request.headers, self._api_key):
+            raise ClientError("this endpoint requires an API key: send 'Authorization: Bearer KEY' (or 'X-API-Key: KEY')",
+                              401, {"WWW-Authenticate": "Bearer"})
+
     @fastapi_app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
         t0, s = time.perf_counter(), self.settings
+        self._check_key(request)
+        deadline = time.monotonic() + s.deadline_s
         top_k = self._top_k(request)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             blobs = await read_files(guarded(request, s.max_bytes + MULTIPART_OVERHEAD, s.body_timeout_s), "file", 1, s.max_bytes)
@@ -223,7 +260,7 @@ class Classifier:
                 raise ClientError("send one image in field 'file' (use /predict/batch for several)")
         else:
             blobs = [await read_body(guarded(request, s.max_bytes, s.body_timeout_s))]
-        preds, version = await self._classify(blobs, top_k)
+        preds, version = await self._classify(blobs, top_k, deadline)
         metrics()["images"].inc(1, tags={"route": "/predict"})
         return JSONResponse({"predictions": preds[0], "model_version": version,
                              "latency_ms": round((time.perf_counter() - t0) * 1000, 2)})
@@ -231,34 +268,51 @@ class Classifier:
     @fastapi_app.post("/predict/batch")
     async def predict_batch(self, request: Request) -> JSONResponse:
         t0, s = time.perf_counter(), self.settings
+        self._check_key(request)
+        deadline = time.monotonic() + s.deadline_s
         top_k = self._top_k(request)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ClientError("send images as multipart/form-data, one part per image in field 'files'", 415)
         limit = s.max_images * (s.max_bytes + MULTIPART_OVERHEAD)
         blobs = await read_files(guarded(request, limit, s.body_timeout_s), "files", s.max_images, s.max_bytes)
-        preds, version = await self._classify(blobs, top_k)
+        preds, version = await self._classify(blobs, top_k, deadline)
         metrics()["images"].inc(len(blobs), tags={"route": "/predict/batch"})
         return JSONResponse({"results": [{"predictions": p} for p in preds], "model_version": version,
                              "latency_ms": round((time.perf_counter() - t0) * 1000, 2)})
 
     @fastapi_app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "replica": self.replica_id, "pid": os.getpid(),
-                "model_version": self.predictor.version, "model_ref": self.model_ref,
-                "last_load_error": self.last_load_error}
+        return {"status": "ready"}
+
+    def status(self) -> dict[str, Any]:
+        """This replica's model and its last load error, for the launcher (through a Serve handle,
+        that is through Ray and its token, never over the open HTTP port)."""
+        return {"replica": self.replica_id, "pid": os.getpid(), "model_version": self.predictor.version,
+                "model_ref": self.model_ref, "last_load_error": self.last_load_error, "loaded_at": self.loaded_at}
 
     @fastapi_app.get("/metadata")
-    async def metadata(self) -> dict[str, Any]:
+    async def metadata(self, request: Request) -> dict[str, Any]:
         s = self.settings
-        return {**self.predictor.metadata(), "model_ref": self.model_ref, "loaded_at": self.loaded_at,
-                "last_load_error": self.last_load_error, "replica": self.replica_id,
-                "limits": {"max_bytes": s.max_bytes, "max_pixels": s.max_pixels, "max_images": s.max_images,
-                           "body_timeout_s": s.body_timeout_s},
-                "batching": {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s,
-                             "images_per_pass": s.images_per_pass},
-                "top_k_default": s.top_k, "torch_threads": s.forward_workers * s.threads_per_worker,
-                "forward_workers": s.forward_workers, "threads_per_forward": s.threads_per_forward,
-                "allocator_tuned": self.allocator_tuned, "settings": s.to_dict()}
+        public = {**self.predictor.metadata(), "model_version": self._public_version(self.predictor.version),
+                  "load_error": self.last_load_error is not None,
+                  "limits": {"max_bytes": s.max_bytes, "max_pixels": s.max_pixels, "max_images": s.max_images,
+                             "body_timeout_s": s.body_timeout_s, "max_decode_mib": s.max_decode_mib,
+                             "deadline_s": s.deadline_s},
+                  "batching": {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s,
+                               "images_per_pass": s.images_per_pass},
+                  "top_k_default": s.top_k, "torch_threads": s.forward_workers * s.threads_per_worker,
+                  "forward_workers": s.forward_workers, "threads_per_forward": s.threads_per_forward,
+                  "allocator_tuned": self.allocator_tuned, "api_key_required": self._api_key is not None}
+        if self._api_key is None or not authorized(request.headers, self._api_key):
+            return public  # no local paths, tracking URI or error texts for an unknown caller
+        return {**public, **self.status(), "settings": s.to_dict()}
+
+    @staticmethod
+    def _public_version(version: str) -> str:
+        """A version fit for anyone: a registry version as it is, a checkpoint by its folder's name only."""
+        if version.startswith("checkpoint:"):
+            return f"checkpoint:{Path(version[len('checkpoint:'):]).name}"
+        return version
 
 
 def build_app(args: Optional[dict[str, Any]] = None) -> Application:

@@ -52,7 +52,7 @@ from serve.settings import ServeSettings, from_environment
 
 log = logging.getLogger(__name__)
 
-__all__ = ["start", "refresh", "reconfigure", "swap_model", "stop", "APP_NAME", "get_args_parser", "main"]
+__all__ = ["start", "refresh", "reconfigure", "swap_model", "stop", "replica_status", "warn_if_exposed", "APP_NAME", "get_args_parser", "main"]
 
 APP_NAME = "animalclf"
 IMPORT_PATH = "serve.app:build_app"
@@ -68,18 +68,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def warn_if_exposed(s: ServeSettings) -> None:
+    """A loud warning when the endpoint binds beyond loopback and requires no key."""
+    if not _is_loopback(s.host) and s.api_key_file is None:
+        log.warning("!!! Binding the classifier to %s WITHOUT an API key: anyone who reaches this address can use it. "
+                    "Set ANIMALCLF_API_KEY (or ANIMALCLF_API_KEY_FILE / --api-key-file) to require one.", s.host)
+
+
 def _url(s: ServeSettings) -> str:
     shown = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
     return f"http://{'[' + shown + ']' if ':' in shown else shown}:{s.port}"
 
 
 def _ensure_ray() -> None:
-    import ray
+    """Join the running Ray (``RAY_ADDRESS``, or your own ``ray start`` head) or start a private head,
+    token auth on, the way every entry point does (:func:`animalclf.localray.init_ray`)."""
+    from animalclf.localray import init_ray
 
-    if not ray.is_initialized():
-        # joins a running cluster when there is one (RAY_ADDRESS / `ray start`), else starts a
-        # local one; the dashboard stays on (see NOTES-ray.md)
-        ray.init(logging_level="WARNING")
+    init_ray()
 
 
 def _app_config(s: ServeSettings, pinned: str) -> dict[str, Any]:
@@ -100,9 +106,19 @@ def _deploy(config: dict[str, Any]) -> None:
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
 
 
+def replica_status(timeout_s: float = 10.0) -> dict[str, Any]:
+    """One replica's model, ref and last load error, asked through a Serve handle (Ray, with its
+    token), not over the HTTP port that anyone may answer on."""
+    from ray import serve
+
+    from serve.app import DEPLOYMENT_NAME
+
+    return serve.get_deployment_handle(DEPLOYMENT_NAME, APP_NAME).status.remote().result(timeout_s=timeout_s)
+
+
 def _wait_healthy(url: str, timeout_s: float, want_ref: Optional[str] = None) -> dict[str, Any]:
-    """Poll the app status and ``/healthz`` until the app runs (and serves ``want_ref``, or
-    reports the error loading it)."""
+    """Poll the app status, ``/healthz`` and a replica's status until the app runs and answers
+    HTTP (and serves ``want_ref``, or reports the error loading it)."""
     from ray import serve
 
     deadline, last = time.monotonic() + timeout_s, "no answer yet"
@@ -114,11 +130,13 @@ def _wait_healthy(url: str, timeout_s: float, want_ref: Optional[str] = None) ->
             try:
                 r = requests.get(f"{url}/healthz", timeout=5)
                 if r.ok:
-                    h = r.json()
+                    h = replica_status()
                     if want_ref is None or h.get("model_ref") == want_ref or want_ref in (h.get("last_load_error") or ""):
                         return h
-                last = f"healthz {r.status_code}: {r.text[:200]}"
-            except requests.RequestException as e:
+                    last = f"a replica still serves {h.get('model_ref')}"
+                else:
+                    last = f"healthz {r.status_code}: {r.text[:200]}"
+            except Exception as e:  # the HTTP proxy or the replica is not up yet
                 last = type(e).__name__
         time.sleep(0.25)
     raise UserError(f"The classifier at {url} did not become healthy within {timeout_s:.0f} s ({last}); "
@@ -126,16 +144,17 @@ def _wait_healthy(url: str, timeout_s: float, want_ref: Optional[str] = None) ->
 
 
 def _apply(s: ServeSettings, timeout_s: float, force: bool = False) -> dict[str, Any]:
-    """Resolve ``s.model_ref`` to one version and deploy it unless it already serves; /healthz."""
+    """Resolve ``s.model_ref`` to one version and deploy it unless it already serves; returns a
+    replica's status (model_version, model_ref, last_load_error)."""
     pinned = pin_version(s.model_ref) if s.model_ref.startswith("models:/") else s.model_ref
     url = _url(s)
     if not force:
         try:
-            h = requests.get(f"{url}/healthz", timeout=5).json()
+            h = replica_status()
             if h.get("model_ref") == pinned:
                 return h
-        except (requests.RequestException, ValueError):
-            pass
+        except Exception as e:  # not deployed (yet): deploy
+            log.debug("replica status: %s", e)
     _deploy(_app_config(s, pinned))
     h = _wait_healthy(url, timeout_s, want_ref=pinned)
     if h.get("model_ref") == pinned:
@@ -145,17 +164,22 @@ def _apply(s: ServeSettings, timeout_s: float, force: bool = False) -> dict[str,
 
 def start(model_ref: Optional[str] = None, *, settings: Optional[ServeSettings] = None, follow: bool = True,
           timeout_s: float = 180.0, **overrides: Any) -> str:
-    """Deploy the classifier on the current Ray (started when none) and return its base URL once
-    ``/healthz`` answers. ``settings`` and/or ``overrides`` (ServeSettings fields: ``port``,
+    """Deploy the classifier on the current Ray (joined, or a private head started) and return its
+    base URL once it answers. ``settings`` and/or ``overrides`` (ServeSettings fields: ``port``,
     ``top_k``, ``max_batch_size``, ``poll_s`` ...). With ``follow`` and an alias ref, this process
-    re-resolves the alias every ``poll_s`` seconds (see :func:`refresh`)."""
+    re-resolves the alias every ``poll_s`` seconds (see :func:`refresh`). An API key in this
+    environment (:mod:`serve.auth`) reaches the replicas as a file's path, never as a value."""
     from ray import serve
 
+    from animalclf.config import runs_dir
+    from serve.auth import key_file_for_replicas
+
     s = (settings or from_environment()).replace(**overrides, **({"model_ref": model_ref} if model_ref else {}))
+    if s.api_key_file is None:
+        s = s.replace(api_key_file=key_file_for_replicas(runs_dir()))
     if s.max_ongoing_requests < s.max_batch_size:
         log.warning("max_ongoing_requests (%d) < max_batch_size (%d): batches can never fill.", s.max_ongoing_requests, s.max_batch_size)
-    if not _is_loopback(s.host):
-        log.warning("Binding the classifier to %s: the endpoint has no authentication; put it behind a proxy that has.", s.host)
+    warn_if_exposed(s)
     if not is_model_ref(s.model_ref):
         if not (Path(s.model_ref) / META_FILE).is_file():
             raise UserError(f"{s.model_ref!r} is neither an MLflow model URI (models:/NAME@ALIAS) nor an animalclf "
@@ -175,26 +199,40 @@ def start(model_ref: Optional[str] = None, *, settings: Optional[ServeSettings] 
     return _STATE["url"]
 
 
+def _deployed_settings() -> ServeSettings:
+    """The running classifier's settings as Serve itself holds them (its deployed config on the Ray
+    this process is connected to), never as an HTTP answer reports them."""
+    from ray.serve.context import _get_global_client  # see the module docstring
+
+    try:
+        app = _get_global_client().get_serve_details()["applications"][APP_NAME]
+        config = app["deployed_app_config"]
+    except (KeyError, TypeError):
+        raise UserError("No classifier is deployed on this Ray: start one with serve.deploy.start.") from None
+    user = dict(config["deployments"][0].get("user_config") or {})
+    user.pop("pinned_ref", None)
+    return ServeSettings.from_dict({**(config.get("args") or {}), **user})
+
+
 def refresh(url: Optional[str] = None, timeout_s: float = 120.0) -> dict[str, Any]:
     """Make a running classifier serve the version its ``model_ref`` (e.g. ``@champion``) names
-    *now*, in place; returns ``/healthz``. Call it after moving the alias (the promoting job
-    does); from another process pass the endpoint ``url`` (its settings are read from
-    ``/metadata``). A no-op when that version already serves."""
+    *now*, in place; returns a replica's status. Call it after moving the alias (the promoting job
+    does). From another process the settings are read from Serve on the Ray this process joins
+    (``url`` is only checked against them); the alias is resolved with this process's own tracking
+    settings. A no-op when that version already serves."""
+    _ensure_ray()
     if url is None and "settings" in _STATE:
         s = _STATE["settings"]
     else:
-        url = url or _url(ServeSettings())
-        try:
-            s = ServeSettings.from_dict(requests.get(f"{url}/metadata", timeout=10).json()["settings"])
-        except (requests.RequestException, ValueError, KeyError) as e:
-            raise UserError(f"No classifier answers at {url} ({type(e).__name__}): start one with serve.deploy.start.") from None
-    _ensure_ray()
+        s = _deployed_settings()
+        if url is not None and url.rstrip("/") != _url(s) and _url(s).rsplit(":", 1)[1] != url.rstrip("/").rsplit(":", 1)[1]:
+            raise UserError(f"The classifier deployed on this Ray answers at {_url(s)}, not at {url}.")
     return _apply(s, timeout_s)
 
 
 def reconfigure(timeout_s: float = 120.0, **user_config: Any) -> dict[str, Any]:
     """Change ``user_config`` settings (``model_ref``, ``top_k``, ``max_batch_size``, limits ...)
-    of the classifier this process started, in place; returns ``/healthz``."""
+    of the classifier this process started, in place; returns a replica's status."""
     if "settings" not in _STATE:
         raise UserError("The classifier is not running from this process: call serve.deploy.start first.")
     wrong = sorted(set(user_config) - set(ServeSettings().user_config()))

@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 
 from animalclf.allocator import MAX_MIB
 from animalclf.errors import UserError
-from animalclf.predict import MAX_BYTES, MAX_PIXELS
+from animalclf.predict import MAX_BYTES, MAX_DECODE_BYTES, MAX_PIXELS
 from animalclf.registry import champion_ref
 
 __all__ = ["ServeSettings", "DEFAULT_MODEL"]
@@ -50,6 +50,11 @@ class ServeSettings:
     max_bytes: int = _f(MAX_BYTES, "user_config", "bytes per image (more: 413)")
     max_pixels: int = _f(MAX_PIXELS, "user_config", "pixels per image, against decompression bombs (more: 413)")
     body_timeout_s: float = _f(10.0, "user_config", "the whole request body must arrive within this (else 408)")
+    max_decode_mib: int = _f(MAX_DECODE_BYTES >> 20, "user_config", "memory one image may take to decode, in MiB "
+                             "(pixels x bytes per pixel at the size decoded; a JPEG is decoded at reduced size "
+                             "first); more: 413")
+    deadline_s: float = _f(25.0, "user_config", "work on a request stops after this many seconds (503, try again): "
+                           "a request its client gave up on stops costing CPU; keep it under request_timeout_s")
     num_replicas: Union[int, str] = _f(1, "deployment", "replicas: a number or 'auto' (autoscaling)")
     max_ongoing_requests: int = _f(32, "deployment", "requests in flight per replica; keep it >= max_batch_size "
                                    "or batches never fill")
@@ -64,7 +69,10 @@ class ServeSettings:
     mmap_threshold_mib: int = _f(32, "process", "glibc malloc: buffers under this many MiB reuse freed memory instead "
                                  "of fresh pages on every forward pass (0: glibc's adaptive default)")
     tracking_uri: Optional[str] = _f(None, "process", "MLflow tracking URI for the replicas (default: this environment's)")
-    host: str = _f("127.0.0.1", "process", "address to bind; anything but loopback exposes an endpoint without auth")
+    api_key_file: Optional[str] = _f(None, "process", "file holding the API key clients must send (Authorization: "
+                                     "Bearer KEY, or X-API-Key); default: $ANIMALCLF_API_KEY_FILE, or "
+                                     "$ANIMALCLF_API_KEY written to a file only you can read; none: no key")
+    host: str = _f("127.0.0.1", "process", "address to bind; anything but loopback needs an API key (a warning without one)")
     port: int = _f(8000, "process", "HTTP port")
     request_timeout_s: float = _f(30.0, "process", "end-to-end HTTP timeout in s, then 408")
     poll_s: float = _f(30.0, "process", "how often the launcher checks where the alias points, in s (0: only on refresh())")
@@ -101,6 +109,8 @@ class ServeSettings:
         need(self.max_images >= 1, f"max_images must be >= 1, got {self.max_images}")
         need(self.max_bytes >= 1 and self.max_pixels >= 1, "max_bytes and max_pixels must be >= 1")
         need(self.body_timeout_s > 0, f"body_timeout_s must be > 0, got {self.body_timeout_s}")
+        need(self.max_decode_mib >= 1, f"max_decode_mib must be >= 1, got {self.max_decode_mib}")
+        need(self.deadline_s > 0, f"deadline_s must be > 0, got {self.deadline_s}")
         need(self.num_replicas == "auto" or (isinstance(self.num_replicas, int) and self.num_replicas >= 1),
              f"num_replicas must be a number >= 1 or 'auto', got {self.num_replicas!r}")
         need(self.max_ongoing_requests >= 1, f"max_ongoing_requests must be >= 1, got {self.max_ongoing_requests}")

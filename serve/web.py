@@ -25,11 +25,13 @@ ROUTES = ("/predict", "/predict/batch", "/healthz", "/metadata")
 
 
 class ClientError(Exception):
-    """A request the client must fix; becomes ``{"error": message}`` with ``status``."""
+    """A request the client must fix (or retry); becomes ``{"error": message}`` with ``status``
+    and ``headers``."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, headers: Optional[dict[str, str]] = None):
         super().__init__(message)
         self.status = status
+        self.headers = headers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +74,7 @@ def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONRes
 
 @fastapi_app.exception_handler(ClientError)
 async def _client_error(request: Request, exc: ClientError) -> JSONResponse:
-    return _error(exc.status, str(exc))
+    return _error(exc.status, str(exc), exc.headers)
 
 
 @fastapi_app.exception_handler(InvalidImage)

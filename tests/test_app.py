@@ -362,20 +362,46 @@ def endpoint(ray_session, tmp_path_factory):
     cfg = TrainConfig(arch="efficientnet_lite0", weights="imagenet", unfreeze=0, image_size=64)
     ckpt = save_checkpoint(tmp_path_factory.mktemp("app_ckpt") / "ck", build_model(cfg.arch, 15, 0, "imagenet"),
                            checkpoint_meta(cfg, CLASSES, {"val_accuracy": 0.5}, 1))
-    url = deploy.start(str(ckpt), port=free_port())
+    # The endpoint requires a key; the UI reads it from the same variable (serve.auth).
+    key_file = tmp_path_factory.mktemp("app_key") / "key"
+    key_file.write_text(API_KEY)
+    key_file.chmod(0o600)
+    url = deploy.start(str(ckpt), port=free_port(), api_key_file=str(key_file))
+    endpoint_key_file[url] = str(key_file)
     yield url
     deploy.stop()
 
 
+API_KEY = "ui-test-" + "k" * 24
+endpoint_key_file: dict[str, str] = {}
+
+
+def _keyed(monkeypatch, url: str) -> None:
+    monkeypatch.setenv("ANIMALCLF_API_KEY_FILE", endpoint_key_file[url])
+
+
 def _top_class(url: str, path: Path) -> str:
-    r = requests.post(f"{url}/predict", data=path.read_bytes(), timeout=30)
+    r = requests.post(f"{url}/predict", data=path.read_bytes(), timeout=30, headers={"Authorization": f"Bearer {API_KEY}"})
     assert r.status_code == 200, r.text
     return r.json()["predictions"][0]["class"]
 
 
 @pytest.mark.slow
 @pytest.mark.ray
+def test_apptest_without_the_key_says_so(monkeypatch, endpoint, photo, project):
+    monkeypatch.delenv("ANIMALCLF_API_KEY", raising=False)
+    monkeypatch.delenv("ANIMALCLF_API_KEY_FILE", raising=False)
+    at = _app(monkeypatch, endpoint)
+    at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
+    assert not at.exception
+    assert any("requires an API key" in e.value and "ANIMALCLF_API_KEY" in e.value for e in at.error), \
+        [e.value for e in at.error]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
 def test_apptest_with_endpoint_shows_prediction(monkeypatch, endpoint, photo, shared_data, project):
+    _keyed(monkeypatch, endpoint)
     at = _app(monkeypatch, endpoint, str(shared_data))
     assert not at.error, [e.value for e in at.error]
     assert any("efficientnet_lite0" in c.value for c in at.caption)  # model tab from /metadata
@@ -475,7 +501,8 @@ def test_browser_model_page_draws_charts(model_store, metadata_server, tmp_path)
 @pytest.mark.ray
 @pytest.mark.browser
 def test_browser_upload_shows_prediction(endpoint, photo, tmp_path, project):
-    env = {**os.environ, "ANIMALCLF_ENDPOINT": endpoint, "ANIMALCLF_GALLERY": ""}
+    env = {**os.environ, "ANIMALCLF_ENDPOINT": endpoint, "ANIMALCLF_GALLERY": "",
+           "ANIMALCLF_API_KEY_FILE": endpoint_key_file[endpoint]}
     with _streamlit(env, tmp_path / "streamlit.log") as ui, _chromium() as browser:
         page = browser.new_page()
         page.goto(ui, timeout=60_000)

@@ -46,11 +46,15 @@ def same(a: list[dict], b: list[dict]) -> bool:
 
 
 def replicas_on(url: str, want: str, seconds: float = 60) -> dict[str, str]:
-    """/healthz until two distinct replicas both report ``want``; {replica: version} seen last."""
+    """Replica status (through a Serve handle) until two distinct replicas both report ``want``;
+    {replica: version} seen last."""
+    from serve import deploy
+
     seen: dict[str, str] = {}
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        h = requests.get(f"{url}/healthz", timeout=10).json()
+        assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ready"}
+        h = deploy.replica_status()
         seen[h["replica"]] = h["model_version"]
         if len(seen) >= 2 and set(seen.values()) == {want}:
             return seen
@@ -99,7 +103,7 @@ def test_serve_follows_champion_under_traffic(ray_session, project, tmp_path, mo
             moved_s = time.monotonic() - t0
             time.sleep(1.0)
             client.set_registered_model_alias("follow", "champion", v1)  # ... and the promoting job tells Serve
-            h = deploy.refresh(url)  # as another process would: settings read from /metadata
+            h = deploy.refresh(url)  # as another process would: settings read from Serve on this Ray
             assert h["model_version"] == f"follow/{v1}" and h["model_ref"] == f"models:/follow/{v1}"
             replicas_on(url, f"follow/{v1}", seconds=10)
             time.sleep(1.0)
@@ -110,8 +114,8 @@ def test_serve_follows_champion_under_traffic(ray_session, project, tmp_path, mo
         assert {v for _, v, _ in results} == {f"follow/{v1}", f"follow/{v2}"}
         assert moved_s < 30, moved_s
         meta = requests.get(f"{url}/metadata", timeout=10).json()
-        assert meta["model_version"] == f"follow/{v1}" and meta["model_ref"] == f"models:/follow/{v1}"
-        assert meta["settings"]["model_ref"] == "models:/follow@champion"  # what it follows
+        assert meta["model_version"] == f"follow/{v1}"
+        assert deploy._deployed_settings().model_ref == "models:/follow@champion"  # what it follows
         assert deploy.refresh(url)["model_version"] == f"follow/{v1}"  # no move: a no-op
     finally:
         deploy.stop()

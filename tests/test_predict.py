@@ -15,7 +15,8 @@ from animalclf.checkpoint import save_checkpoint
 from animalclf.config import TrainConfig
 from animalclf.errors import InvalidImage
 from animalclf.model import build_model
-from animalclf.predict import MAX_ASPECT, MAX_BYTES, MAX_SIDE, Predictor, bound_aspect, decode_image
+from animalclf.predict import (MAX_ASPECT, MAX_BYTES, MAX_DECODE_BYTES, MAX_SIDE, Predictor, bound_aspect, decode_cost,
+                               decode_image)
 from animalclf.worker import checkpoint_meta
 
 CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "Giraffe", "Horse",
@@ -275,3 +276,79 @@ def test_unknown_alias_is_a_user_error(project, tmp_path, monkeypatch):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(UserError, match="Could not resolve models:/nothing@champion"):
         Predictor.load("models:/nothing@champion")
+
+
+# --- every upload's decode cost is bounded before it is decoded ---------------------------------
+def rle8_bmp(width: int, height: int) -> bytes:
+    """An 8-bit RLE BMP whose header says ``width`` x ``height``: a few hundred bytes."""
+    import struct
+
+    palette = b"".join(bytes((i, 255 - i, i // 2, 0)) for i in range(256))  # colours: mode P
+    data = bytes((255, 7)) * 4 + b"\x00\x01"  # a few runs, then end of bitmap
+    offset = 14 + 40 + len(palette)
+    header = b"BM" + struct.pack("<IHHI", offset + len(data), 0, 0, offset)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(data), 2835, 2835, 256, 0)
+    return header + info + palette + data
+
+
+def bombs() -> dict[str, bytes]:
+    """Small files that would take well over the decode budget at full size, one per format."""
+    out = {
+        "png": encode(Image.new("RGB", (6000, 6000)), "PNG"),
+        "png16": encode(Image.new("I;16", (6000, 6000)), "PNG"),
+        "webp": encode(Image.new("RGB", (6000, 6000)), "WEBP", lossless=True),
+        "tiff": encode(Image.new("RGB", (6000, 6000)), "TIFF", compression="tiff_deflate"),
+        "gif": encode(Image.new("P", (6000, 6000)), "GIF"),
+        "bmp": rle8_bmp(6000, 6000),
+    }
+    buf = io.BytesIO()
+    frames = [Image.new("P", (4000, 4000), i) for i in range(20)]
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    out["gif_frames"] = buf.getvalue()
+    return out
+
+
+@pytest.mark.parametrize("name", ["png", "png16", "webp", "tiff", "gif", "bmp", "gif_frames"])
+def test_decompression_bombs_are_refused_from_their_header(name):
+    data = bombs()[name]
+    assert len(data) < 2_000_000
+    assert Image.open(io.BytesIO(data)).size[0] * Image.open(io.BytesIO(data)).size[1] < 40_000_000  # under the pixel limit
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidImage) as e:
+        decode_image(data, min_side=224)
+    assert time.perf_counter() - t0 < 0.05, "decoded before refusing"
+    assert e.value.status == 413 and "MiB to decode" in str(e.value) and "64 MiB" in str(e.value)
+
+
+def test_decode_cost_counts_wide_modes_and_decoder_buffers():
+    def cost(mode, fmt="PNG", size=(100, 100)):
+        return decode_cost(Image.open(io.BytesIO(encode(Image.new(mode, size), fmt))))
+
+    assert cost("RGB") == 100 * 100 * 4  # Pillow stores RGB in 4 bytes
+    assert cost("L") == 100 * 100
+    assert cost("I;16") == 100 * 100 * (2 + 4)  # and the 32-bit copy that can be reduced
+    assert cost("P", "GIF") == 100 * 100 * (1 + 4)
+    assert cost("RGB", "WEBP") == 100 * 100 * (4 + 4)  # libwebp's own buffer, then Pillow's
+    jpeg = Image.open(io.BytesIO(encode(Image.new("RGB", (4000, 3000)), "JPEG")))
+    jpeg.draft(None, (256, 256))
+    assert decode_cost(jpeg) == 500 * 375 * 4  # a JPEG counts at the scale it is decoded
+
+
+def test_16_bit_png_at_the_budget_decodes_right_sized():
+    arr = (np.arange(3200 * 3200, dtype=np.uint32) % 65536).astype(np.uint16).reshape(3200, 3200)
+    data = encode(Image.fromarray(arr), "PNG")
+    im0 = Image.open(io.BytesIO(data))
+    assert im0.mode == "I;16" and decode_cost(im0) <= MAX_DECODE_BYTES < decode_cost(im0) * 1.2
+    seen = []
+    im = decode_image(data, min_side=224, on_cost=seen.append)
+    assert seen == [decode_cost(im0)]
+    assert im.mode == "RGB" and 448 <= min(im.size) < 896, im.size  # box-reduced before any 8-bit copy
+    with pytest.raises(InvalidImage, match="MiB to decode"):
+        decode_image(data, min_side=224, max_decode_bytes=decode_cost(im0) - 1)
+
+
+def test_a_large_jpeg_fits_the_budget_through_draft_mode():
+    big = encode(photo(6000, 4000), "JPEG", quality=80)  # 24 MP: 92 MiB at full size
+    assert decode_image(big, min_side=224).size[0] < 6000
+    with pytest.raises(InvalidImage, match="MiB to decode"):
+        decode_image(big)  # without a target size nothing is reduced: over the budget

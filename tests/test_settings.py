@@ -20,7 +20,7 @@ def test_defaults_validate_and_split_into_user_config_and_options():
     s = ServeSettings()
     assert s.model_ref == DEFAULT_MODEL == "models:/animalclf@champion"
     assert set(s.user_config()) == {"model_ref", "top_k", "max_batch_size", "batch_wait_timeout_s", "images_per_pass", "max_images",
-                                    "max_bytes", "max_pixels", "body_timeout_s"}
+                                    "max_bytes", "max_pixels", "body_timeout_s", "max_decode_mib", "deadline_s"}
     opts = s.deployment_options()
     assert opts["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0} and opts["num_replicas"] == 1
     assert s.device == "cpu" and s.threads == 1 and s.replace(num_cpus=3).threads == 3
