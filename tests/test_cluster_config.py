@@ -149,3 +149,21 @@ def test_tuning_plans_for_what_the_cluster_grows_to(raw):
     # A worker that asks for a resource no node type has never fits.
     with pytest.raises(UserError, match="a100"):
         plan_concurrency(cfg.replace(worker_resources={"a100": 1}), None, head_only, autoscaling=raw)
+
+
+def test_nodes_require_imdsv2_and_have_least_privilege_roles(prepared):
+    """Every node: instance metadata only with a session token (IMDSv2), one hop; an instance profile
+    of its own (the head's can start workers, a worker's only reaches the buckets), named in the
+    docs with its policy, never the account's default."""
+    docs = (ROOT / "README.md").read_text() + "".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
+    profiles = {}
+    for name, node in prepared["available_node_types"].items():
+        nc = node["node_config"]
+        assert nc["MetadataOptions"] == {"HttpTokens": "required", "HttpPutResponseHopLimit": 1,
+                                         "HttpEndpoint": "enabled"}, name
+        profiles[name] = nc["IamInstanceProfile"]["Name"]
+    assert profiles["head"] == "animalclf-head"
+    assert {profiles[n] for n in profiles if n != "head"} == {"animalclf-worker"}
+    for profile in set(profiles.values()):
+        assert profile in docs, f"{profile}'s policy is not written out"
+    assert '"s3:GetObject"' in docs and '"s3:PutObject"' in docs and '"iam:PassRole"' in docs
