@@ -212,3 +212,16 @@ def test_only_your_own_recorded_head_is_joined(tmp_path, monkeypatch, caplog):
             caplog.clear()
             assert localray._recorded_address() is None
             assert "belongs to user id 65534" in caplog.text and "RAY_ADDRESS" in caplog.text
+
+
+def test_no_auth_only_by_name(tmp_path, tiny_folder):
+    """RAY_AUTH_MODE=disabled: train.py runs on a private head without a token, after a warning
+    that says what is exposed; a value that is neither is one line and exit 2, before any Ray."""
+    env = fresh_env(tmp_path, RAY_AUTH_MODE="disabled")
+    r = train(tiny_folder, env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "WITHOUT authentication" in r.stderr and "run code as you" in r.stderr
+    assert not (Path(env["HOME"]) / ".ray" / "auth_token").exists()
+    r = train(tiny_folder, fresh_env(tmp_path, RAY_AUTH_MODE="off"), timeout=60)
+    assert r.returncode == 2 and user_lines(r.stderr) and "RAY_AUTH_MODE='off'" in user_lines(r.stderr)[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "Local Ray head" not in r.stderr
