@@ -14,16 +14,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from animalclf.errors import UserError
-from animalclf.evidence import DEFAULT_MIN_IMPROVEMENT
+from animalclf.evaluate.evidence import DEFAULT_MIN_IMPROVEMENT
+from animalclf.models.archs import ARCHS, check_unfreeze
 
-ARCHS = ("efficientnet_b0", "efficientnet_lite0", "efficientnet_lite2")
-# What `unfreeze` counts: the stem, the MBConv blocks and the final 1x1 conv (16 blocks in B0 and
-# Lite0, 21 in Lite2).
-ARCH_LAYERS = {"efficientnet_b0": 18, "efficientnet_lite0": 18, "efficientnet_lite2": 23}
 METRICS = ("val_accuracy", "val_f1", "val_loss")
 FINAL_MODES = ("refit", "ensemble", "none")  # what a --cv run publishes (training.publish_cv)
-SCHEDULES = ("constant", "cosine")  # learning rate over epochs (animalclf.engine.lr_factor)
-HEAD_INITS = ("random", "probe")  # how the new head starts (animalclf.probe)
+SCHEDULES = ("constant", "cosine")  # learning rate over epochs (animalclf.train.engine.lr_factor)
+HEAD_INITS = ("random", "probe")  # how the new head starts (animalclf.train.probe)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # files read as images
 
 
@@ -31,22 +28,6 @@ def better(value: float, best: Optional[float], mode: str) -> bool:
     """Whether ``value`` beats ``best`` (``None``: anything does) for a metric that ``mode`` ("max"
     or "min") optimises."""
     return best is None or (value > best if mode == "max" else value < best)
-
-
-def num_layers(arch: str) -> int:
-    """How many trailing layers ``unfreeze`` can count for ``arch`` (all of them: the whole backbone)."""
-    if arch not in ARCH_LAYERS:
-        raise UserError(f"Unknown arch {arch!r}: choose one of {', '.join(ARCHS)}.")
-    return ARCH_LAYERS[arch]
-
-
-def check_unfreeze(arch: str, *values: int) -> None:
-    """The one range check of ``unfreeze`` (flags, search ranges): 0 (head only) to the arch's layer count (all)."""
-    top = num_layers(arch)
-    for value in values:
-        if value != int(value) or not 0 <= value <= top:
-            raise UserError(f"--unfreeze {value} is out of range for {arch}: use an integer within 0:{top} "
-                            f"(0 = head only, {top} = all).")
 
 
 def project_dir() -> Path:
@@ -117,15 +98,15 @@ class TrainConfig:
     storage_path: Optional[str] = None
     experiment: str = "animalclf"
     model_name: Optional[str] = "animalclf"
-    # promotion of the registered version to @champion (animalclf.registry)
+    # promotion of the registered version to @champion (animalclf.evaluate.registry)
     force_promote: bool = False
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
     track: bool = True
-    # cross-validation (animalclf.cv): K stratified folds over all samples, scored by the fold mean
+    # cross-validation (animalclf.data.folds): K stratified folds over all samples, scored by the fold mean
     cv: int = 0  # 0 = one train/val split
     final: str = "refit"  # after CV: refit on every sample for the chosen epochs, or ensemble the fold models
     tta_flip: bool = False  # stored in animalclf.json: the Predictor averages each image with its mirror
-    # stored in animalclf.json, so training, evaluation and serving all apply them (animalclf.model)
+    # stored in animalclf.json, so training, evaluation and serving all apply them (animalclf.models.build)
     autocontrast: bool = False  # stretch each colour channel to its full range before the resize
     rotation_pool: bool = False  # the head sees the mean of the features of the 4 quarter turns
 
@@ -150,9 +131,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check values that do not need the data or the model; raise :class:`UserError`."""
-        if self.arch not in ARCHS:
-            raise UserError(f"Unknown arch {self.arch!r}: choose one of {', '.join(ARCHS)}.")
-        check_unfreeze(self.arch, self.unfreeze)
+        check_unfreeze(self.arch, self.unfreeze)  # the arch's name is checked there too
         if not (self.data or (self.train_dir and self.val_dir)):
             raise UserError("No data given: pass --data DIR (class folders) or both --train-dir and --val-dir.")
         if self.data and (self.train_dir or self.val_dir):
@@ -308,4 +287,4 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "runs_dir", "check_runs_dir", "ARCHS",
-           "METRICS", "FINAL_MODES", "HEAD_INITS", "SCHEDULES", "ARCH_LAYERS", "num_layers", "better", "check_unfreeze", "resources_arg"]
+           "METRICS", "FINAL_MODES", "HEAD_INITS", "SCHEDULES", "better", "check_unfreeze", "resources_arg"]

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import requests
 
 from animalclf.config import IMAGE_EXTENSIONS, TrainConfig
-from animalclf.registry import champion_ref
+from animalclf.evaluate.registry import champion_ref
 from serve.auth import client_headers
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["StoreError", "Registry", "VersionInfo", "parse_model_version", "REPORT_ARTIFACT", "TRIALS_ARTIFACT"]
 
-REPORT_ARTIFACT = "report/report.json"  # logged by animalclf.training.publish
-TRIALS_ARTIFACT = "search/trials.json"  # logged on the search's parent run by animalclf.tuning
+REPORT_ARTIFACT = "report/report.json"  # logged by animalclf.train.run.publish
+TRIALS_ARTIFACT = "search/trials.json"  # logged on the search's parent run by animalclf.tune.search
 _KEY_PARAMS = ("arch", "unfreeze", "lr", "weight_decay", "batch_size", "epochs", "label_smoothing", "dropout",
                "image_size", "num_workers", "metric")
 

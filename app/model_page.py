@@ -14,8 +14,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from animalclf.config import TrainConfig
-from animalclf.figures import report_figures, search_figures
-from animalclf.registry import ALIAS
+from animalclf.evaluate.figures import report_figures, search_figures
+from animalclf.evaluate.registry import ALIAS
 from app.model_info import Registry, StoreError, VersionInfo, parse_model_version
 
 __all__ = ["model_page"]

@@ -1,6 +1,6 @@
 """What the allocator setting does to one forward pass: the in-process Predictor (decode, preprocess,
 Lite0 forward at 224 px, top-5, one torch thread) in fresh processes, taking turns with and without
-``animalclf.allocator.keep_freed_memory`` (what a Serve replica applies: ``mmap_threshold_mib``).
+``animalclf.runtime.allocator.keep_freed_memory`` (what a Serve replica applies: ``mmap_threshold_mib``).
 
     python bench/allocator.py [--image JPEG] [--rounds 4] [--n 60] [--warmup 20] [--smoke-test]
 
@@ -9,28 +9,23 @@ Each process is new, so glibc's thresholds start where a new replica's do.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import argparse
 import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
-from _ray_head import load_average
+from common import load_average, make_model
 
+BENCH = Path(__file__).resolve().parent
 CHILD = """
-import json, statistics, sys, torch
-sys.path[:0] = {paths!r}
-from serve_latency import photo_bytes, timed
-from animalclf.allocator import keep_freed_memory
-from animalclf.predict import Predictor
+import json, statistics, torch
+from common import photo_bytes, timed
+from animalclf.runtime.allocator import keep_freed_memory
+from animalclf.models.predict import Predictor
 torch.set_num_threads(1)
 if {tuned!r}:
     keep_freed_memory({mib})  # what a replica does (ServeSettings.mmap_threshold_mib)
@@ -40,12 +35,13 @@ print(json.dumps(statistics.median(timed(lambda: p.predict([p.decode(data)], 5),
 
 
 def one(model: str, image: str | None, tuned: bool, n: int, warmup: int) -> float:
-    root = Path(__file__).resolve().parents[1]
+    """The p50 ms of ``n`` in-process predictions in a fresh Python, with or without the setting."""
     from serve.settings import ServeSettings
 
-    code = CHILD.format(paths=[str(root), str(root / "bench")], tuned=tuned, model=model, image=image, n=n, warmup=warmup,
-                        mib=ServeSettings().mmap_threshold_mib)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    image = str(Path(image).resolve()) if image else None
+    code = CHILD.format(tuned=tuned, model=model, image=image, n=n, warmup=warmup, mib=ServeSettings().mmap_threshold_mib)
+    # run in bench/: `python -c` puts its working directory first on sys.path, so the child finds common.py
+    out = subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -60,8 +56,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    from serve_latency import make_model
-
     if args.smoke_test:
         args.rounds, args.n, args.warmup = 1, 5, 2
     got: dict[bool, list[float]] = {False: [], True: []}

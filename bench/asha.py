@@ -1,7 +1,7 @@
 """ASHA against the full budget: the same search on the shared photos, with and without ASHA.
 
 Both searches run through the library's ``run_search`` (Ray Tune + OptunaSearch + Ray Train, one
-TorchTrainer per trial) on one private Ray head (``bench/_ray_head.py``), one after the other,
+TorchTrainer per trial) on one private Ray head (``common.ray_head``), one after the other,
 with the same seed, space, number of trials and epochs per trial (Optuna's TPE samples its first
 10 trials at random from the seed, so with <= 10 trials both searches try the same configs).
 Patience is off so "full budget" means every trial runs every epoch. Prints the trial-epochs each
@@ -21,10 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import base_parser, load_average, ray_head
 
-from _ray_head import base_parser, load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = base_parser(__doc__, image_size=128, epochs=6, epochs_help="epochs per trial = ASHA max_t ")
@@ -47,9 +45,9 @@ def main(args: argparse.Namespace) -> dict:
     for k in TRACKING_VARS:  # a local store in the bench's home, whatever the shell says
         os.environ.pop(k, None)
     from animalclf.config import TrainConfig
-    from animalclf.logs import setup_logging
-    from animalclf.search_space import parse_space
-    from animalclf.tuning import TuneOptions, run_search
+    from animalclf.runtime.logs import setup_logging
+    from animalclf.tune.search import TuneOptions, run_search
+    from animalclf.tune.space import parse_space
 
     setup_logging("WARNING")
     cfg = TrainConfig(data=args.data, arch=args.arch, weights="imagenet", image_size=args.image_size, batch_size=args.batch_size,

@@ -1,13 +1,11 @@
 """Time lost to one killed Ray Train worker, against the same job uninterrupted.
 
-Runs `ray_jobs/train.py` twice with the same arguments (each in its own process session with its
-own local Ray): once straight through, once with the training worker SIGKILLed halfway through
+Runs `ray_jobs/train.py` twice with the same arguments (each in a process group of its own with
+its own local Ray): once straight through, once with the training worker SIGKILLed halfway through
 epoch 2 (after epoch 1's checkpoint is in storage) under --max-failures 1. Prints both wall
 times, the ratio, and the lost time in epochs of the uninterrupted run.
 
     python bench/fault_tolerance.py --data ../shared/data/animals15 [--epochs 4] [--image-size 160]
-
-The process helpers live in tests/trainproc.py (shared with tests/test_fault_tolerance.py).
 """
 
 from __future__ import annotations
@@ -24,9 +22,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from trainproc import TrainProcess, checkpointed_epoch, train_workers  # noqa: E402  (shared with tests/test_fault_tolerance.py)
+from common import TrainProcess, checkpointed_epoch, train_workers
+
+
+def worker_logger() -> str:
+    """The name of the Ray Train worker's logger, as its lines in the run's output show it."""
+    from animalclf.train.worker import log
+
+    return log.name
 
 
 def report_history(out: str) -> list[dict]:
@@ -52,13 +55,14 @@ def run_once(workdir: Path, args: list[str], kill_after: Optional[float]) -> dic
         proc.cleanup()
         raise
     wall = time.monotonic() - proc.started
-    resumed = re.findall(r"(\d\d:\d\d:\d\d) INFO animalclf.worker: Resumed from checkpoint after epoch (\d+)", out)
+    worker = re.escape(worker_logger())
+    resumed = re.findall(rf"(\d\d:\d\d:\d\d) INFO {worker}: Resumed from checkpoint after epoch (\d+)", out)
     restart_s = None
     if resumed and killed_clock is not None:  # kill -> resumed worker running (log stamps: 1 s resolution)
         stamp = time.strptime(resumed[0][0], "%H:%M:%S")
         k = time.localtime(killed_clock)
         restart_s = (stamp.tm_hour * 3600 + stamp.tm_min * 60 + stamp.tm_sec) - (k.tm_hour * 3600 + k.tm_min * 60 + k.tm_sec + killed_clock % 1)
-    epochs_run = len(re.findall(r"INFO animalclf.worker: epoch \d+/", out))
+    epochs_run = len(re.findall(rf"INFO {worker}: epoch \d+/", out))
     return {"wall_s": wall, "killed_at_s": killed_at, "resumed_after_epoch": [int(r[1]) for r in resumed],
             "restart_s": restart_s, "epochs_trained": epochs_run,
             "epoch_seconds": [h["epoch_seconds"] for h in report_history(out)]}

@@ -5,19 +5,13 @@ the pipeline (seconds per variant once the features are extracted), over several
 
 For each backbone (Lite0 at 224 px, Lite2 at 260 px: the weights' own eval transforms) and with or
 without ``--autocontrast``, the pooled features of every photo turned 0/90/180/270 degrees are
-extracted once; then, per seed, stratified 5-fold CV of ``animalclf.probe.fit_linear`` (the probe
+extracted once; then, per seed, stratified 5-fold CV of ``animalclf.train.probe.fit_linear`` (the probe
 the pipeline fits) on the upright features ("plain") and on their mean over the four turns ("rotation
 pool", what ``--rotation-pool`` computes). ``bench/quality.py --recipes lite2`` measures the chosen
 recipe through the real pipeline.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import os
@@ -33,10 +27,10 @@ VARIANTS = [("efficientnet_lite0", False), ("efficientnet_lite0", True), ("effic
 def turned_features(arch: str, autocontrast: bool, samples: list, batch: int = 16) -> torch.Tensor:
     """``N x 4 x D`` pooled features of each photo turned k quarter turns (k = 0..3): the library's
     eval loader (each photo decoded once) and the probe's own ``extract_features``."""
-    from animalclf.loaders import ImageList, make_loader
-    from animalclf.model import build_model, preprocess_for
-    from animalclf.probe import extract_features
-    from animalclf.transforms import eval_transform
+    from animalclf.data.folder.loaders import ImageList, make_loader
+    from animalclf.data.folder.transforms import eval_transform
+    from animalclf.models.build import build_model, preprocess_for
+    from animalclf.train.probe import extract_features
 
     model = build_model(arch, 2, 0, "imagenet")
     batches = list(make_loader(ImageList(samples, eval_transform(preprocess_for(arch, autocontrast=autocontrast))), batch))
@@ -48,9 +42,9 @@ def turned_features(arch: str, autocontrast: bool, samples: list, batch: int = 1
 
 def cv_accuracy(x: torch.Tensor, samples: list, seed: int, folds: int = 5) -> float:
     """CV accuracy of the probe on features ``x`` (row i = ``samples[i]``), on the folds ``--cv``
-    uses for ``seed`` (``animalclf.cv.stratified_folds``)."""
-    from animalclf.cv import stratified_folds
-    from animalclf.probe import fit_linear
+    uses for ``seed`` (``animalclf.data.folder.folds.stratified_folds``)."""
+    from animalclf.data.folder.folds import stratified_folds
+    from animalclf.train.probe import fit_linear
 
     y = torch.tensor([label for _, label in samples])
     row = {s: i for i, s in enumerate(samples)}
@@ -69,8 +63,8 @@ def main() -> None:
     p.add_argument("--data", required=True, help="folder of class folders")
     p.add_argument("--seeds", default="42,1,2", help="fold seeds (default: 42,1,2)")
     args = p.parse_args()
-    from animalclf.datasource import source_of
     from animalclf.config import TrainConfig
+    from animalclf.data.folder.source import source_of
 
     split = source_of(TrainConfig(data=args.data)).split(0.2, 0)
     samples = sorted([*split.train, *split.val])

@@ -1,4 +1,4 @@
-"""GPU check, for a machine with CUDA (not run on the CPU-only machines this was written on).
+"""GPU check, for a machine with CUDA (exits 2 on a machine without one).
 
 Proves the GPU path end to end and measures throughput, in one short run:
 1. the engine's train step on CUDA: fp32 NCHW vs channels-last + bf16 autocast (images/s, ratio);
@@ -12,16 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from animalclf.config import TrainConfig  # noqa: E402
-from animalclf.engine import train_one_epoch  # noqa: E402
-from animalclf.model import build_model, frozen_modules  # noqa: E402
+from animalclf.config import TrainConfig
+from animalclf.models.build import build_model, frozen_modules
+from animalclf.train.engine import EpochSetup, train_one_epoch
 
 
 def step_speed(channels_last: bool, amp: bool, batch: int, steps: int) -> float:
@@ -32,10 +28,10 @@ def step_speed(channels_last: bool, amp: bool, batch: int, steps: int) -> float:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = torch.randn(batch, 3, 224, 224), torch.randint(0, 15, (batch,))
     loader = [(x, y)] * steps
-    train_one_epoch(model, loader[:3], nn.CrossEntropyLoss(), opt, device, 15, channels_last=channels_last, amp=amp)
+    train_one_epoch(model, loader[:3], opt, EpochSetup(device, 15, channels_last=channels_last, amp=amp))
     torch.cuda.synchronize()
-    out = train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, device, 15, frozen=frozen_modules(model),
-                          channels_last=channels_last, amp=amp)
+    out = train_one_epoch(model, loader, opt, EpochSetup(device, 15, frozen=frozen_modules(model),
+                                                         channels_last=channels_last, amp=amp))
     torch.cuda.synchronize()
     return out["train_images_per_sec"]
 
@@ -53,8 +49,8 @@ def main() -> int:
     base = step_speed(False, False, args.batch, args.steps)
     fast = step_speed(True, True, args.batch, args.steps)
     print(f"B0 full fine-tune train step: fp32 NCHW {base:.0f} img/s, channels-last+bf16 {fast:.0f} img/s, ratio {fast / base:.2f}")
-    from animalclf.localray import start_head
-    from animalclf.training import run_training
+    from animalclf.runtime.localray import start_head
+    from animalclf.train.run import run_training
 
     head = start_head()
     try:

@@ -5,26 +5,18 @@ ratio to the first.
     python bench/model_cost.py [--image PHOTO] [--n 40] [--rounds 3]
 
 Setups: Lite0 224 px (the serving benches' model), Lite2 260 px, Lite2 260 px with autocontrast
-and the rotation pool (what ``make demo`` ships since the fifth session). Untrained heads on
-ImageNet backbones: the compute of a trained model. Torch threads: all CPUs (the Predictor's default).
+and the rotation pool (what ``make demo`` ships). Untrained heads on ImageNet backbones: the
+compute of a trained model. Torch threads: all CPUs (the Predictor's default).
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import statistics
 import tempfile
-import time
+from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ray_head import load_average  # noqa: E402
-from serve_latency import make_model, photo_bytes  # noqa: E402
+from common import load_average, make_model, photo_bytes, timed
 
 SETUPS = {  # make_model's fields; image_size None = the weights' own (224 for Lite0, 260 for Lite2)
     "lite0 224": dict(arch="efficientnet_lite0", image_size=None),
@@ -36,12 +28,7 @@ SETUPS = {  # make_model's fields; image_size None = the weights' own (224 for L
 
 def time_one(pred, data: bytes, n: int) -> float:
     """Median milliseconds of decode + predict (top-5) for ``data``."""
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        pred.predict([pred.decode(data)], top_k=5)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return statistics.median(timed(lambda: pred.predict([pred.decode(data)], top_k=5), n, 0))
 
 
 def main() -> None:
@@ -53,7 +40,7 @@ def main() -> None:
     data = photo_bytes(args.image)
     print(f"command: python bench/model_cost.py --n {args.n} --rounds {args.rounds}; {load_average()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        from animalclf.predict import Predictor
+        from animalclf.models.predict import Predictor
 
         preds = {name: Predictor.from_checkpoint(make_model(str(Path(tmp) / str(i)), **fields))
                  for i, (name, fields) in enumerate(SETUPS.items())}

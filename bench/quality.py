@@ -2,7 +2,7 @@
 
 For each recipe and seed: ``run_training`` with ``cv=K`` (K stratified, seeded folds over all
 images, the K fold models trained in lockstep in one Ray Train worker, ``final="none"``), on a
-private Ray head from ``bench/_ray_head.py``, outputs under a temporary ``ANIMALCLF_HOME``, MLflow
+private Ray head (``common.ray_head``), outputs under a temporary ``ANIMALCLF_HOME``, MLflow
 off. Prints per recipe: CV accuracy and macro F1 (mean ± std over folds) at the last epoch (what a
 fixed-epoch recipe ships) and at the epoch with the best mean (what ``--final refit`` would train
 for), wall time and load, and the spread of the last-epoch mean over the seeds.
@@ -29,15 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, load_average, ray_head
 
-from _ray_head import DEFAULT_DATA, load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
-
-# "demo": the demo's step 1 until 2026-11-29 (a 6-epoch fine-tune; the demo search's first point is
-# this at 4 epochs); "strong": bench section 3's fixed fine-tune; "probe": the demo's step 1 now (the
-# linear probe alone at 160 px); "probe224": the same at 224 px; "lite2": the probe of Lite2 at 260 px
-# with autocontrast and the rotation pool (the demo's step 1 now, ray_jobs/demo.py).
+# "demo": a 6-epoch fine-tune of Lite0 at 160 px (the demo search's first point is this at 4 epochs);
+# "strong": a longer fine-tune at 224 px; "probe": the linear probe of Lite0 alone at 160 px;
+# "probe224": the same at 224 px; "lite2": the probe of Lite2 at 260 px with autocontrast and the
+# rotation pool (the demo's step 1, ray_jobs/demo.py).
 RECIPES = {
     "demo": dict(arch="efficientnet_lite0", image_size=160, unfreeze=2, lr=1e-3, batch_size=32, epochs=6),
     "strong": dict(arch="efficientnet_lite0", image_size=224, unfreeze=3, lr=1e-3, batch_size=32, epochs=8),
@@ -104,7 +101,7 @@ def _cfg(args, recipe: str, seed: int, **kw):
 
 def cv_once(args, recipe: str, seed: int, variant: str = "-") -> dict:
     """One recipe (and variant), one seed: the CV history's last epoch and best-mean epoch, and the wall time."""
-    from animalclf.training import run_training
+    from animalclf.train.run import run_training
 
     t0 = time.perf_counter()
     tag = "" if variant == "-" else "-" + "".join(c if c.isalnum() else "_" for c in variant)
@@ -125,10 +122,10 @@ def cv_once(args, recipe: str, seed: int, variant: str = "-") -> dict:
 
 def overhead(args) -> None:
     """Lockstep (one TorchTrainer, K models) against K separate TorchTrainer runs on the same folds."""
-    from animalclf import cv
     from animalclf.config import TrainConfig
-    from animalclf.datasource import source_of
-    from animalclf.training import run_training
+    from animalclf.data.folder import folds as cv
+    from animalclf.data.folder.source import source_of
+    from animalclf.train.run import run_training
 
     base = TrainConfig(data=args.data, arch="efficientnet_lite0", image_size=64, batch_size=32, epochs=2, unfreeze=2,
                        patience=0, num_workers=1, cpus_per_worker=args.cpus, track=False, final="none")
@@ -148,15 +145,15 @@ def final_compare(args, recipe: str, seed: int) -> None:
     """Nested CV of the two ``--final`` modes on the same outer folds. Refit: the outer CV's fold model
     (trained on the other K-1 folds for the recipe's epochs, like a refit on everything it may see);
     ensemble: an inner K-fold CV on those same images, its fold models of the best inner fold-mean
-    epoch averaged (``foldmodels.export_ensemble``). Both scored on the held-out outer fold."""
+    epoch averaged (``animalclf.evaluate.out_of_fold.export_ensemble``). Both scored on the held-out outer fold."""
     from ray.train import Result
 
-    from animalclf import cv
-    from animalclf.datasource import source_of
-    from animalclf.evaluation import evaluate_checkpoint
-    from animalclf.foldmodels import export_ensemble
-    from animalclf.split import Split
-    from animalclf.training import run_training
+    from animalclf.data.folder import folds as cv
+    from animalclf.data.folder.source import source_of
+    from animalclf.data.folder.split import Split
+    from animalclf.evaluate.evaluation import evaluate_checkpoint
+    from animalclf.evaluate.out_of_fold import export_ensemble
+    from animalclf.train.run import run_training
 
     cfg = _cfg(args, recipe, seed).replace(name=f"fc-outer-{recipe}-{seed}")
     split = source_of(cfg).split(cfg.val_ratio, cfg.seed)
@@ -196,7 +193,7 @@ def main(args: argparse.Namespace) -> list[dict]:
 
     for k in TRACKING_VARS:  # a local store in the bench's home, whatever the shell says
         os.environ.pop(k, None)
-    from animalclf.logs import setup_logging
+    from animalclf.runtime.logs import setup_logging
 
     setup_logging("WARNING")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}; {load_average()}", flush=True)

@@ -2,7 +2,8 @@
 
 Both sides do the same work (decode the bytes, preprocess, Lite0 forward at 224 px, top-5) with
 the same number of torch threads per forward pass (the replica's ``threads_per_forward``) and
-the same allocator setting (``mmap_threshold_mib``); the ratio is what serving costs on top. The replica is given all the bench's CPUs (``num_cpus``).
+the same allocator setting (``mmap_threshold_mib``); the ratio is what serving costs on top. The
+replica is given all the bench's CPUs (``num_cpus``).
 
     python bench/serve_latency.py [--model CKPT_OR_URI] [--image JPEG] [--n 200] [--rounds 10]
                                   [--ingress python haproxy] [--threads-per-forward 1 2]
@@ -19,90 +20,16 @@ Target: HTTP p50 <= 1.3x in-process p50.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import os
 import statistics
 import tempfile
-import time
 
 import requests
 import torch
 
-from animalclf.localray import free_port
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ray_head import load_average, ray_head  # noqa: E402
-
-SHARED_PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "animals15" / "Cat"
-INGRESS = {"python": "0", "haproxy": "1"}  # RAY_SERVE_ENABLE_HA_PROXY
-CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "Giraffe", "Horse",
-           "Kangaroo", "Lion", "Panda", "Tiger", "Zebra"]
-
-
-def make_model(directory: str, image_size: int | None = 224, arch: str = "efficientnet_lite0", **cfg_fields) -> str:
-    """An untrained-head checkpoint (ImageNet backbone; Lite0 at 224 px unless told): same compute as
-    a trained one. ``cfg_fields``: other ``TrainConfig`` fields (``autocontrast``, ``rotation_pool``)."""
-    from animalclf.checkpoint import save_checkpoint
-    from animalclf.config import TrainConfig
-    from animalclf.model import build_model
-    from animalclf.worker import checkpoint_meta
-
-    cfg = TrainConfig(arch=arch, weights="imagenet", unfreeze=0, image_size=image_size, **cfg_fields)
-    model = build_model(cfg.arch, len(CLASSES), 0, "imagenet", rotation_pool=cfg.rotation_pool)
-    save_checkpoint(directory, model, checkpoint_meta(cfg, CLASSES, {}, 0))
-    return directory
-
-
-def photo_bytes(path: str | None) -> bytes:
-    p = Path(path) if path else sorted(SHARED_PHOTO.iterdir())[0]
-    return p.read_bytes()
-
-
-def like_replica(mmap_threshold_mib: int | None = None) -> None:
-    """This process's allocator set up as a replica's (``ServeSettings.mmap_threshold_mib``, its
-    default unless given), so the in-process side does the same work under the same conditions."""
-    from animalclf.allocator import keep_freed_memory
-    from serve.settings import ServeSettings
-
-    if mmap_threshold_mib is None:
-        mmap_threshold_mib = ServeSettings().mmap_threshold_mib
-    if mmap_threshold_mib:
-        keep_freed_memory(mmap_threshold_mib)
-
-
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
-
-
-def timed(fn, n: int, warmup: int) -> list[float]:
-    """ms per call of ``fn()`` for ``n`` calls after ``warmup`` untimed ones."""
-    out = []
-    for i in range(warmup + n):
-        t0 = time.perf_counter()
-        fn()
-        if i >= warmup:
-            out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
-def alternating(calls: dict[str, object], n: int, warmup: int, rounds: int) -> dict[str, list[float]]:
-    """``n`` timed calls of each of ``calls`` (name -> no-argument function) in ``rounds`` alternating
-    rounds, so every side sees the same machine (this VM's speed drifts over minutes)."""
-    for fn in calls.values():
-        timed(fn, 0, warmup)
-    out: dict[str, list[float]] = {name: [] for name in calls}
-    per = max(1, n // rounds)
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            out[name] += timed(fn, per, 0)
-    return out
+from animalclf.runtime.localray import free_port
+from common import INGRESS, alternating, like_replica, load_average, make_model, pct, photo_bytes, ray_head
 
 
 def interleaved(p, url: str, data: bytes, args: argparse.Namespace) -> tuple[list[float], list[float], list[float]]:
@@ -146,7 +73,7 @@ def over_serve(model: str, data: bytes, args: argparse.Namespace, threads: int, 
     """Deploy on the current head (``ingress`` already chosen) with ``threads`` CPUs and ``tpf``
     torch threads per forward pass; per batching mode, HTTP against the in-process Predictor on
     ``tpf`` torch threads, interleaved."""
-    from animalclf.predict import Predictor
+    from animalclf.models.predict import Predictor
     from serve import deploy
 
     torch.set_num_threads(tpf)

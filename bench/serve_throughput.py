@@ -11,13 +11,6 @@ modes share one replica.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import argparse
 import os
 import statistics
@@ -29,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 import torch
 
-from _ray_head import ray_head
-from serve_latency import INGRESS, free_port, like_replica, make_model, pct, photo_bytes
+from animalclf.runtime.localray import free_port
+from common import INGRESS, like_replica, make_model, pct, photo_bytes, ray_head
 
 
 def run_level(url: str, data: bytes, concurrency: int, seconds: float) -> dict:
@@ -63,7 +56,7 @@ def model_ceiling(model: str, data: bytes, workers: int, tpf: int, batch: int, s
     """Images/s of the model alone, in this process, laid out like the replica: ``workers`` threads
     side by side, each with ``tpf`` torch threads, each forwarding ``batch`` preprocessed images at a
     time. Batching cannot gain the endpoint more than it gains the model here."""
-    from animalclf.predict import Predictor
+    from animalclf.models.predict import Predictor
 
     p = Predictor.load(model)
     x = torch.stack([p.tensor(p.decode(data))] * batch)

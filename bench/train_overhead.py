@@ -3,8 +3,8 @@
 Same data (the shared photos, seeded 80:20 stratified split), same model (EfficientNet-Lite0 with
 ImageNet weights, ``--unfreeze``), same batch, same sampler order, same transforms, same threads:
 
-* ray: ``animalclf.worker.make_trainer(cfg, split)`` -> ``TorchTrainer.fit()`` on a private Ray
-  head (``bench/_ray_head.py``); the worker's own per-epoch ``train_seconds`` / ``epoch_seconds``
+* ray: ``animalclf.train.worker.make_trainer(cfg, split)`` -> ``TorchTrainer.fit()`` on a private
+  Ray head (``common.ray_head``); the worker's own per-epoch ``train_seconds`` / ``epoch_seconds``
   (train + validation) are read from the reported metrics, and a Train callback timestamps every
   ``ray.train.report`` so the full epoch period (including the checkpoint save and report) is known.
 * plain: the body of ``train_loop_per_worker`` without Ray (``build_model``, ``frozen_modules``,
@@ -12,8 +12,9 @@ ImageNet weights, ``--unfreeze``), same batch, same sampler order, same transfor
   in this process.
 
 The sides alternate (plain, ray, ray, plain, ...). Epoch 1 of each run is warm-up; the per-epoch
-ratio is of the medians over epochs 2.. of all runs of a side (robust to a burst of load). The worker gets ``--cpus-per-worker`` CPUs (Ray sets its OMP/torch threads
-to that number); the plain loop uses the same number of torch threads. End-to-end wall time (Ray
+ratio is of the medians over epochs 2.. of all runs of a side (robust to a burst of load). The
+worker gets ``--cpus-per-worker`` CPUs (Ray sets its OMP/torch threads to that number); the plain
+loop uses the same number of torch threads. End-to-end wall time (Ray
 head start-up + fit, against model build + epochs) is reported too.
 
     python bench/train_overhead.py --data ../shared/data/animals15 [--epochs 3] [--repeats 2]
@@ -32,19 +33,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from torch import nn
 
-from _ray_head import base_parser, load_average, ray_head  # noqa: E402  (sets RAY_AUTH_MODE before ray is imported)
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from animalclf.config import TrainConfig  # noqa: E402
-from animalclf.datasource import open_source  # noqa: E402
-from animalclf.engine import evaluate, train_one_epoch  # noqa: E402
-from animalclf.model import build_model, frozen_modules  # noqa: E402
-from animalclf.worker import preprocess_of  # noqa: E402
+from animalclf.config import TrainConfig
+from animalclf.data.folder.loaders import Shard
+from animalclf.data.folder.source import open_source
+from animalclf.models.build import build_model, frozen_modules
+from animalclf.train.engine import EpochSetup, evaluate, train_one_epoch
+from animalclf.train.worker import preprocess_of
+from common import base_parser, load_average, ray_head
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,16 +68,16 @@ def plain_run(cfg: TrainConfig, split) -> dict:
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     source = open_source(cfg.data)
-    train_loader = source.train_loader(split, pre, cfg.batch_size, rank=0, world=1, seed=cfg.seed)
-    val_loader = source.val_loader(split, pre, cfg.batch_size, rank=0, world=1)
+    train_loader = source.train_loader(split, pre, Shard(cfg.batch_size, seed=cfg.seed))
+    val_loader = source.val_loader(split, pre, Shard(cfg.batch_size))
     criterion = nn.CrossEntropyLoss()
     epochs = []
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         train_loader.set_epoch(epoch)
-        tm = train_one_epoch(model, train_loader, criterion, optimizer, device, n_classes, frozen=frozen,
-                             channels_last=True, amp=False, max_steps=cfg.max_steps_per_epoch)
-        vm, _ = evaluate(model, val_loader, criterion, device, n_classes, channels_last=True)
+        tm = train_one_epoch(model, train_loader, optimizer,
+                             EpochSetup(device, n_classes, criterion, frozen, max_steps=cfg.max_steps_per_epoch))
+        vm, _ = evaluate(model, val_loader, EpochSetup(device, n_classes, criterion))
         epochs.append({**tm, **vm, "epoch": epoch + 1, "epoch_seconds": time.perf_counter() - t0})
     return {"epochs": epochs, "wall": time.perf_counter() - t_start, "period": [e["epoch_seconds"] for e in epochs]}
 
@@ -99,7 +97,7 @@ def _report_clock_callback(path: str):
 
 
 def ray_run(cfg: TrainConfig, split, tag: str) -> dict:
-    from animalclf.worker import make_trainer
+    from animalclf.train.worker import make_trainer
 
     clock = Path(cfg.resolved_storage()) / f"clock-{tag}.txt"
     clock.parent.mkdir(parents=True, exist_ok=True)

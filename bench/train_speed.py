@@ -5,7 +5,7 @@ weights offline; speed does not depend on the weight values) with a new 15-class
 head, Adam lr 1e-3 over the trainable parameters, fp32, on the same pre-built batch of 224 px
 tensors (so image decoding is not measured), at the same unfreeze depth:
 
-* engine: ``animalclf.engine.train_one_epoch`` exactly as the Ray worker calls it: channels-last
+* engine: ``animalclf.train.engine.train_one_epoch`` exactly as the Ray worker calls it: channels-last
   model and input, frozen feature layers kept in eval mode (frozen BatchNorm), and no autograd
   graph through frozen layers (their parameters do not require grad), torchmetrics updated per step.
 * notebook: NCHW, ``model.train()`` on the whole model (BatchNorm of frozen layers still computes
@@ -31,12 +31,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _ray_head import load_average  # noqa: E402  (no Ray is started here; only the helper)
-from animalclf.engine import train_one_epoch  # noqa: E402
-from animalclf.model import build_model, frozen_modules  # noqa: E402
+from animalclf.models.build import build_model, frozen_modules
+from animalclf.train.engine import EpochSetup, train_one_epoch
+from common import load_average
 
 NUM_CLASSES = 15
 
@@ -76,8 +73,8 @@ class EngineSide:
 
     def run(self, batch, steps: int) -> float:
         t0 = time.perf_counter()
-        train_one_epoch(self.model, [batch] * steps, self.criterion, self.opt, torch.device("cpu"), NUM_CLASSES,
-                        frozen=self.frozen, channels_last=True, amp=False)
+        train_one_epoch(self.model, [batch] * steps, self.opt,
+                        EpochSetup(torch.device("cpu"), NUM_CLASSES, self.criterion, self.frozen))
         return time.perf_counter() - t0
 
 

@@ -7,17 +7,11 @@
 ``--alternations``: rounds in which the three images take turns (latency); ``--rounds``: rounds
 of 10 x n strips with the replica's memory read after each.
 
-Targets (issue 10.5): the 12 MP JPEG's p50 <= 2x the 224 px photo's; the 16000x1 PNG answered
-(4xx or a right-sized 200) in < 100 ms with no memory growth in the replica.
+Targets: the 12 MP JPEG's p50 <= 2x the 224 px photo's; the 16000x1 PNG answered (4xx or a
+right-sized 200) in < 100 ms with no memory growth in the replica.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import io
@@ -30,9 +24,8 @@ import requests
 import torch
 from PIL import Image
 
-from animalclf.localray import free_port
-from _ray_head import ray_head
-from serve_latency import INGRESS, alternating, like_replica, make_model, photo_bytes, timed
+from animalclf.runtime.localray import free_port
+from common import INGRESS, alternating, like_replica, make_model, photo_bytes, ray_head, rss_mib, timed
 
 
 def phone_jpeg(photo: bytes, size: tuple[int, int] = (4032, 3024)) -> bytes:
@@ -52,13 +45,6 @@ def strip_png(size: tuple[int, int] = (16000, 1)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (120, 90, 60)).save(buf, "PNG")
     return buf.getvalue()
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _at_least_2(text: str) -> int:
@@ -82,7 +68,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    from animalclf.predict import Predictor
+    from animalclf.models.predict import Predictor
     from serve import deploy
 
     if args.smoke_test:

@@ -4,7 +4,7 @@ A mix of small files that decode to far more than the budget (a PNG, a 16-bit PN
 a GIF, an RLE BMP, a GIF of many large frames) and a 16-bit PNG just under it, each sent 3 times,
 4 at once, to a fresh replica (Lite0 224 px): per request time, wall time, and the replica's
 resident memory before and 2 s after. ``on`` is the default ``max_decode_mib`` (64); ``off`` sets
-it to 100000 MiB, i.e. the pixel limit (40 MP) alone, as before the budget existed.
+it to 100000 MiB, i.e. the pixel limit (40 MP) alone.
 
     python bench/upload_memory.py [--rounds 2] [--smoke-test]
 
@@ -13,12 +13,6 @@ within 200 MB of where it was.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import io
@@ -33,10 +27,8 @@ import numpy as np
 import requests
 from PIL import Image
 
-from animalclf.localray import free_port
-from _ray_head import ray_head
-from serve_latency import make_model, photo_bytes
-from upload_cost import rss_mib
+from animalclf.runtime.localray import free_port
+from common import make_model, photo_bytes, ray_head, rss_mib
 
 SETTINGS = {"on": None, "off": 100_000}  # max_decode_mib (None: the default)
 

@@ -42,7 +42,7 @@ RUNTIME_ENV_JSON = $$(ANIMALCLF_HOME='$(ANIMALCLF_HOME)' $(PY) -c 'import json; 
 .PHONY: head-start head-stop head-status submit-train submit-tune job-status job-logs job-follow job-stop job-list
 
 head-start:
-	@$(PY) -m animalclf.rayauth
+	@$(PY) -m animalclf.runtime.rayauth
 	$(RAY_CLI) start --head --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --port $(HEAD_PORT) --dashboard-port $(DASHBOARD_PORT) $(HEAD_ARGS)
 
 # Note: `ray stop` stops every Ray instance of this user on this machine.

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,15 +25,15 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from animalclf import tracking  # noqa: E402
-from animalclf.cli import run_main  # noqa: E402
+from animalclf import tracking
+from animalclf.runtime.cli import run_main  # noqa: E402
 from animalclf.config import TrainConfig  # noqa: E402
 from animalclf.errors import UserError  # noqa: E402
-from animalclf.model import build_model  # noqa: E402
-from animalclf.localray import start_head  # noqa: E402
-from animalclf.training import run_training  # noqa: E402
-from animalclf.search_space import parse_space  # noqa: E402
-from animalclf.tuning import TuneOptions, run_search  # noqa: E402
+from animalclf.models.build import build_model  # noqa: E402
+from animalclf.runtime.localray import start_head  # noqa: E402
+from animalclf.train.run import run_training  # noqa: E402
+from animalclf.tune.space import parse_space  # noqa: E402
+from animalclf.tune.search import TuneOptions, run_search  # noqa: E402
 
 log = logging.getLogger("animalclf.demo")
 
@@ -86,13 +87,35 @@ def main(args: argparse.Namespace) -> int:
     arch = pick_arch()
     head = start_head(dashboard_port=8265 if port_free(8265) else None)
     try:
-        return _run(args, data, uri, arch, head, t0)
+        return _run(args, Setup(data, uri, arch, head.dashboard_url, t0))
     finally:
         head.stop()
         print(f"stopped: UI, Serve and the local Ray ({time.monotonic() - t0:.0f} s in all)", flush=True)
 
 
-def _run(args: argparse.Namespace, data: str, uri: str, arch: str, head, t0: float) -> int:
+@dataclass(frozen=True)
+class Setup:
+    """Where the demo runs: its data, MLflow store, fine-tuning arch, Ray dashboard and start time."""
+
+    data: str
+    uri: str
+    arch: str
+    dashboard_url: str
+    t0: float
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the demo serves: the endpoint, the UI, and an example request with its answer."""
+
+    url: str
+    ui_url: str
+    sample: Path
+    answer: dict
+
+
+def _run(args: argparse.Namespace, setup: Setup) -> int:
+    data, arch = setup.data, setup.arch
     # Each demo run trains afresh under its own names: a fixed name would resume (or, after an
     # upgrade that changed the demo's setup, refuse) an earlier demo's checkpoints in runs/ray.
     stamp = int(time.time())
@@ -103,7 +126,7 @@ def _run(args: argparse.Namespace, data: str, uri: str, arch: str, head, t0: flo
     # Step 1 is the linear probe (the head fitted on frozen ImageNet features, no fine-tuning) of
     # EfficientNet-Lite2 at its own 260 px, on autocontrasted images, pooled over quarter turns: by
     # 5-fold CV on the shared photos (3 seeds) it is the best model measured, ahead of every fine-tune
-    # the demo can afford (bench/RESULTS.md, "Lite2, autocontrast and the rotation pool"). The
+    # the demo can afford (bench/RESULTS.md, "Quality"). The
     # search's fine-tunes (autocontrast too) must then beat it beyond noise.
     log.info("== 1/4 Linear probe (Ray Train, MLflow run, registered model) ==")
     trained = run_training(base.replace(arch=PROBE_ARCH, head_init="probe", unfreeze=0, lr=0.0, epochs=1, image_size=None,
@@ -126,7 +149,7 @@ def _run(args: argparse.Namespace, data: str, uri: str, arch: str, head, t0: flo
 
         log.info("== 4/4 Streamlit UI ==")
         ui, ui_url = start_ui(url, data, args.ui_port)
-        print(summary(trained, tuned, arch, uri, url, ui_url, head, sample, answer, t0), flush=True)
+        print(summary(trained, tuned, setup, Served(url, ui_url, sample, answer)), flush=True)
         if not args.exit_after_start:
             while ui.poll() is None:
                 time.sleep(1)
@@ -158,8 +181,9 @@ def start_ui(url: str, data: str, port: int) -> tuple[subprocess.Popen, str]:
     return ui, ui_url
 
 
-def summary(trained, tuned, arch: str, uri: str, url: str, ui_url: str, head, sample: Path, answer: dict, t0: float) -> str:
+def summary(trained, tuned, setup: Setup, served: Served) -> str:
     """What the demo made and where: the lines a newcomer reads."""
+    arch, uri, url, ui_url, sample, answer = setup.arch, setup.uri, served.url, served.ui_url, served.sample, served.answer
     db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
     return "\n".join([
         "",
@@ -171,10 +195,10 @@ def summary(trained, tuned, arch: str, uri: str, url: str, ui_url: str, head, sa
         f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000" if db else f"MLflow: {uri}",
         f"API:  {url}   (GET /healthz, GET /metadata, POST /predict, POST /predict/batch)",
         f"UI:   {ui_url}",
-        f"Ray dashboard: {head.dashboard_url}",
+        f"Ray dashboard: {setup.dashboard_url}",
         f"Example: curl -s -X POST --data-binary @{sample} {url}/predict",
         "  -> " + json.dumps({k: answer.get(k) for k in ("predictions", "model_version", "latency_ms")})[:400],
-        f"Demo took {time.monotonic() - t0:.0f} s. Stop everything with Ctrl-C.",
+        f"Demo took {time.monotonic() - setup.t0:.0f} s. Stop everything with Ctrl-C.",
     ])
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
-from animalclf.cli import add_config_arg, run_main  # noqa: E402
+from animalclf.runtime.cli import add_config_arg, run_main  # noqa: E402
 from animalclf.config import add_train_args, config_from_args, smoke  # noqa: E402
-from animalclf.training import run_training  # noqa: E402
+from animalclf.train.run import run_training  # noqa: E402
 
 log = logging.getLogger("animalclf.jobs.train")
 

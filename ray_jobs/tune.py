@@ -18,16 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import requests  # noqa: E402
 
 
-from animalclf import localray  # noqa: E402
-from animalclf.cli import add_config_arg, run_main  # noqa: E402
+from animalclf.runtime import localray
+from animalclf.runtime.cli import add_config_arg, run_main  # noqa: E402
 from animalclf.config import add_train_args, config_from_args, resources_arg, smoke  # noqa: E402
 from animalclf.errors import UserError  # noqa: E402
-from animalclf.registry import champion_ref  # noqa: E402
-from animalclf.search_space import parse_space  # noqa: E402
-from animalclf.tuning import TuneOptions, run_search  # noqa: E402
+from animalclf.evaluate.registry import champion_ref  # noqa: E402
+from animalclf.tune.space import parse_space  # noqa: E402
+from animalclf.tune.search import TuneOptions, run_search  # noqa: E402
 
 log = logging.getLogger("animalclf.jobs.tune")
 

@@ -31,8 +31,8 @@ import asyncio
 import logging
 import os
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -41,13 +41,13 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve import Application
 
-from animalclf.allocator import keep_freed_memory, release_freed_memory
 from animalclf.errors import InvalidImage, UserError
-from animalclf.predict import Predictor
-from animalclf.registry import is_model_ref
+from animalclf.evaluate.registry import is_model_ref
+from animalclf.models.predict import Predictor
+from animalclf.runtime.allocator import keep_freed_memory, release_freed_memory
 from serve.auth import authorized, read_key
-from serve.web import MULTIPART_OVERHEAD, ClientError, fastapi_app, guarded, metrics, read_body, read_files
 from serve.settings import ServeSettings, from_environment
+from serve.web import MULTIPART_OVERHEAD, ClientError, fastapi_app, guarded, metrics, read_body, read_files
 
 log = logging.getLogger("ray.serve")
 
@@ -85,7 +85,7 @@ class Classifier:
         # several threads on one pass, for one image as for a batch (bench/RESULTS.md).
         torch.set_num_threads(s.threads_per_worker)
         # Activations are megabytes: without this, glibc may hand them fresh pages on every forward pass
-        # (27 vs 20 ms for a Lite0 forward; animalclf.allocator).
+        # (27 vs 20 ms for a Lite0 forward; animalclf.runtime.allocator).
         self.allocator_tuned = bool(s.mmap_threshold_mib) and keep_freed_memory(s.mmap_threshold_mib)
         self._torch = ThreadPoolExecutor(max_workers=s.forward_workers, thread_name_prefix="torch",
                                          initializer=torch.set_num_threads, initargs=(s.threads_per_worker,))

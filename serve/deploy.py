@@ -14,7 +14,7 @@
 Every flag is a :class:`~serve.settings.ServeSettings` field (``--help`` lists them with defaults).
 
 How Serve follows ``@champion``: the alias is resolved to one version in one place
-(:func:`animalclf.predict.pin_version`, called by :func:`refresh`), and the application gets a new
+(:func:`animalclf.models.predict.pin_version`, called by :func:`refresh`), and the application gets a new
 ``user_config`` naming that version (``pinned_ref``), so every replica's ``reconfigure()`` loads
 the same version in place, a replica started later loads it too, and a failed load keeps the old
 model. ``refresh()`` runs every ``poll_s`` seconds in the process that called :func:`start` (the CLI
@@ -44,10 +44,10 @@ from typing import Any, Optional
 
 import requests
 
-from animalclf.checkpoint import META_FILE
 from animalclf.errors import UserError
-from animalclf.predict import pin_version
-from animalclf.registry import is_model_ref
+from animalclf.evaluate.registry import is_model_ref
+from animalclf.models.checkpoint import META_FILE
+from animalclf.models.predict import pin_version
 from serve.settings import ServeSettings, from_environment
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,8 @@ def _url(s: ServeSettings) -> str:
 
 def _ensure_ray() -> None:
     """Join the running Ray (``RAY_ADDRESS``, or your own ``ray start`` head) or start a private head,
-    token auth on, the way every entry point does (:func:`animalclf.localray.init_ray`)."""
-    from animalclf.localray import init_ray
+    token auth on, the way every entry point does (:func:`animalclf.runtime.localray.init_ray`)."""
+    from animalclf.runtime.localray import init_ray
 
     init_ray()
 

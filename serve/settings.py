@@ -20,10 +20,10 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
-from animalclf.allocator import MAX_MIB
+from animalclf.data.decode import MAX_BYTES, MAX_DECODE_BYTES, MAX_PIXELS
 from animalclf.errors import UserError
-from animalclf.predict import MAX_BYTES, MAX_DECODE_BYTES, MAX_PIXELS
-from animalclf.registry import champion_ref
+from animalclf.evaluate.registry import champion_ref
+from animalclf.runtime.allocator import MAX_MIB
 
 __all__ = ["ServeSettings", "DEFAULT_MODEL"]
 

@@ -61,10 +61,10 @@ def project(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def ray_session():
     """One Ray head for the whole test session, started like a user's `ray start --head`; every
-    subprocess a test runs inherits ``RAY_ADDRESS`` and joins it (see animalclf.localray)."""
+    subprocess a test runs inherits ``RAY_ADDRESS`` and joins it (see animalclf.runtime.localray)."""
     import ray
 
-    from animalclf.localray import start_head
+    from animalclf.runtime.localray import start_head
 
     # Metrics pushed every second (Ray's default: 10 s), so the metrics tests wait seconds, not tens;
     # the head's processes inherit it at start, nothing started later does.

@@ -6,7 +6,7 @@ scaled down: a node with ``GPU: n`` becomes ``{"CPU": n, "fake_gpu": n}`` (a log
 make workers look for CUDA), so the file and the tests cannot drift. :class:`FakeCluster` starts the
 head by hand (``ray.cluster_utils.AutoscalingCluster`` runs ``ray stop --force``, which would kill
 every Ray on the machine) on a free port with its own temp dir and token auth, and stops it by its
-own processes (``animalclf.localray.stop_processes``): the worker raylets are descendants of the
+own processes (``animalclf.runtime.processes.stop_processes``): the worker raylets are descendants of the
 head's autoscaler, so they go with it.
 """
 
@@ -26,8 +26,9 @@ from typing import Any, Callable, Optional
 import yaml
 from ray.util import get_node_ip_address
 
-from animalclf import rayauth
-from animalclf.localray import free_port, stop_processes, kill_processes
+from animalclf.runtime import rayauth
+from animalclf.runtime.localray import free_port
+from animalclf.runtime.processes import kill_processes, stop_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"

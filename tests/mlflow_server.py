@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from animalclf.localray import free_port
+from animalclf.runtime.localray import free_port
 from animalclf.tracking import TRACKING_VARS
 
 

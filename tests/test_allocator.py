@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
     import json, resource, torch
-    from animalclf.allocator import keep_freed_memory
+    from animalclf.runtime.allocator import keep_freed_memory
 
     def faults(n=20):  # minor page faults over n rounds of 4 x 4 MiB buffers, like a forward pass's activations
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -47,7 +47,7 @@ def test_freed_buffers_are_reused_not_faulted_in_again():
 def test_thresholds_outside_what_mallopt_takes_are_refused():
     import pytest
 
-    from animalclf.allocator import MAX_MIB, keep_freed_memory
+    from animalclf.runtime.allocator import MAX_MIB, keep_freed_memory
 
     for bad in (0, MAX_MIB + 1):
         with pytest.raises(ValueError, match="mmap_threshold_mib"):

@@ -130,10 +130,10 @@ def test_apptest_endpoint_down_shows_clear_message(monkeypatch, photo, project):
 
 # --- Model page: a real sqlite MLflow store and a real HTTP /metadata ------------------------
 def _report(seed: int, skill: float, tmp: Path) -> tuple[dict, Path]:
-    """A report built and written by animalclf.report itself, from made-up probabilities."""
+    """A report built and written by animalclf.evaluate.report itself, from made-up probabilities."""
     import torch
 
-    from animalclf.report import build_report, write_report
+    from animalclf.evaluate.report import build_report, write_report
 
     g = torch.Generator().manual_seed(seed)
     targets = torch.arange(60) % len(CLASSES)
@@ -325,8 +325,8 @@ def test_app_imports_no_torch(model_store, metadata_server):
 def test_model_page_reads_what_a_real_search_logged(monkeypatch, ray_session, project, tiny_folder, metadata_server):
     """The contract with the jobs: a real search's parent run, trials, report and registered version."""
     from animalclf.config import TrainConfig
-    from animalclf.search_space import parse_space
-    from animalclf.tuning import TuneOptions, run_search
+    from animalclf.tune.space import parse_space
+    from animalclf.tune.search import TuneOptions, run_search
 
     cfg = TrainConfig(data=str(tiny_folder), arch="efficientnet_lite0", image_size=64, batch_size=8, epochs=2, patience=0,
                       model_name="tiny-ui", experiment="ui-test", unfreeze=0)
@@ -352,10 +352,10 @@ def test_model_page_reads_what_a_real_search_logged(monkeypatch, ray_session, pr
 def endpoint(ray_session, tmp_path_factory):
     import torch
 
-    from animalclf.checkpoint import save_checkpoint
+    from animalclf.models.checkpoint import save_checkpoint
     from animalclf.config import TrainConfig
-    from animalclf.model import build_model
-    from animalclf.worker import checkpoint_meta
+    from animalclf.models.build import build_model
+    from animalclf.train.worker import checkpoint_meta
     from serve import deploy
 
     torch.manual_seed(0)

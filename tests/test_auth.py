@@ -68,7 +68,7 @@ def test_keyed_endpoint(ray_session, tmp_path, monkeypatch, shared_data):
     no Serve config that a Ray token holder can read; refresh() works through Ray, not HTTP."""
     from ray.serve.context import _get_global_client
 
-    from animalclf.localray import free_port
+    from animalclf.runtime.localray import free_port
     from serve import deploy
     from test_serve import make_checkpoint
 

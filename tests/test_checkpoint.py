@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from animalclf.checkpoint import load_model, load_train_state, ray_checkpoints, read_meta, save_checkpoint
+from animalclf.models.checkpoint import load_model, load_train_state, ray_checkpoints, read_meta, save_checkpoint
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
-from animalclf.model import build_model
-from animalclf.worker import checkpoint_meta
+from animalclf.models.build import build_model
+from animalclf.train.worker import checkpoint_meta
 
 
 def test_checkpoint_round_trip_without_ray(tmp_path):

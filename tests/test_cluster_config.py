@@ -136,7 +136,7 @@ def test_tuning_plans_for_what_the_cluster_grows_to(raw):
     max_workers 6, so 6 two-worker trials; a smaller max_workers takes the biggest nodes first."""
     from animalclf.config import TrainConfig
     from animalclf.errors import UserError
-    from animalclf.tuning import plan_concurrency
+    from animalclf.tune.search import plan_concurrency
 
     head_only = {"CPU": 4.0}
     cfg = TrainConfig(use_gpu=True, num_workers=2)

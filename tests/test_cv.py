@@ -10,12 +10,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from animalclf import cv
-from animalclf.checkpoint import fold_dir, load_train_state, ray_checkpoints
+from animalclf.data import folds as cv
+from animalclf.models.checkpoint import fold_dir, load_train_state, ray_checkpoints
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
-from animalclf.evidence import EVIDENCE_FILE, Evaluation
-from animalclf.split import Split
+from animalclf.evaluate.evidence import EVIDENCE_FILE, Evaluation
+from animalclf.data.split import Split
 
 SAMPLES = [(f"/d/c{label}/{i}.jpg", label) for label in range(3) for i in range(7 + 3 * label)]  # 7, 10, 13 per class
 
@@ -74,7 +74,7 @@ def tiny_cfg(data, **kw):
 
 @pytest.mark.slow
 def test_cv_training_logs_fold_mean_and_std_per_epoch_then_refits_on_all_images(ray_session, project, tiny_folder):
-    from animalclf.training import run_training
+    from animalclf.train.run import run_training
 
     cfg = tiny_cfg(tiny_folder, name="cv-train", schedule="cosine")
     out = run_training(cfg)
@@ -111,8 +111,8 @@ def test_cv_training_logs_fold_mean_and_std_per_epoch_then_refits_on_all_images(
     assert tags["animalclf.gate_evidence"] == "out-of-fold"
     from ray.train import Result
 
-    from animalclf.datasource import source_of
-    from animalclf.foldmodels import out_of_fold
+    from animalclf.data.source import source_of
+    from animalclf.evaluate.out_of_fold import out_of_fold
 
     split = source_of(cfg).split(cfg.val_ratio, cfg.seed)
     with Result.from_path(str(project / "runs" / "ray" / "cv-train")).get_best_checkpoint("val_accuracy", "max").as_directory() as d:
@@ -126,7 +126,7 @@ def test_cv_training_logs_fold_mean_and_std_per_epoch_then_refits_on_all_images(
 
 @pytest.mark.slow
 def test_cv_run_resumes_every_fold_from_its_checkpoint(ray_session, project, tiny_folder):
-    from animalclf.training import run_training
+    from animalclf.train.run import run_training
 
     cfg = tiny_cfg(tiny_folder, name="cv-resume", epochs=1, final="none", track=False, ema_decay=0.5)
     first = run_training(cfg)
@@ -147,10 +147,10 @@ def test_cv_run_resumes_every_fold_from_its_checkpoint(ray_session, project, tin
 
 @pytest.mark.slow
 def test_cv_search_under_asha_scores_fold_means_and_publishes_the_best_as_an_ensemble(ray_session, project, tiny_folder):
-    from animalclf.model import Ensemble
-    from animalclf.predict import Predictor
-    from animalclf.search_space import parse_space
-    from animalclf.tuning import TuneOptions, run_search
+    from animalclf.models.build import Ensemble
+    from animalclf.models.predict import Predictor
+    from animalclf.tune.space import parse_space
+    from animalclf.tune.search import TuneOptions, run_search
 
     cfg = tiny_cfg(tiny_folder, name="cv-tune", model_name="tiny-cv-tuned", final="ensemble")
     space = parse_space(["lr=1e-3:1e-2", "unfreeze=0:1"], arch=cfg.arch)
@@ -176,10 +176,10 @@ def test_cv_search_under_asha_scores_fold_means_and_publishes_the_best_as_an_ens
 def test_flip_tta_is_stored_in_the_checkpoint_and_used_by_the_predictor(tmp_path):
     import torch
 
-    from animalclf.checkpoint import save_checkpoint
-    from animalclf.model import build_model
-    from animalclf.predict import Predictor, class_probabilities
-    from animalclf.worker import checkpoint_meta
+    from animalclf.models.checkpoint import save_checkpoint
+    from animalclf.models.build import build_model
+    from animalclf.models.predict import Predictor, class_probabilities
+    from animalclf.train.worker import checkpoint_meta
 
     torch.manual_seed(0)
     cfg = TrainConfig(arch="efficientnet_lite0", image_size=64, unfreeze=0, weights="none", tta_flip=True)

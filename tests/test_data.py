@@ -8,13 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from animalclf.data import LocalFolder, scan_folder
-from animalclf.datasource import DataSource, open_source
+from animalclf.data.folder import LocalFolder, scan_folder
+from animalclf.data.loaders import Shard
+from animalclf.data.source import DataSource, open_source
 from animalclf.errors import UserError
-from animalclf.model import preprocess_for
-from animalclf.remote_data import Bucket
-from animalclf.split import IMAGE_EXTENSIONS, stratified_split
-from animalclf.transforms import to_rgb
+from animalclf.models.build import preprocess_for
+from animalclf.data.bucket import Bucket
+from animalclf.data.split import IMAGE_EXTENSIONS, stratified_split
+from animalclf.data.transforms import to_rgb
 from conftest import make_image_folder
 
 
@@ -127,11 +128,11 @@ def test_folder_loaders_cover_the_split_over_ranks(tmp_path):
     world = 2
     val = Counter()
     for rank in range(world):  # every validation image once over the ranks, none padded in
-        val += _labels(source.val_loader(split, pre, 4, rank=rank, world=world))
+        val += _labels(source.val_loader(split, pre, Shard(4, rank, world)))
     assert val == Counter(y for _, y in split.val)
 
     def order(rank: int, epoch: int) -> list[int]:
-        loader = source.train_loader(split, pre, 4, rank=rank, world=world, seed=5)
+        loader = source.train_loader(split, pre, Shard(4, rank, world, seed=5))
         loader.set_epoch(epoch)
         return list(loader.sampler)
 
@@ -139,13 +140,13 @@ def test_folder_loaders_cover_the_split_over_ranks(tmp_path):
     assert set(a) | set(b) == set(range(len(split.train)))  # every training image, in equal shards
     assert len(a) == len(b) and len(a) + len(b) - len(split.train) == (-len(split.train)) % world  # padding only
     assert order(0, 0) == order(0, 0) and order(0, 0) != order(0, 1)  # seeded, reshuffled per epoch
-    x, y = next(iter(source.train_loader(split, pre, 4, rank=0, world=1, seed=0)))
+    x, y = next(iter(source.train_loader(split, pre, Shard(4))))
     assert tuple(x.shape) == (4, 3, 16, 16) and y.dtype == torch.int64
     probe = Counter()
     for rank in range(world):  # the linear probe's images: every training image once, unaugmented
-        probe += _labels(source.probe_loader(split, pre, 4, rank=rank, world=world, seed=0))
+        probe += _labels(source.probe_loader(split, pre, Shard(4, rank, world)))
     assert probe == Counter(y for _, y in split.train)
-    first, again = (torch.cat([b[0] for b in source.probe_loader(split, pre, 4, rank=0, world=1, seed=s)]) for s in (0, 1))
+    first, again = (torch.cat([b[0] for b in source.probe_loader(split, pre, Shard(4, seed=s))]) for s in (0, 1))
     assert torch.equal(first, again)  # no random crop, flip or jitter
 
 
@@ -195,7 +196,7 @@ def _imports(module: str, seen: set[str] | None = None) -> set[str]:
 
 
 def test_no_import_loop_between_the_kinds():
-    assert "animalclf.remote_data" not in _imports("animalclf.data")
-    assert "animalclf.data" not in _imports("animalclf.remote_data")
-    kinds = {"animalclf.data", "animalclf.remote_data", "animalclf.datasource", "animalclf.loaders", "animalclf.s3"}
-    assert not _imports("animalclf.split") & kinds  # the shared rules stand alone
+    assert "animalclf.data.bucket" not in _imports("animalclf.data.folder")
+    assert "animalclf.data.folder" not in _imports("animalclf.data.bucket")
+    kinds = {"animalclf.data.folder", "animalclf.data.bucket", "animalclf.data.source", "animalclf.data.loaders", "animalclf.data.s3"}
+    assert not _imports("animalclf.data.split") & kinds  # the shared rules stand alone

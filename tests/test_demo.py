@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from animalclf.localray import free_port
+from animalclf.runtime.localray import free_port
 from netcheck import check_beyond_loopback, listeners
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,12 +13,12 @@ import pytest
 import requests
 import torch
 
-from animalclf.checkpoint import META_FILE, save_checkpoint
+from animalclf.models.checkpoint import META_FILE, save_checkpoint
 from animalclf.config import TrainConfig
-from animalclf.localray import free_port
-from animalclf.model import build_model
-from animalclf.predict import Predictor
-from animalclf.worker import checkpoint_meta
+from animalclf.runtime.localray import free_port
+from animalclf.models.build import build_model
+from animalclf.models.predict import Predictor
+from animalclf.train.worker import checkpoint_meta
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -125,7 +125,7 @@ HAPROXY_SCRIPT = """
 import json, sys
 import psutil
 import requests
-from animalclf.localray import start_head
+from animalclf.runtime.localray import start_head
 from serve import deploy
 
 head = start_head(num_cpus=2)

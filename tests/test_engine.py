@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from animalclf.engine import evaluate, lr_factor, make_ema, set_lr, train_one_epoch
+from animalclf.train.engine import EpochSetup, evaluate, lr_factor, make_ema, set_lr, train_one_epoch
 
 
 class FixedLogits(nn.Module):
@@ -25,8 +25,8 @@ def test_evaluate_matches_hand_computed_metrics():
     logits[torch.arange(6), torch.tensor(preds)] = 5.0
     x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 2, 2).contiguous()
     loader = [(x[:4], targets[:4]), None, (x[4:], targets[4:])]  # None: a batch of only unreadable files
-    m, (probs, tgt) = evaluate(FixedLogits(logits), loader, nn.CrossEntropyLoss(), torch.device("cpu"), 3,
-                               channels_last=False, collect=True)
+    m, (probs, tgt) = evaluate(FixedLogits(logits), loader, EpochSetup(torch.device("cpu"), 3, channels_last=False),
+                               collect=True)
     assert m["val_accuracy"] == pytest.approx(4 / 6)
     # per class: P0=1/2 R0=1/2 F=1/2; P1=2/3 R1=1 F=0.8; P2=1 R2=1/2 F=2/3
     assert m["val_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3, abs=1e-6)
@@ -45,12 +45,13 @@ def test_train_one_epoch_learns_and_respects_frozen_and_max_steps():
     before = body[1].running_mean.clone()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
     loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
-    first = train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, torch.device("cpu"), 2, frozen=[body])
+    setup = EpochSetup(torch.device("cpu"), 2, frozen=[body])
+    first = train_one_epoch(model, loader, opt, setup)
     for _ in range(5):
-        last = train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, torch.device("cpu"), 2, frozen=[body])
+        last = train_one_epoch(model, loader, opt, setup)
     assert last["train_loss"] < first["train_loss"]
     assert torch.equal(body[1].running_mean, before)  # frozen BN statistics untouched
-    capped = train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, torch.device("cpu"), 2, max_steps=2)
+    capped = train_one_epoch(model, loader, opt, EpochSetup(torch.device("cpu"), 2, max_steps=2))
     assert capped["train_images"] == 32 and capped["train_images_per_sec"] > 0
 
 
@@ -62,7 +63,7 @@ def test_ema_follows_every_step_with_its_decay_and_keeps_the_trained_weights_apa
     x, y = torch.randn(8, 3), torch.tensor([0, 1] * 4)
     seen = []
     for _ in range(3):  # three one-batch epochs: three steps
-        train_one_epoch(model, [(x, y)], nn.CrossEntropyLoss(), opt, torch.device("cpu"), 2, channels_last=False, ema=ema)
+        train_one_epoch(model, [(x, y)], opt, EpochSetup(torch.device("cpu"), 2, channels_last=False, ema=ema))
         seen.append({k: v.clone() for k, v in model.state_dict().items()})
     expected = {k: 0.25 * seen[0][k] + 0.25 * seen[1][k] + 0.5 * seen[2][k] for k in ("0.weight", "1.running_mean")}
     for k, v in expected.items():  # the first step is copied, then ema = 0.5 ema + 0.5 weights
@@ -71,7 +72,7 @@ def test_ema_follows_every_step_with_its_decay_and_keeps_the_trained_weights_apa
 
 
 def test_freeze_bn_keeps_every_batchnorm_statistic_while_its_layer_trains():
-    from animalclf.model import build_model, frozen_modules
+    from animalclf.models.build import build_model, frozen_modules
 
     torch.manual_seed(0)
     model = build_model("efficientnet_lite0", 3, unfreeze=18, weights="none")
@@ -81,8 +82,8 @@ def test_freeze_bn_keeps_every_batchnorm_statistic_while_its_layer_trains():
     weight = model.bn2.weight.detach().clone()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loader = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))]
-    train_one_epoch(model, loader, nn.CrossEntropyLoss(), opt, torch.device("cpu"), 3,
-                    frozen=frozen_modules(model, freeze_bn=True), channels_last=False)
+    train_one_epoch(model, loader, opt,
+                    EpochSetup(torch.device("cpu"), 3, frozen=frozen_modules(model, freeze_bn=True), channels_last=False))
     assert all(torch.equal(bn.running_mean, b) for bn, b in zip(bns, before))  # statistics kept
     assert not torch.equal(model.bn2.weight, weight)  # scale and shift still train
 

@@ -1,4 +1,4 @@
-"""animalclf.evaluation: what the report and the promotion gate see is what the Predictor serves."""
+"""animalclf.evaluate.evaluation: what the report and the promotion gate see is what the Predictor serves."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from animalclf.checkpoint import load_model, save_checkpoint
+from animalclf.models.checkpoint import load_model, save_checkpoint
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
-from animalclf.evaluation import evaluate_model, predict_samples
-from animalclf.model import build_model
-from animalclf.predict import Predictor
-from animalclf.worker import checkpoint_meta
+from animalclf.evaluate.evaluation import evaluate_model, predict_samples
+from animalclf.models.build import build_model
+from animalclf.models.predict import Predictor
+from animalclf.train.worker import checkpoint_meta
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,8 @@ def test_a_cv_published_champion_is_scored_on_its_stored_out_of_fold_predictions
     import mlflow
     from mlflow import MlflowClient
 
-    from animalclf.evaluation import GATE_EVIDENCE_TAG, champion_evaluation
-    from animalclf.evidence import EVIDENCE_FILE, Evaluation
+    from animalclf.evaluate.evaluation import GATE_EVIDENCE_TAG, champion_evaluation
+    from animalclf.evaluate.evidence import EVIDENCE_FILE, Evaluation
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -104,9 +104,9 @@ def test_a_cv_published_champion_is_scored_on_its_stored_out_of_fold_predictions
 def test_export_replaces_whole_and_a_failed_export_keeps_the_old_one(tmp_path, samples, monkeypatch):
     import shutil
 
-    from animalclf import evaluation
-    from animalclf.checkpoint import META_FILE, MODEL_FILE
-    from animalclf.evaluation import export_checkpoint
+    from animalclf.evaluate import evaluation
+    from animalclf.models.checkpoint import META_FILE, MODEL_FILE
+    from animalclf.evaluate.evaluation import export_checkpoint
 
     classes, _ = samples
     old_src, new_src = checkpoint(tmp_path, classes, False), checkpoint(tmp_path, classes, True)

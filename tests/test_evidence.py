@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from animalclf.evidence import Evaluation, bootstrap_ci, compare, mcnemar_p
+from animalclf.evaluate.evidence import Evaluation, bootstrap_ci, compare, mcnemar_p
 
 
 def evaluation(correct, classes: int = 3) -> Evaluation:

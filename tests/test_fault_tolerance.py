@@ -71,7 +71,7 @@ def test_driver_killed_rerun_resumes(tiny_folder, tmp_path):
         head = list(descendants(first.proc.pid))  # its private head: raylet, GCS, Train controller and worker, guardian
         os.kill(first.proc.pid, signal.SIGKILL)
         first.proc.wait(10)
-        # The head goes with its driver (animalclf.headguard). Without that, its Train controller
+        # The head goes with its driver (animalclf.runtime.headguard). Without that, its Train controller
         # went on alone and checkpointed the last epoch, leaving the rerun nothing to resume (CI, stop 17).
         deadline = time.monotonic() + 30
         while (left := [p for p in head if running(p)]) and time.monotonic() < deadline:

@@ -4,14 +4,14 @@ train on it) and the ensemble export, on tiny real images with hand-set heads (n
 import torch
 from torch import nn
 
-from animalclf import cv
-from animalclf.checkpoint import fold_dir, load_model, save_checkpoint
+from animalclf.data import folds as cv
+from animalclf.models.checkpoint import fold_dir, load_model, save_checkpoint
 from animalclf.config import TrainConfig
-from animalclf.datasource import source_of
-from animalclf.foldmodels import export_ensemble, out_of_fold
-from animalclf.model import Ensemble, build_model
-from animalclf.predict import Predictor
-from animalclf.worker import checkpoint_meta
+from animalclf.data.source import source_of
+from animalclf.evaluate.out_of_fold import export_ensemble, out_of_fold
+from animalclf.models.build import Ensemble, build_model
+from animalclf.models.predict import Predictor
+from animalclf.train.worker import checkpoint_meta
 
 K = 2
 

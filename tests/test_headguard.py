@@ -1,4 +1,4 @@
-"""animalclf.headguard: a head's processes go when the process that started them is SIGKILLed,
+"""animalclf.runtime.headguard: a head's processes go when the process that started them is SIGKILLed,
 and only they. Real processes: a starter that spawns a stand-in head in a process group of its own
 (as `ray start` does) and its guardian; the Ray case itself is in
 tests/test_fault_tolerance.py::test_driver_killed_rerun_resumes."""
@@ -13,14 +13,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from animalclf.localray import free_port, head_processes
+from animalclf.runtime.localray import free_port
+from animalclf.runtime.processes import head_processes
 from trainproc import running
 
 ROOT = Path(__file__).resolve().parents[1]
 
 STARTER = """
 import os, subprocess, sys, time
-from animalclf.headguard import start_guardian
+from animalclf.runtime.headguard import start_guardian
 temp, address = os.environ["HEAD_TEMP"], os.environ["HEAD_ADDRESS"]  # not in argv: a driver's argv does not name them
 sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
 head = subprocess.Popen(sleeper + [f"--temp-dir={temp}"], start_new_session=True)          # the head's, by temp dir

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from animalclf.localray import free_port
+from animalclf.runtime.localray import free_port
 from animalclf.tracking import TRACKING_VARS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]

@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from animalclf.localray import free_port, head_processes, kill_processes
+from animalclf.runtime.localray import free_port
+from animalclf.runtime.processes import head_processes, kill_processes
 from netcheck import check_beyond_loopback, listeners
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -53,7 +54,7 @@ def test_private_head_from_empty_home_listens_safely_and_leaves_nothing(tmp_path
     """From an empty HOME: the token is created (never printed), the head starts with auth on, every
     listener is on loopback or refuses a token-less client, and stopping it leaves no process."""
     env = fresh_env(tmp_path)
-    script = ("import sys; from animalclf.localray import start_head; h = start_head(num_cpus=1, connect=False); "
+    script = ("import sys; from animalclf.runtime.localray import start_head; h = start_head(num_cpus=1, connect=False); "
               "print(h.address, h.temp_dir, h.dashboard_url, flush=True); sys.stdin.read(); h.stop(); print('stopped', flush=True)")
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
@@ -87,7 +88,7 @@ def test_dead_recorded_head_starts_a_private_one_and_dead_address_is_one_line(tm
     head; a RAY_ADDRESS that does not answer ends in seconds with one line naming it."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: Ray's socket paths
     env = fresh_env(tmp_path, RAY_TMPDIR=str(ray_tmp))
-    subprocess.run([sys.executable, "-m", "animalclf.rayauth"], env=env, check=True, capture_output=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "animalclf.runtime.rayauth"], env=env, check=True, capture_output=True, cwd=ROOT)
     port = free_port()
     start = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
                             f"--ray-client-server-port={free_port()}", "--disable-usage-stats"],
@@ -121,7 +122,7 @@ def test_head_killed_mid_run_ends_in_seconds_with_one_line(tmp_path, tiny_folder
     """train.py on a `ray start` head that is SIGKILLed mid-run exits within 30 s with one line."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
     env = fresh_env(tmp_path)
-    subprocess.run([sys.executable, "-m", "animalclf.rayauth"], env=env, check=True, capture_output=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "animalclf.runtime.rayauth"], env=env, check=True, capture_output=True, cwd=ROOT)
     port = free_port()
     start = subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={ray_tmp}",
                             f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}",
@@ -193,7 +194,7 @@ def test_only_your_own_recorded_head_is_joined(tmp_path, monkeypatch, caplog):
     writable by others, is not joined (one line says why); your own is."""
     import logging
 
-    from animalclf import localray
+    from animalclf.runtime import localray
 
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     record = localray.recorded_address_file()
@@ -202,7 +203,7 @@ def test_only_your_own_recorded_head_is_joined(tmp_path, monkeypatch, caplog):
     record.write_text("127.0.0.1:6390")
     record.chmod(0o644)
     assert localray._recorded_address() == "127.0.0.1:6390"
-    with caplog.at_level(logging.WARNING, logger="animalclf.localray"):
+    with caplog.at_level(logging.WARNING, logger="animalclf.runtime.localray"):
         record.chmod(0o666)
         assert localray._recorded_address() is None
         assert "writable by others" in caplog.text and "private head" in caplog.text

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from animalclf.transforms import eval_transform, to_rgb, train_transform
+from animalclf.data.transforms import eval_transform, to_rgb, train_transform
 from animalclf.errors import UserError
-from animalclf.model import Preprocess, build_model, feature_layers, lite_imagenet_state, num_layers, preprocess_for
+from animalclf.models.archs import arch_spec
+from animalclf.models.build import Preprocess, build_model, feature_layers, lite_imagenet_state, preprocess_for
 
 
 def trainable(model):
@@ -12,7 +13,7 @@ def trainable(model):
 
 @pytest.mark.parametrize("arch, layers", [("efficientnet_b0", 18), ("efficientnet_lite0", 18), ("efficientnet_lite2", 23)])
 def test_unfreeze_counts(arch, layers):
-    assert num_layers(arch) == layers == len(feature_layers(build_model(arch, 15, 0, "none")))
+    assert arch_spec(arch).layers == layers == len(feature_layers(build_model(arch, 15, 0, "none")))
     head_only = trainable(build_model(arch, 15, 0, "none"))
     assert head_only == {"classifier.1.weight", "classifier.1.bias"}
     one = build_model(arch, 15, 1, "none")
@@ -123,7 +124,7 @@ def test_preprocess_scales_with_image_size():
 
 
 def test_ensemble_returns_log_of_the_mean_probability():
-    from animalclf.model import Ensemble
+    from animalclf.models.build import Ensemble
 
     torch.manual_seed(0)
     members = [torch.nn.Linear(4, 3) for _ in range(3)]

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from animalclf.config import TrainConfig
-from animalclf.training import run_training
+from animalclf.train.run import run_training
 
 
 @pytest.mark.slow

@@ -89,7 +89,7 @@ def test_ddp_across_two_nodes(cluster, project, tiny_folder, tmp_path):
     between them, metrics all-reduced over both shards, one MLflow run."""
     from mlflow import MlflowClient
 
-    from animalclf.training import run_training
+    from animalclf.train.run import run_training
 
     before = set(train_workers(cluster))
     cfg = small_config(tiny_folder, tmp_path, "ddp2")
@@ -116,7 +116,7 @@ def test_node_lost_mid_epoch(cluster, project, tiny_folder, tmp_path):
     """A node that goes away mid-run: the run restarts its workers on a node the autoscaler brings
     up, from the last checkpoint in shared storage, losing at most the epoch in progress, and its
     MLflow run keeps one continuous history."""
-    from animalclf.training import run_training
+    from animalclf.train.run import run_training
 
     cfg = small_config(tiny_folder, tmp_path, "lostnode", max_failures=2, epochs=6)
     run_dir = Path(cfg.storage_path) / cfg.name
@@ -184,7 +184,7 @@ def search_job(cluster, tiny_folder, tmp_path_factory):
     two tests below read. The scale-up delay is measured from the submission."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from animalclf.localray import free_port
+    from animalclf.runtime.localray import free_port
 
     project = tmp_path_factory.mktemp("search-project")
     cluster.wait_for(lambda: not cluster.worker_nodes(), 120, "the cluster to have no worker node")

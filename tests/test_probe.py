@@ -8,8 +8,9 @@ import torch
 
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
-from animalclf.model import build_model
-from animalclf.probe import _gather, extract_features, fit_linear, head_of, init_head
+from animalclf.models.build import build_model
+from animalclf.train.engine import EpochSetup
+from animalclf.train.probe import _gather, extract_features, fit_linear, head_of, init_head
 
 
 def test_fit_linear_reaches_the_regularised_optimum():
@@ -41,7 +42,7 @@ def test_init_head_fits_the_head_on_frozen_features_and_touches_nothing_else():
     model = build_model("efficientnet_lite0", 3, unfreeze=2, weights="none").train()
     body = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("classifier")}
     batches, x, y = _colour_batches()
-    stats = init_head(model, batches, torch.device("cpu"), 3, channels_last=False)
+    stats = init_head(model, batches, EpochSetup(torch.device("cpu"), 3, channels_last=False))
     assert stats["probe_images"] == len(y) and stats["train_images"] == len(y) and stats["train_accuracy"] == 1.0
     assert stats["train_loss"] > 0 and stats["probe_seconds"] > 0
     assert all(torch.equal(v, body[k]) for k, v in model.state_dict().items() if k in body)  # BN stats too
@@ -66,7 +67,7 @@ def test_probe_features_are_pooled_over_quarter_turns_with_the_rotation_pool():
 def test_an_empty_training_set_is_an_error_not_a_random_head():
     model = build_model("efficientnet_lite0", 3, unfreeze=0, weights="none")
     with pytest.raises(RuntimeError, match="no training image"):
-        init_head(model, [None], torch.device("cpu"), 3, channels_last=False)
+        init_head(model, [None], EpochSetup(torch.device("cpu"), 3, channels_last=False))
 
 
 def _gather_on_rank(rank: int, world: int, port: int, out: str) -> None:
@@ -85,7 +86,7 @@ def test_every_rank_fits_on_every_ranks_features(tmp_path):
     """Two real gloo processes with unequal shares: both get all 3 rows, in rank order."""
     import torch.multiprocessing as mp
 
-    from animalclf.localray import free_port
+    from animalclf.runtime.localray import free_port
 
     mp.spawn(_gather_on_rank, args=(2, free_port(), str(tmp_path / "g")), nprocs=2, join=True)
     for rank in range(2):
@@ -105,7 +106,7 @@ def test_an_unknown_head_init_is_a_one_line_error():
 def test_probe_through_two_ray_train_workers_gives_a_fitted_head(ray_session, project, shared_data):
     """2 gloo workers, each extracting its half of the training images; lr 1e-8 so the one epoch
     changes nothing: any accuracy above chance comes from the probe fitted on the gathered set."""
-    from animalclf.training import run_training
+    from animalclf.train.run import run_training
 
     cfg = TrainConfig(data=str(shared_data), arch="efficientnet_lite0", unfreeze=0, image_size=96, batch_size=32,
                       epochs=1, num_workers=2, lr=1e-8, head_init="probe", name="probe", track=False, patience=0)

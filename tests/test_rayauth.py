@@ -1,5 +1,5 @@
-"""animalclf.rayauth: the token is its owner's alone, and Ray runs without auth only when asked by name.
-Real files under a fresh HOME, the real `python -m animalclf.rayauth` that `make head-start` runs."""
+"""animalclf.runtime.rayauth: the token is its owner's alone, and Ray runs without auth only when asked by name.
+Real files under a fresh HOME, the real `python -m animalclf.runtime.rayauth` that `make head-start` runs."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from animalclf.errors import UserError
-from animalclf.rayauth import AUTH_VARS, auth_mode, token_location
+from animalclf.runtime.rayauth import AUTH_VARS, auth_mode, token_location
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def rayauth(home: Path, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
-    return subprocess.run([sys.executable, "-m", "animalclf.rayauth"], env={**base, "HOME": str(home), **env},
+    return subprocess.run([sys.executable, "-m", "animalclf.runtime.rayauth"], env={**base, "HOME": str(home), **env},
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 

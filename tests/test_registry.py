@@ -20,13 +20,15 @@ import numpy as np
 import pytest
 import requests
 
-from animalclf import registry
-from animalclf.evidence import Evaluation
-from animalclf.localray import free_port
+from animalclf.evaluate import promotion, registry
+from animalclf.evaluate.promotion import Candidate, GateRules
+from animalclf.evaluate.evidence import Evaluation
+from animalclf.runtime.localray import free_port
 
 CLASSES = ["Cat", "Dog", "Zebra"]
 N = 60
 FAST = registry.Lease(ttl_s=20, settle_s=0.05, wait_s=30)
+FAST_RULES = GateRules(timing=FAST)
 
 
 def evaluation(correct) -> Evaluation:
@@ -88,9 +90,10 @@ def store(tmp_path, monkeypatch):
     mlflow.set_registry_uri("")
 
 
-def promote(client, name, version, masks, **kw):
-    kw.setdefault("timing", FAST)
-    return registry.promote(name, version, evaluation(masks[version]), evaluator(masks), classes=CLASSES, client=client, **kw)
+def promote(client, name, version, masks, eligible=True, **rules):
+    rules.setdefault("timing", FAST)
+    return promotion.promote(name, Candidate(version, evaluation(masks[version]), CLASSES, eligible), evaluator(masks),
+                             GateRules(**rules), client=client)
 
 
 # ---------------------------------------------------------------- facts
@@ -109,7 +112,8 @@ def test_first_promotion_when_there_is_no_champion(store, tmp_path):
     v1 = register(store, tmp_path, "clf")
     assert registry.current_champion("clf", client=store) is None  # a model without the alias
     calls: list = []
-    d = registry.promote("clf", v1, evaluation(first(30)), evaluator({}, calls=calls), classes=CLASSES, client=store, timing=FAST)
+    d = promotion.promote("clf", Candidate(v1, evaluation(first(30)), CLASSES), evaluator({}, calls=calls), FAST_RULES,
+                          client=store)
     assert d.promote and d.outcome == "first" and calls == []
     assert registry.current_champion("clf", client=store) == v1
     assert gate_tags(store, "clf", v1)["decision"] == "first"
@@ -143,13 +147,13 @@ def test_tie_is_not_promoted(store, tmp_path):
     store.set_registered_model_alias("clf", registry.ALIAS, v1)
     champ = first(40)
     cand = [i < 34 or 40 <= i < 46 for i in range(N)]  # 6 images won each way
-    d = registry.promote("clf", v2, evaluation(cand), evaluator({v1: champ}), classes=CLASSES, client=store, timing=FAST)
+    d = promotion.promote("clf", Candidate(v2, evaluation(cand), CLASSES), evaluator({v1: champ}), FAST_RULES, client=store)
     assert not d.promote and d.delta == 0 and d.p_value > 0.5
     assert registry.current_champion("clf", client=store) == v1
 
 
 def test_no_better_beyond_noise_is_not_promoted(store, tmp_path):
-    """Issue 12: 3 more photos right of 60 (+5 points, above --min-improvement) is noise."""
+    """3 more photos right of 60 (+5 points, above --min-improvement) is noise: the gate wants significance."""
     v1, v2 = register(store, tmp_path, "clf"), register(store, tmp_path, "clf")
     store.set_registered_model_alias("clf", registry.ALIAS, v1)
     d = promote(store, "clf", v2, {v1: first(45), v2: first(48)})
@@ -195,11 +199,12 @@ def test_champion_that_cannot_be_evaluated_refuses_unless_forced(store, tmp_path
         raise FileNotFoundError(f"artifacts of v{version} are gone")
 
     with pytest.raises(registry.ChampionUnreadable, match="--force-promote") as e:
-        registry.promote("clf", v2, evaluation(first(50)), broken, classes=CLASSES, client=store, timing=FAST)
+        promotion.promote("clf", Candidate(v2, evaluation(first(50)), CLASSES), broken, FAST_RULES, client=store)
     assert "\n" not in str(e.value) and "FileNotFoundError" in str(e.value)
     assert registry.current_champion("clf", client=store) == v1
     assert gate_tags(store, "clf", v2)["decision"] == "refused-unreadable"
-    d = registry.promote("clf", v2, evaluation(first(50)), broken, classes=CLASSES, client=store, force=True, timing=FAST)
+    d = promotion.promote("clf", Candidate(v2, evaluation(first(50)), CLASSES), broken, GateRules(force=True, timing=FAST),
+                          client=store)
     assert d.promote and d.outcome == "forced"
     assert registry.current_champion("clf", client=store) == v2
 
@@ -257,8 +262,8 @@ def race(client_for, name: str, champion: str, fast: str, slow: str, masks, dela
     def run(version: str, wait: float):
         c = client_for()
         barrier.wait()
-        out[version] = registry.promote(name, version, evaluation(masks[version]), evaluator(masks, wait),
-                                        classes=CLASSES, client=c, timing=registry.Lease(ttl_s=20, settle_s=0.2, wait_s=30))
+        out[version] = promotion.promote(name, Candidate(version, evaluation(masks[version]), CLASSES), evaluator(masks, wait),
+                                         GateRules(timing=registry.Lease(ttl_s=20, settle_s=0.2, wait_s=30)), client=c)
 
     run_threads(lambda: run(fast, 0.0), lambda: run(slow, delay))
     return out
@@ -326,11 +331,11 @@ def test_lookup_error_refuses_with_one_line(monkeypatch, status):
             registry.current_champion("clf", client=client)
         assert expect in str(e.value) and "--force-promote" in str(e.value) and "\n" not in str(e.value)
         with pytest.raises(registry.ChampionUnreadable) as e:
-            registry.promote("clf", "2", evaluation(first(50)), evaluator({}), classes=CLASSES, client=client, timing=FAST)
+            promotion.promote("clf", Candidate("2", evaluation(first(50)), CLASSES), evaluator({}), FAST_RULES, client=client)
         assert expect in str(e.value) and "--force-promote" in str(e.value) and "\n" not in str(e.value)
         with pytest.raises(registry.RegistryError) as e:  # forced, but nothing can be written either
-            registry.promote("clf", "2", evaluation(first(50)), evaluator({}), classes=CLASSES, client=client,
-                             force=True, timing=FAST)
+            promotion.promote("clf", Candidate("2", evaluation(first(50)), CLASSES), evaluator({}),
+                              GateRules(force=True, timing=FAST), client=client)
         assert expect in str(e.value) and "\n" not in str(e.value)
 
 
@@ -426,8 +431,9 @@ RACER = textwrap.dedent("""
     import json, sys, time
     import numpy as np
     from mlflow import MlflowClient
-    from animalclf import registry
-    from animalclf.evidence import Evaluation
+    from animalclf.evaluate import promotion, registry
+    from animalclf.evaluate.evidence import Evaluation
+    from animalclf.evaluate.promotion import Candidate, GateRules
 
     spec = json.loads(sys.argv[1])
     def evaluation(version):
@@ -439,8 +445,8 @@ RACER = textwrap.dedent("""
         return evaluation(version)
     client = MlflowClient(tracking_uri=spec["uri"], registry_uri=spec["uri"])
     time.sleep(max(0.0, spec["start_at"] - time.time()))
-    d = registry.promote(spec["name"], spec["version"], evaluation(spec["version"]), evaluate,
-                         classes=spec["classes"], client=client, timing=registry.Lease(ttl_s=30, settle_s=0.3, wait_s=60))
+    d = promotion.promote(spec["name"], Candidate(spec["version"], evaluation(spec["version"]), spec["classes"]), evaluate,
+                          GateRules(timing=registry.Lease(ttl_s=30, settle_s=0.3, wait_s=60)), client=client)
     print(json.dumps({"outcome": d.outcome, "champion_version": d.champion_version}))
 """)
 

@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 from animalclf.config import TrainConfig
-from animalclf.datasource import open_source
+from animalclf.data.source import open_source
 from animalclf.errors import UserError
-from animalclf.loaders import ImageList, open_image
-from animalclf.model import preprocess_for
-from animalclf.remote_data import Bucket, image_dataset, scan_bucket
-from animalclf.transforms import eval_transform, to_rgb
-from animalclf import s3 as s3_access
+from animalclf.data.loaders import ImageList, open_image
+from animalclf.models.build import preprocess_for
+from animalclf.data.bucket import Bucket, image_dataset, scan_bucket
+from animalclf.data.transforms import eval_transform, to_rgb
+from animalclf.data import s3 as s3_access
 from conftest import make_image_folder
 
 BUCKET = "animals"
@@ -191,8 +191,8 @@ def test_training_from_s3_matches_the_local_folder(ray_session, project, s3, tmp
     # per-epoch validation metrics must agree however the training images were ordered or augmented
     base = TrainConfig(arch="efficientnet_lite0", unfreeze=0, image_size=64, batch_size=8, epochs=2, lr=1e-9,
                        patience=0, seed=3, track=False, channels_last=False)
-    from animalclf.evaluation import evaluate_checkpoint
-    from animalclf.training import prepare, run_training
+    from animalclf.evaluate.evaluation import evaluate_checkpoint
+    from animalclf.train.run import prepare, run_training
 
     s3_cfg = base.replace(data=uri, num_workers=2, name="s3run")
     local_cfg = base.replace(data=str(data), num_workers=1, name="localrun")
@@ -245,13 +245,14 @@ def test_the_worker_loaders_of_both_kinds_cover_the_split(ray_session, s3, tmp_p
 
         import ray.train
 
-        from animalclf.datasource import open_source as reopen
+        from animalclf.data.loaders import Shard
+        from animalclf.data.source import open_source as reopen
 
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
         src = reopen(config["where"])  # the worker rebuilds the source from the config: no I/O
-        train = src.train_loader(config["split"], config["pre"], 2, rank=rank, world=world, seed=0)
-        val = src.val_loader(config["split"], config["pre"], 2, rank=rank, world=world)
+        train = src.train_loader(config["split"], config["pre"], Shard(2, rank, world))
+        val = src.val_loader(config["split"], config["pre"], Shard(2, rank, world))
         seen = {}
         for epoch in range(2):
             train.set_epoch(epoch)
@@ -284,8 +285,8 @@ def test_resume_with_another_setup_is_refused_on_s3_storage(s3, tmp_path):
     is refused before any training, as on local storage; the same setup, or another name, passes."""
     import json
 
-    from animalclf.split import Split
-    from animalclf.training import check_resumable
+    from animalclf.data.split import Split
+    from animalclf.train.run import check_resumable
 
     cfg = TrainConfig(arch="efficientnet_lite0", storage_path=f"s3://{BUCKET}/ray")
     classes = ["Blue", "Green", "Red"]

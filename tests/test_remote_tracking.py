@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from animalclf.errors import UserError
-from animalclf.localray import free_port
+from animalclf.runtime.localray import free_port
 from animalclf.tracking import TRACKING_VARS, check_tracking, resolve_tracking, worker_env
 from mlflow_server import Server
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from animalclf.report import build_report, figures, format_table, write_report
+from animalclf.evaluate.report import build_report, figures, format_table, write_report
 
 
 def test_report_numbers_from_probabilities(tmp_path):

@@ -20,11 +20,12 @@ import pytest
 import requests
 from PIL import Image
 
-from animalclf.checkpoint import save_checkpoint
+from animalclf.models.checkpoint import save_checkpoint
 from animalclf.config import TrainConfig
-from animalclf.model import build_model
-from animalclf.predict import MAX_BYTES, Predictor
-from animalclf.worker import checkpoint_meta
+from animalclf.models.build import build_model
+from animalclf.data.decode import MAX_BYTES
+from animalclf.models.predict import Predictor
+from animalclf.train.worker import checkpoint_meta
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 BODY_TIMEOUT_S = 3.0  # the test app's limit for a request body to arrive
@@ -128,7 +129,7 @@ def test_metadata_and_health(endpoint, checkpoints):
     assert meta["model_version"] == "checkpoint:a"  # the folder's name, not its path
     assert meta["limits"]["max_bytes"] == MAX_BYTES and meta["load_error"] is False
     assert meta["torch_threads"] == 1  # threads = the CPUs it was given
-    assert meta["allocator_tuned"] is True  # glibc here: freed activations are reused (animalclf.allocator)
+    assert meta["allocator_tuned"] is True  # glibc here: freed activations are reused (animalclf.runtime.allocator)
     assert meta["api_key_required"] is False
     text = json.dumps(meta)
     assert str(checkpoints[0].parent) not in text and "settings" not in meta and "pid" not in meta
@@ -194,7 +195,7 @@ def test_hostile_uploads_at_once_cost_bounded_time_and_memory(endpoint, photos):
     bomb is 413 from its header, the 16-bit PNG a right-sized 200, all quickly, and the replica's
     memory is back within 200 MB of where it was."""
     import psutil
-    from test_predict import bombs, encode
+    from test_decode import bombs, encode
 
     for _ in range(3):  # warm: the model's own buffers are in place before the baseline
         assert requests.post(f"{endpoint}/predict", data=photos[0].read_bytes(), timeout=30).status_code == 200

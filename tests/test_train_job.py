@@ -11,8 +11,9 @@ from mlflow import MlflowClient
 
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
-from animalclf.predict import Predictor, decode_image
-from animalclf.training import run_training
+from animalclf.data.decode import decode_image
+from animalclf.models.predict import Predictor
+from animalclf.train.run import run_training
 from conftest import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_two_worker_training_is_tracked_registered_and_loadable(ray_session, pro
     assert set(t["class"] for t in top) == {"Blue", "Green", "Red"}
     assert abs(sum(t["probability"] for t in top) - 1) < 1e-4
     # The served Predictor and the report agree image by image on the validation split.
-    from animalclf.datasource import source_of
+    from animalclf.data.source import source_of
 
     val = source_of(cfg).split(cfg.val_ratio, cfg.seed).val
     right = sum(pred.predict([decode_image(Path(p).read_bytes())], top_k=1)[0][0]["class"] == pred.classes[y] for p, y in val)

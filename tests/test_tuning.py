@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
-from animalclf.predict import Predictor
-from animalclf.search_space import default_space, parse_space
-from animalclf.tuning import TuneOptions, plan_concurrency, run_search
+from animalclf.models.predict import Predictor
+from animalclf.tune.space import default_space, parse_space
+from animalclf.tune.search import TuneOptions, plan_concurrency, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 

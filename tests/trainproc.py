@@ -99,7 +99,7 @@ class TrainProcess:
 
     def cleanup(self) -> None:
         """Kill what is left of the run's process group and its Ray temp dir. (A private head is in a
-        process group of its own; it goes with its driver: animalclf.headguard.)"""
+        process group of its own; it goes with its driver: animalclf.runtime.headguard.)"""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -1,0 +1,170 @@
+"""The one evaluation every consumer uses: a model (or checkpoint, or registered version) on a list
+of samples, as a report and as per-image predictions for the promotion gate; and the export of a
+checkpoint's inference part. Runs in the calling process, without Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from animalclf.config import TrainConfig
+from animalclf.data.loaders import ImageList, make_loader
+from animalclf.data.split import Sample, Split
+from animalclf.data.transforms import eval_transform
+from animalclf.errors import UserError
+from animalclf.evaluate import promotion, registry
+from animalclf.evaluate.evidence import EVIDENCE_FILE, Decision, Evaluation
+from animalclf.evaluate.promotion import Candidate, GateRules
+from animalclf.evaluate.report import build_report
+from animalclf.models.build import Preprocess
+from animalclf.models.checkpoint import META_FILE, MODEL_FILE, load_model
+from animalclf.models.predict import FlipAverage, Predictor
+from animalclf.train.engine import EpochSetup, evaluate
+
+log = logging.getLogger(__name__)
+
+__all__ = ["predict_samples", "evaluate_model", "evaluate_checkpoint", "gate_evaluation", "champion_evaluation",
+           "export_checkpoint", "promote_candidate", "GATE_EVIDENCE_TAG"]
+
+GATE_EVIDENCE_TAG = "animalclf.gate_evidence"  # "out-of-fold" on a version published after CV
+
+
+def predict_samples(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], classes: Sequence[str],
+                    batch_size: int = 32, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities and targets of ``model`` on ``samples`` (in order), with the model's own
+    eval preprocessing and, when its meta says ``tta_flip``, the flip TTA the Predictor serves with."""
+    if list(meta["classes"]) != list(classes):
+        raise UserError(f"Model classes {meta['classes']} differ from the data's {list(classes)}.")
+    loader = make_loader(ImageList(samples, eval_transform(Preprocess.from_dict(meta["preprocess"]))), batch_size)
+    if meta.get("tta_flip"):
+        model = FlipAverage(model)
+    _, (probs, targets) = evaluate(model.to(device), loader, EpochSetup(torch.device(device), len(classes),
+                                                                       channels_last=False), collect=True)
+    if len(targets) != len(samples):
+        raise UserError(f"Only {len(targets)} of {len(samples)} images could be read for the evaluation: fix or remove "
+                        f"the unreadable files named above.")
+    return probs, targets
+
+
+def evaluate_model(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], classes: Sequence[str],
+                   batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a loaded model (with its checkpoint meta) on ``samples``; return the report dict."""
+    probs, targets = predict_samples(model, meta, samples, classes, batch_size, device)
+    return build_report(probs, targets, classes)
+
+
+def evaluate_checkpoint(checkpoint_dir: str | Path, samples: Sequence[Sample], classes: Sequence[str],
+                        batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a checkpoint on ``samples`` in this process; return the full report dict."""
+    model, meta = load_model(checkpoint_dir, device)
+    return evaluate_model(model, meta, samples, classes, batch_size, device)
+
+
+def gate_evaluation(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], classes: Sequence[str]) -> Evaluation:
+    """Per-image predictions on ``samples``: what the promotion gate compares."""
+    probs, targets = predict_samples(model, meta, samples, classes)
+    return Evaluation.from_probabilities([p for p, _ in samples], targets.numpy(), probs.numpy())
+
+
+def champion_evaluation(model_name: str, version: str, samples: Sequence[Sample], classes: Sequence[str]) -> Evaluation:
+    """The champion's side of the gate on ``samples``. A version published after CV trained on every
+    image, so its own predictions are no evidence: its stored out-of-fold predictions are used when
+    they cover ``samples`` (same images, same labels); otherwise (or for any other version) its own
+    predictions, the model loaded from the registry without unpickling."""
+    stored = _stored_out_of_fold(model_name, version)
+    if stored is not None:
+        sub = stored.subset(samples)
+        if sub is not None:
+            log.info("Champion v%s is scored on its stored out-of-fold predictions", version)
+            return sub
+        log.warning("Champion v%s was published after CV, but its out-of-fold predictions do not cover these %d "
+                    "images (other data?): comparing its own predictions, on images it may have trained on.",
+                    version, len(samples))
+    champ = Predictor.from_mlflow(registry.version_ref(model_name, version))
+    return gate_evaluation(champ.model, champ.meta, samples, classes)
+
+
+def _stored_out_of_fold(model_name: str, version: str) -> Evaluation | None:
+    """A CV-published version's out-of-fold predictions (``report/out_of_fold.json`` on its run), or ``None``."""
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    mv = MlflowClient().get_model_version(model_name, version)
+    if mv.tags.get(GATE_EVIDENCE_TAG) != "out-of-fold" or not mv.run_id:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=f"report/{EVIDENCE_FILE}",
+                                                        dst_path=tmp)
+        except Exception as e:  # the gate turns this into "champion cannot be read" (refused unless forced)
+            raise RuntimeError(f"v{version} was published after CV but its run {mv.run_id} has no readable "
+                               f"report/{EVIDENCE_FILE} ({type(e).__name__})") from None
+        return Evaluation.from_dict(json.loads(Path(local).read_text()))
+
+
+def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy the inference part (weights + JSON) of a checkpoint to ``dst``, replaced whole: the new
+    copy is complete beside it before the two trade places in one step (Linux ``renameat2``), and
+    only then is the old one removed; a crash at any point leaves ``dst`` old or new, never half."""
+    dst = Path(dst)
+    tmp = dst.with_name(f".{dst.name}.new-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for f in (MODEL_FILE, META_FILE):
+            shutil.copy2(Path(src) / f, tmp / f)
+            with open(tmp / f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if not dst.exists():
+            tmp.rename(dst)
+            return dst
+        if not _exchange(tmp, dst):  # no renameat2: a moment without dst, but both copies whole
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            dst.rename(old)
+            tmp.rename(dst)
+            tmp = old
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the old copy after a swap; a partial new one after a failure
+    return dst
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (``renameat2(RENAME_EXCHANGE)``); ``False`` where unsupported."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        renameat2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def promote_candidate(cfg: TrainConfig, version: str, model: nn.Module, meta: dict[str, Any], split: Split, *,
+                      candidate: Evaluation | None = None) -> Decision:
+    """Put registered ``version`` through the evidence gate against the current champion, both
+    evaluated on ``split.val`` (the champion loaded from the registry without unpickling).
+    ``candidate``: the candidate's predictions on ``split.val`` when they are not the model's own
+    (after CV: the out-of-fold predictions, see :mod:`animalclf.evaluate.out_of_fold`)."""
+    def champion_eval(champion_version: str) -> Evaluation:
+        return champion_evaluation(cfg.model_name, champion_version, split.val, split.classes)
+
+    if candidate is None:
+        candidate = gate_evaluation(model, meta, split.val, split.classes)
+    decision = promotion.promote(cfg.model_name, Candidate(str(version), candidate, split.classes), champion_eval,
+                                 GateRules(min_improvement=cfg.min_improvement, force=cfg.force_promote))
+    log.info("Promotion of %s v%s: %s (%s)", cfg.model_name, version, "@champion" if decision.promote else "not promoted",
+             decision.reason)
+    return decision
+

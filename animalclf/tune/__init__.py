@@ -1,0 +1,1 @@
+"""The search: Ray Tune with Optuna and ASHA over the same worker, and its search space."""

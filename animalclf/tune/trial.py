@@ -1,0 +1,48 @@
+"""One trial of the search: the same training as ``ray_jobs/train.py`` in a ``TorchTrainer``
+whose ``TuneReportCallback`` forwards every epoch's metrics to Tune (so ASHA can stop it), with its
+own MLflow child run under the search's parent run."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from animalclf import tracking
+from animalclf.config import TrainConfig
+from animalclf.data.split import Split
+from animalclf.train.publish import start_tracker
+from animalclf.train.run import fit
+
+__all__ = ["run_trial", "child_run"]
+
+
+def run_trial(config: dict[str, Any], *, base: dict[str, Any], split: dict[str, Any], parent_run_id: Optional[str],
+           tracking_uri: Optional[str], experiment_name: str) -> None:
+    """One trial: the same training as ``ray_jobs/train.py``, reporting to Tune every epoch."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from animalclf.runtime.logs import setup_logging
+
+    setup_logging()
+    cfg = TrainConfig.from_dict({**base, **config}).validate()  # a sampled config is checked like a flag
+    the_split = Split(**split)
+    trial_id = tune.get_context().get_trial_id()
+    tracker = None
+    if parent_run_id and tracking_uri:
+        tracking.configure(uri=tracking_uri)  # credentials from this process's env (a job's env, or inherited)
+        tracker = child_run(cfg, the_split, trial_id, parent_run_id)
+    fit(cfg, the_split, tracker, name=f"{experiment_name}-{trial_id}", callbacks=[TuneReportCallback()])
+    if tracker:
+        tracker.end("FINISHED")
+
+
+def child_run(cfg: TrainConfig, split: Split, trial_id: str, parent_run_id: str) -> "tracking.Tracker":
+    """The trial's MLflow child run; a resumed trial continues the run it had."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    found = client.search_runs([exp_id], f"tags.`animalclf.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    if found:
+        return tracking.Tracker(found[0].info.run_id)
+    return start_tracker(cfg, split, f"trial-{trial_id}", parent_run_id, tags={"animalclf.kind": "trial", "animalclf.trial_id": trial_id})
