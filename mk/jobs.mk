@@ -10,7 +10,7 @@
 # Token auth: `make head-start` creates ~/.ray/auth_token when there is none (never printed); every
 # `ray` call here runs with RAY_AUTH_MODE=token and reads it (or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH).
 # Tracking variables set in your shell (MLFLOW_TRACKING_*, MLFLOW_REGISTRY_URI, DAGSHUB_*) and ANIMALCLF_HOME travel to
-# the job in its runtime env (README, "Secrets"). A job's outputs (runs/: MLflow store, checkpoints,
+# the job in its runtime env, secrets as a private file's path (docs/security.md). A job's outputs (runs/: MLflow store, checkpoints,
 # reports) go to ANIMALCLF_HOME, by default this checkout, never Ray's temporary copy of it.
 VENV ?= .venv
 PY ?= $(VENV)/bin/python

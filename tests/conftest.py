@@ -1,5 +1,6 @@
 """Shared fixtures: tiny real ImageFolders, one in-process Ray for the session, a per-test
-project directory (so MLflow's sqlite store and run outputs land in tmp)."""
+project directory (so MLflow's sqlite store and run outputs land in tmp), a sqlite MLflow store
+(the registry and promotion tests) and an S3 API on loopback (the bucket and loader tests)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,53 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A real sqlite MLflow store in tmp; returns a client bound to it (tests/test_registry.py,
+    tests/test_promotion.py)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mlflow.set_registry_uri("")
+
+
+BUCKET = "animals"  # the bucket the ``s3`` fixture creates
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """moto's S3-compatible server on loopback, one per test module."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_endpoint, monkeypatch):
+    """A boto3 client on a fresh bucket; the AWS variables name the moto server and fake keys."""
+    import boto3
+
+    for k in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    client.delete_bucket(Bucket=BUCKET)

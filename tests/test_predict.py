@@ -1,5 +1,5 @@
 """animalclf.models.predict: the Predictor's top-k on a real Lite0 model, what it decodes large and odd images to,
-and registry versions loaded without unpickling."""
+flip TTA stored in the checkpoint and applied, and registry versions loaded without unpickling."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from animalclf.models.checkpoint import save_checkpoint
 from animalclf.config import TrainConfig
 from animalclf.models.build import build_model
 from animalclf.data.decode import MAX_ASPECT, bound_aspect, decode_image
-from animalclf.models.predict import Predictor
+from animalclf.models.predict import Predictor, class_probabilities
 from test_decode import encode, photo
 from animalclf.train.worker import checkpoint_meta
 
@@ -94,6 +94,23 @@ def test_large_png_is_box_reduced(predictor):
     im = predictor.decode(encode(photo(3000, 2000), "PNG"))
     need = predictor.preprocess.resize_size
     assert 2 * need <= min(im.size) < 4 * need, im.size
+
+
+def test_flip_tta_is_stored_in_the_checkpoint_and_used_by_the_predictor(tmp_path):
+    torch.manual_seed(0)
+    cfg = TrainConfig(arch="efficientnet_lite0", image_size=64, unfreeze=0, weights="none", tta_flip=True)
+    model = build_model(cfg.arch, 3, 0, "none").eval()
+    save_checkpoint(tmp_path, model, checkpoint_meta(cfg, ["a", "b", "c"], {}, 1))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain, mirrored = model(x).softmax(1), model(x.flip(-1)).softmax(1)
+        assert torch.allclose(class_probabilities(model, x, tta_flip=True), (plain + mirrored) / 2)
+        assert not torch.allclose(plain, mirrored)  # the check means something
+    on = Predictor.from_checkpoint(tmp_path)
+    assert on.tta_flip and on.metadata()["tta_flip"] is True
+    assert torch.allclose(on.predict_tensors(x), (plain + mirrored) / 2, atol=1e-5)
+    off = Predictor(model, {**on.meta, "tta_flip": False}, "v")
+    assert torch.allclose(off.predict_tensors(x), plain, atol=1e-5)
 
 
 # --- registry versions load without unpickling ---------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from animalclf.errors import UserError
-from animalclf.models.archs import Preprocess, arch_spec
+from animalclf.models.archs import Preprocess, arch_spec, check_unfreeze
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,11 @@ def feature_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def set_unfreeze(model: nn.Module, unfreeze: int) -> None:
-    """Freeze everything but the head and the last ``unfreeze`` feature layers."""
+    """Freeze everything but the head and the last ``unfreeze`` feature layers (0 to all of them;
+    the range a user may ask for is checked once, by :func:`animalclf.models.archs.check_unfreeze`)."""
     layers = feature_layers(model)
     if not 0 <= unfreeze <= len(layers):
-        raise UserError(f"unfreeze={unfreeze} is out of range: use 0 (head only) to {len(layers)} (all).")
+        raise ValueError(f"unfreeze={unfreeze} outside 0..{len(layers)}")
     model.requires_grad_(False)
     for layer in layers[len(layers) - unfreeze:]:
         layer.requires_grad_(True)
@@ -139,6 +140,7 @@ def build_model(arch: str, num_classes: int, unfreeze: int, weights: str = "imag
     ``num_classes``; a head of another size is dropped and replaced.
     """
     spec = arch_spec(arch)
+    check_unfreeze(arch, unfreeze)
     if num_classes < 2:
         raise UserError(f"Need at least 2 classes, got {num_classes}.")
     if spec.timm_name is None:  # torchvision's B0, ImageNet weights through its own download

@@ -2,10 +2,10 @@
 
 glibc serves large allocations with fresh pages from the kernel (mmap, or a heap it trims back
 after every free), so a forward pass whose activations are megabytes page-faults its memory in
-anew each time. Its thresholds adapt on their own, but not reliably: the same Lite0 forward took
-27 ms in one fresh process and 20 ms in another, or after fixing the thresholds (bench/RESULTS.md,
-"The allocator"). Fixing them keeps freed buffers for reuse; each heap then holds on to at most 4x
-the mmap threshold unused.
+anew each time. Its thresholds adapt on their own, but not reliably: the same forward pass is a
+third slower in some fresh processes than in others or with the thresholds fixed (bench/RESULTS.md,
+"Serving latency"). Fixing them keeps freed buffers for reuse; each heap then holds on to at most
+4x the mmap threshold unused.
 
 An upload's buffers are another matter: a large decoded image must not stay in the heap after its
 request. Pillow allocates an image in blocks; :func:`keep_freed_memory` makes them at least the

@@ -46,7 +46,7 @@ def make_private(path: Path) -> bool:
         return False
     path.chmod(0o600)
     log.warning("The Ray auth token %s was readable by others (mode %o): made it mode 600. If other users could "
-                "read it, rotate it (README, 'Security': remove it, `ray get-auth-token --generate`, restart the heads).",
+                "read it, rotate it: remove it and restart the heads (docs/security.md).",
                 path, mode)
     return True
 

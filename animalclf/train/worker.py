@@ -195,7 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     epoch_times: list[float] = []
     for epoch in range(progress.epoch, cfg.epochs):
         # the probe alone's fit (before DDP, above) is this epoch's training: its time counts too
-        t0 = time.perf_counter() - (sum(f.probed["probe_seconds"] for f in folds) if cfg.lr == 0 else 0.0)
+        t0 = time.perf_counter() - (sum((f.probed or {}).get("probe_seconds", 0.0) for f in folds) if cfg.lr == 0 else 0.0)
         lr = cfg.lr * lr_factor(epoch, cfg.schedule_epochs or cfg.epochs, cfg.schedule, cfg.warmup_epochs)
         per_fold = [_fold_epoch(w, f, epoch, lr, criterion) for f in folds]
         metrics: dict[str, Any] = {**(cv.aggregate(per_fold) if len(folds) > 1 else per_fold[0]), "epoch": epoch + 1,

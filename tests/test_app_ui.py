@@ -1,7 +1,7 @@
-"""The Streamlit UI: the HTTP client's error messages, the page logic through AppTest (endpoint
+"""The Streamlit UI: the gallery and model-version refs, the page logic through AppTest (endpoint
 down, endpoint up), the Model page against a real sqlite MLflow store and a real HTTP /metadata,
 the app without torch, and end to end in a real headless Chromium (against a real Serve endpoint
-for the Classify page)."""
+for the Classify page). The HTTP client's own tests are in tests/test_client.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.client import Client, EndpointError, gallery_images
+from app.client import gallery_images
 from app.model_info import parse_model_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,58 +44,7 @@ def photo(shared_data) -> Path:
     return sorted((shared_data / "Tiger").iterdir())[0]
 
 
-# --- client --------------------------------------------------------------------------------
-class _Canned(BaseHTTPRequestHandler):
-    """Answers every request with the status/body/headers in the class attribute ``answer``."""
-
-    answer: tuple[int, bytes, dict] = (200, b"{}", {})
-
-    def _reply(self):
-        n = int(self.headers.get("content-length") or 0)
-        self.rfile.read(n)
-        status, body, headers = self.answer
-        self.send_response(status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _reply
-
-    def log_message(self, *a):
-        pass
-
-
-@pytest.fixture
-def canned():
-    server = HTTPServer(("127.0.0.1", 0), _Canned)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield server, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-def test_client_messages(canned):
-    server, url = canned
-    with pytest.raises(EndpointError, match="Cannot reach the classifier"):
-        Client(closed_endpoint()).health()
-    cases = [
-        ((415, json.dumps({"error": "not an image: send a JPEG"}).encode(), {"content-type": "application/json"}), "rejected.*415.*not an image"),
-        ((503, b"Request dropped due to backpressure", {"retry-after": "1"}), "overloaded.*503.*in 1 s"),
-        ((500, json.dumps({"error": "internal error"}).encode(), {}), "failed.*500.*internal error"),
-        ((200, b"<html>", {}), "not JSON"),
-    ]
-    for answer, pattern in cases:
-        _Canned.answer = answer
-        with pytest.raises(EndpointError, match=pattern):
-            Client(url).predict(b"\xff\xd8data", "x.jpg")
-    _Canned.answer = (200, json.dumps({"predictions": [{"class": "Cat", "probability": 0.9}]}).encode(), {})
-    assert Client(url).predict(b"x")["predictions"][0]["class"] == "Cat"
-    with pytest.raises(EndpointError, match="limit is 1.0 MB"):
-        Client(url, max_bytes=1_000_000).predict(b"\0" * 1_000_001, "big.jpg")
-
-
+# --- gallery and version refs ----------------------------------------------------------------
 def test_gallery_and_model_version_refs(shared_data):
     imgs = gallery_images(shared_data, per_class=2)
     assert len(imgs) == 30 and {p.parent.name for p in imgs} == set(CLASSES)

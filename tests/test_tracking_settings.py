@@ -1,3 +1,7 @@
+"""Where runs are tracked and how credentials travel (animalclf.tracking.settings): the local sqlite
+default, DagsHub's variables and `dagshub login` token, an unreachable server as one line, and one
+registry for tracking and models. A real MLflow server is tests/test_remote_tracking.py's."""
+
 import json
 import os
 import secrets
@@ -10,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from animalclf.errors import UserError
-from animalclf.tracking import check_tracking, flatten_params, redact, resolve_tracking
+from animalclf.tracking import check_tracking, redact, resolve_tracking
 
 
 def test_default_is_local_sqlite(project):
@@ -30,10 +34,6 @@ def test_unreachable_server_fails_fast_with_one_line():
     with pytest.raises(UserError, match="unreachable") as e:
         check_tracking("http://127.0.0.1:9", timeout=2)
     assert "\n" not in str(e.value)
-
-
-def test_flatten_params():
-    assert flatten_params({"a": 1, "b": None, "c": {"d": [1, 2]}}) == {"a": "1", "c.d": "[1, 2]"}
 
 
 class _DagsHubUserAPI(BaseHTTPRequestHandler):

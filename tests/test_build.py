@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from animalclf.data.transforms import eval_transform, to_rgb, train_transform
+from animalclf.data.transforms import eval_transform, to_rgb
 from animalclf.errors import UserError
 from animalclf.models.archs import arch_spec
 from animalclf.models.build import Preprocess, build_model, feature_layers, lite_imagenet_state, preprocess_for
@@ -29,7 +29,7 @@ def test_unfreeze_counts(arch, layers):
 def test_bad_arch_and_unfreeze_are_user_errors():
     with pytest.raises(UserError, match="Unknown arch 'resnet9'"):
         build_model("resnet9", 15, 0, "none")
-    with pytest.raises(UserError, match="out of range.*0 \\(head only\\) to 18"):
+    with pytest.raises(UserError, match="out of range for efficientnet_lite0.*0:18 \\(0 = head only"):
         build_model("efficientnet_lite0", 15, 19, "none")
     build_model("efficientnet_lite2", 15, 23, "none")  # Lite2 has 21 blocks
 
@@ -76,25 +76,6 @@ def test_rotation_pool_is_invariant_to_quarter_turns_and_keeps_the_state_dict():
         # the head sees the mean of the 4 turns' features: the same as pooling them by hand
         feats = [plain.forward_head(plain.forward_features(torch.rot90(x, k, (2, 3))), pre_logits=True) for k in range(4)]
         torch.testing.assert_close(out, plain.classifier(torch.stack(feats).mean(0)), atol=1e-5, rtol=1e-5)
-
-
-def _darkened(im, factor=0.25):
-    return im.point(lambda v: int(v * factor))
-
-
-def test_autocontrast_makes_a_darkened_photo_look_like_the_original(shared_data):
-    from PIL import Image
-
-    photo = to_rgb(Image.open(sorted((shared_data / "Tiger").iterdir())[0]))
-    plain, stretched = preprocess_for("efficientnet_lite0"), preprocess_for("efficientnet_lite0", autocontrast=True)
-    assert stretched.autocontrast and not plain.autocontrast and stretched.crop_size == plain.crop_size
-
-    def gap(p):
-        t = eval_transform(p)
-        return (t(photo) - t(_darkened(photo))).abs().mean().item()
-
-    assert gap(stretched) < gap(plain) / 4, (gap(stretched), gap(plain))
-    assert train_transform(stretched)(_darkened(photo)).shape == (3, 224, 224)
 
 
 def test_preprocess_of_an_older_checkpoint_has_no_autocontrast():

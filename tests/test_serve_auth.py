@@ -70,7 +70,7 @@ def test_keyed_endpoint(ray_session, tmp_path, monkeypatch, shared_data):
 
     from animalclf.runtime.localray import free_port
     from serve import deploy
-    from test_serve import make_checkpoint
+    from test_serve_app import make_checkpoint
 
     key = "key-" + "z" * 30
     monkeypatch.setenv("ANIMALCLF_HOME", str(tmp_path))

@@ -166,32 +166,8 @@ def test_cv_search_under_asha_scores_fold_means_and_publishes_the_best_as_an_ens
     assert run.data.tags["mlflow.parentRunId"] == out.parent_run_id
     assert run.data.tags["animalclf.kind"] == "ensemble" and float(run.data.params["lr"]) == out.best_config["lr"]
     assert version.tags["animalclf.final"] == "ensemble" and version.tags["animalclf.gate_evidence"] == "out-of-fold"
-    code = [Path(a.path).name for a in client.list_artifacts(version.run_id, "model/code/animalclf")]
-    assert "model.py" in code  # the pickled Ensemble's class travels with the MLflow model, for MLflow users
+    code = [Path(a.path).name for a in client.list_artifacts(version.run_id, "model/code/animalclf/models")]
+    assert "build.py" in code  # the pickled Ensemble's class travels with the MLflow model, for MLflow users
     served = Predictor.from_mlflow(f"models:/tiny-cv-tuned/{out.model_version}")  # the fold models, as one model
     assert isinstance(served.model, Ensemble) and len(served.model.members) == 2 and served.metadata()["members"] == 2
     assert served.meta["epoch"] == int(version.tags["animalclf.cv_epoch"])
-
-
-def test_flip_tta_is_stored_in_the_checkpoint_and_used_by_the_predictor(tmp_path):
-    import torch
-
-    from animalclf.models.checkpoint import save_checkpoint
-    from animalclf.models.build import build_model
-    from animalclf.models.predict import Predictor, class_probabilities
-    from animalclf.train.worker import checkpoint_meta
-
-    torch.manual_seed(0)
-    cfg = TrainConfig(arch="efficientnet_lite0", image_size=64, unfreeze=0, weights="none", tta_flip=True)
-    model = build_model(cfg.arch, 3, 0, "none").eval()
-    save_checkpoint(tmp_path, model, checkpoint_meta(cfg, ["a", "b", "c"], {}, 1))
-    x = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        plain, mirrored = model(x).softmax(1), model(x.flip(-1)).softmax(1)
-        assert torch.allclose(class_probabilities(model, x, tta_flip=True), (plain + mirrored) / 2)
-        assert not torch.allclose(plain, mirrored)  # the check means something
-    on = Predictor.from_checkpoint(tmp_path)
-    assert on.tta_flip and on.metadata()["tta_flip"] is True
-    assert torch.allclose(on.predict_tensors(x), (plain + mirrored) / 2, atol=1e-5)
-    off = Predictor(model, {**on.meta, "tta_flip": False}, "v")
-    assert torch.allclose(off.predict_tensors(x), plain, atol=1e-5)

@@ -1,6 +1,7 @@
 """``--data s3://...``: listing and split rules against a real S3 API (moto's server on loopback),
 Ray Data decoding against local decoding, and a whole training run from the bucket compared with
-the same images read from a local folder."""
+the same images read from a local folder. The moto server and the ``s3`` fixture are in conftest.py;
+the AWS variables are tests/test_s3.py's, reading one object is tests/test_loaders.py's."""
 
 from __future__ import annotations
 
@@ -14,45 +15,10 @@ from PIL import Image
 from animalclf.config import TrainConfig
 from animalclf.data.source import open_source
 from animalclf.errors import UserError
-from animalclf.data.loaders import ImageList, open_image
 from animalclf.models.build import preprocess_for
 from animalclf.data.bucket import Bucket, image_dataset, scan_bucket
 from animalclf.data.transforms import eval_transform, to_rgb
-from animalclf.data import s3 as s3_access
-from conftest import make_image_folder
-
-BUCKET = "animals"
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3(moto_endpoint, monkeypatch):
-    """A boto3 client on a fresh bucket; the AWS variables name the moto server and fake keys."""
-    import boto3
-
-    for k in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    client = boto3.client("s3")
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    client.delete_bucket(Bucket=BUCKET)
+from conftest import BUCKET, make_image_folder
 
 
 def upload(client, folder: Path, prefix: str) -> str:
@@ -125,33 +91,6 @@ def test_two_images_per_class_needed_to_split(s3):
         s3.put_object(Bucket=BUCKET, Key=f"p/{key}", Body=_jpeg_bytes())
     with pytest.raises(UserError, match="need at least 2 to split"):
         open_source(f"s3://{BUCKET}/p").split(0.2, 0)
-
-
-def test_endpoint_and_keys_from_the_standard_variables(monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://wrong:1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://minio.local:9000/")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AK")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SK")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_REGION", raising=False)
-    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
-    opts = dict(s3_access.options_from_env())
-    assert opts == {"endpoint_override": "minio.local:9000", "scheme": "https", "region": "us-east-1",
-                    "access_key": "AK", "secret_key": "SK"}
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
-    assert "access_key" not in dict(s3_access.options_from_env())  # the SDK's own chain on each node
-
-
-def test_driver_reads_uris_and_skips_a_broken_object(s3, tmp_path):
-    data = make_image_folder(tmp_path / "d", per_class=2)
-    uri = upload(s3, data, "d")
-    good = f"{uri}/Red/red_0.jpg"
-    s3.put_object(Bucket=BUCKET, Key="d/Red/broken.jpg", Body=(data / "Red" / "red_0.jpg").read_bytes()[:200])
-    with open_image(good) as a, Image.open(data / "Red" / "red_0.jpg") as b:
-        assert np.array_equal(np.asarray(to_rgb(a)), np.asarray(to_rgb(b)))
-    items = ImageList([(good, 2), (f"{uri}/Red/broken.jpg", 2)], eval_transform(preprocess_for("efficientnet_lite0", 32)))
-    assert items[0][0].shape == (3, 32, 32) and items[0][1] == 2
-    assert items[1] is None
 
 
 def _jpeg_bytes() -> bytes:
