@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from common import TrainProcess, checkpointed_epoch, train_workers
+from animalclf.runtime.trainproc import TrainProcess, checkpointed_epoch, train_workers
 
 
 def worker_logger() -> str:

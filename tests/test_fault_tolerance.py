@@ -4,7 +4,7 @@ resumed by re-running with the same --name and --storage-path, and its private R
 
 Each run is `ray_jobs/train.py` in its own process session with its own local Ray
 (RAY_ADDRESS=local, own RAY_TMPDIR); the worker to kill is found among that run's descendants
-(helpers in tests/trainproc.py, shared with bench/fault_tolerance.py).
+(helpers in animalclf.runtime.trainproc, shared with bench/fault_tolerance.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from trainproc import TrainProcess, checkpointed_epoch, descendants, running, train_workers
+from animalclf.runtime.trainproc import TrainProcess, checkpointed_epoch, descendants, running, train_workers
 
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

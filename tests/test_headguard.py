@@ -15,7 +15,7 @@ from pathlib import Path
 
 from animalclf.runtime.localray import free_port
 from animalclf.runtime.processes import head_processes
-from trainproc import running
+from animalclf.runtime.trainproc import running
 
 ROOT = Path(__file__).resolve().parents[1]
 
