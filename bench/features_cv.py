@@ -27,8 +27,8 @@ VARIANTS = [("efficientnet_lite0", False), ("efficientnet_lite0", True), ("effic
 def turned_features(arch: str, autocontrast: bool, samples: list, batch: int = 16) -> torch.Tensor:
     """``N x 4 x D`` pooled features of each photo turned k quarter turns (k = 0..3): the library's
     eval loader (each photo decoded once) and the probe's own ``extract_features``."""
-    from animalclf.data.folder.loaders import ImageList, make_loader
-    from animalclf.data.folder.transforms import eval_transform
+    from animalclf.data.loaders import ImageList, make_loader
+    from animalclf.data.transforms import eval_transform
     from animalclf.models.build import build_model, preprocess_for
     from animalclf.train.probe import extract_features
 
@@ -42,8 +42,8 @@ def turned_features(arch: str, autocontrast: bool, samples: list, batch: int = 1
 
 def cv_accuracy(x: torch.Tensor, samples: list, seed: int, folds: int = 5) -> float:
     """CV accuracy of the probe on features ``x`` (row i = ``samples[i]``), on the folds ``--cv``
-    uses for ``seed`` (``animalclf.data.folder.folds.stratified_folds``)."""
-    from animalclf.data.folder.folds import stratified_folds
+    uses for ``seed`` (``animalclf.data.folds.stratified_folds``)."""
+    from animalclf.data.folds import stratified_folds
     from animalclf.train.probe import fit_linear
 
     y = torch.tensor([label for _, label in samples])
@@ -64,7 +64,7 @@ def main() -> None:
     p.add_argument("--seeds", default="42,1,2", help="fold seeds (default: 42,1,2)")
     args = p.parse_args()
     from animalclf.config import TrainConfig
-    from animalclf.data.folder.source import source_of
+    from animalclf.data.source import source_of
 
     split = source_of(TrainConfig(data=args.data)).split(0.2, 0)
     samples = sorted([*split.train, *split.val])

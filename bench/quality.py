@@ -124,7 +124,7 @@ def overhead(args) -> None:
     """Lockstep (one TorchTrainer, K models) against K separate TorchTrainer runs on the same folds."""
     from animalclf.config import TrainConfig
     from animalclf.data.folder import folds as cv
-    from animalclf.data.folder.source import source_of
+    from animalclf.data.source import source_of
     from animalclf.train.run import run_training
 
     base = TrainConfig(data=args.data, arch="efficientnet_lite0", image_size=64, batch_size=32, epochs=2, unfreeze=2,
@@ -149,8 +149,8 @@ def final_compare(args, recipe: str, seed: int) -> None:
     from ray.train import Result
 
     from animalclf.data.folder import folds as cv
-    from animalclf.data.folder.source import source_of
-    from animalclf.data.folder.split import Split
+    from animalclf.data.source import source_of
+    from animalclf.data.split import Split
     from animalclf.evaluate.evaluation import evaluate_checkpoint
     from animalclf.evaluate.out_of_fold import export_ensemble
     from animalclf.train.run import run_training

@@ -37,8 +37,8 @@ import torch
 from torch import nn
 
 from animalclf.config import TrainConfig
-from animalclf.data.folder.loaders import Shard
-from animalclf.data.folder.source import open_source
+from animalclf.data.loaders import Shard
+from animalclf.data.source import open_source
 from animalclf.models.build import build_model, frozen_modules
 from animalclf.train.engine import EpochSetup, evaluate, train_one_epoch
 from animalclf.train.worker import preprocess_of
