@@ -204,10 +204,12 @@ def _deployed_settings() -> ServeSettings:
     this process is connected to), never as an HTTP answer reports them."""
     from ray.serve.context import _get_global_client  # see the module docstring
 
+    from ray.serve.exceptions import RayServeException
+
     try:
         app = _get_global_client().get_serve_details()["applications"][APP_NAME]
         config = app["deployed_app_config"]
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, RayServeException):  # no Serve, or no classifier on it
         raise UserError("No classifier is deployed on this Ray: start one with serve.deploy.start.") from None
     user = dict(config["deployments"][0].get("user_config") or {})
     user.pop("pinned_ref", None)

@@ -45,16 +45,18 @@ def same(a: list[dict], b: list[dict]) -> bool:
         abs(x["probability"] - y["probability"]) < 1e-4 for x, y in zip(a, b))
 
 
-def replicas_on(url: str, want: str, seconds: float = 60) -> dict[str, str]:
-    """Replica status (through a Serve handle) until two distinct replicas both report ``want``;
-    {replica: version} seen last."""
-    from serve import deploy
+KEY = "follow-key-" + "q" * 24
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
+
+def replicas_on(url: str, want: str, seconds: float = 60) -> dict[str, str]:
+    """/metadata (with the API key: it names the replica) until two distinct replicas both report
+    ``want``; {replica: version} seen last."""
     seen: dict[str, str] = {}
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ready"}
-        h = deploy.replica_status()
+        h = requests.get(f"{url}/metadata", headers=AUTH, timeout=10).json()
         seen[h["replica"]] = h["model_version"]
         if len(seen) >= 2 and set(seen.values()) == {want}:
             return seen
@@ -77,6 +79,7 @@ def test_serve_follows_champion_under_traffic(ray_session, project, tmp_path, mo
     client.set_registered_model_alias("follow", "champion", v1)
     photo = sorted((shared_data / "Zebra").iterdir())[0].read_bytes()
 
+    monkeypatch.setenv("ANIMALCLF_API_KEY", KEY)  # an endpoint with a key, as a shared machine has
     url = deploy.start("models:/follow@champion", port=free_port(), poll_s=1.0, num_replicas=2, num_cpus=0.5,
                        max_batch_size=4, batch_wait_timeout_s=0.002)
     try:
@@ -86,6 +89,7 @@ def test_serve_follows_champion_under_traffic(ray_session, project, tmp_path, mo
 
         def traffic() -> None:
             s = requests.Session()
+            s.headers.update(AUTH)
             while not stop.is_set():
                 r = s.post(f"{url}/predict", data=photo, timeout=30)
                 body = r.json()

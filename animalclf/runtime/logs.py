@@ -9,9 +9,10 @@ import os
 def setup_logging(level: str | int | None = None) -> None:
     """Log ``animalclf`` messages to stderr once per process (``ANIMALCLF_LOG_LEVEL``, default INFO)."""
     logger = logging.getLogger("animalclf")
-    if logger.handlers:
+    if any(getattr(h, "animalclf_stderr", False) for h in logger.handlers):  # others' handlers (a test's) do not count
         return
     handler = logging.StreamHandler()
+    handler.animalclf_stderr = True
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logger.addHandler(handler)
     logger.setLevel(level or os.environ.get("ANIMALCLF_LOG_LEVEL", "INFO"))
