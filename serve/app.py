@@ -44,7 +44,7 @@ from ray.serve import Application
 from animalclf.errors import InvalidImage, UserError
 from animalclf.evaluate.registry import is_model_ref
 from animalclf.models.predict import Predictor
-from animalclf.runtime.allocator import keep_freed_memory, release_freed_memory
+from animalclf.runtime.allocator import DEFAULT_MMAP_THRESHOLD_MIB, keep_freed_memory, release_freed_memory
 from serve.auth import authorized, read_key
 from serve.settings import ServeSettings, from_environment
 from serve.web import MULTIPART_OVERHEAD, ClientError, fastapi_app, guarded, metrics, read_body, read_files
@@ -208,7 +208,7 @@ class Classifier:
             return await self._classify_within(blobs, top_k, deadline, predictor, costs)
         finally:
             # a large upload's buffers go back to the kernel, not into the heap kept for forward passes
-            if sum(costs) + sum(map(len, blobs)) > (self.settings.mmap_threshold_mib or 32) << 20:
+            if sum(costs) + sum(map(len, blobs)) > (self.settings.mmap_threshold_mib or DEFAULT_MMAP_THRESHOLD_MIB) << 20:
                 self._decode.submit(release_freed_memory)
 
     async def _classify_within(self, blobs: list[bytes], top_k: int, deadline: float, predictor: Predictor,
@@ -322,7 +322,7 @@ def build_app(args: Optional[dict[str, Any]] = None) -> Application:
     champion). An MLflow ref also sends this environment's tracking URI (never credentials)."""
     s = from_environment(args)
     if s.tracking_uri is None and is_model_ref(s.model_ref):
-        from animalclf.tracking import resolve_tracking
+        from animalclf.tracking import shareable_uri
 
-        s = s.replace(tracking_uri=resolve_tracking()["MLFLOW_TRACKING_URI"])  # secrets stay in env
+        s = s.replace(tracking_uri=shareable_uri())  # the URI only (none with a password in it): secrets stay in env
     return Classifier.options(**s.deployment_options(), user_config=s.user_config()).bind(s.to_dict())

@@ -41,6 +41,7 @@ import logging
 import threading
 import time
 from typing import Any, Optional
+from urllib.parse import urlparse
 
 import requests
 
@@ -186,9 +187,9 @@ def start(model_ref: Optional[str] = None, *, settings: Optional[ServeSettings] 
                             "checkpoint directory.")
         s = s.replace(model_ref=str(Path(s.model_ref).resolve()))
     elif s.tracking_uri is None:
-        from animalclf.tracking import resolve_tracking
+        from animalclf.tracking import shareable_uri
 
-        s = s.replace(tracking_uri=resolve_tracking()["MLFLOW_TRACKING_URI"])  # the URI only: secrets stay in env
+        s = s.replace(tracking_uri=shareable_uri())  # the URI only (none with a password in it): secrets stay in env
     _ensure_ray()
     serve.start(http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s})
     _stop_follower()
@@ -203,7 +204,6 @@ def _deployed_settings() -> ServeSettings:
     """The running classifier's settings as Serve itself holds them (its deployed config on the Ray
     this process is connected to), never as an HTTP answer reports them."""
     from ray.serve.context import _get_global_client  # see the module docstring
-
     from ray.serve.exceptions import RayServeException
 
     try:
@@ -227,7 +227,7 @@ def refresh(url: Optional[str] = None, timeout_s: float = 120.0) -> dict[str, An
         s = _STATE["settings"]
     else:
         s = _deployed_settings()
-        if url is not None and url.rstrip("/") != _url(s) and _url(s).rsplit(":", 1)[1] != url.rstrip("/").rsplit(":", 1)[1]:
+        if url is not None and urlparse(url).port != s.port:
             raise UserError(f"The classifier deployed on this Ray answers at {_url(s)}, not at {url}.")
     return _apply(s, timeout_s)
 

@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 from animalclf.data.decode import MAX_BYTES, MAX_DECODE_BYTES, MAX_PIXELS
 from animalclf.errors import UserError
 from animalclf.evaluate.registry import champion_ref
-from animalclf.runtime.allocator import MAX_MIB
+from animalclf.runtime.allocator import DEFAULT_MMAP_THRESHOLD_MIB, MAX_MIB
 
 __all__ = ["ServeSettings", "DEFAULT_MODEL"]
 
@@ -66,7 +66,7 @@ class ServeSettings:
     num_threads: Optional[int] = _f(None, "process", "torch threads per replica (default: its num_cpus, at least 1)")
     threads_per_forward: int = _f(1, "process", "torch threads of one forward pass; a CPU replica runs num_threads // "
                                   "threads_per_forward passes at once and splits each batch over them")
-    mmap_threshold_mib: int = _f(32, "process", "glibc malloc: buffers under this many MiB reuse freed memory instead "
+    mmap_threshold_mib: int = _f(DEFAULT_MMAP_THRESHOLD_MIB, "process", "glibc malloc: buffers under this many MiB reuse freed memory instead "
                                  "of fresh pages on every forward pass (0: glibc's adaptive default)")
     tracking_uri: Optional[str] = _f(None, "process", "MLflow tracking URI for the replicas (default: this environment's)")
     api_key_file: Optional[str] = _f(None, "process", "file holding the API key clients must send (Authorization: "

@@ -108,3 +108,22 @@ def test_one_registry_the_tracking_servers(project, monkeypatch, caplog):
     assert mlflow.get_registry_uri() == uri and "MLFLOW_REGISTRY_URI" not in os.environ
     assert any("MLFLOW_REGISTRY_URI is ignored" in r.getMessage() for r in caplog.records)
     assert "elsewhere" not in caplog.text  # the value is not logged (it may hold credentials)
+
+
+def test_a_tracking_uri_with_a_password_travels_only_as_a_secret(project):
+    """``https://user:TOKEN@host/...`` is a secret too: out of runtime envs and configs others read,
+    redacted from messages, and still resolved by the run's processes from the secrets file."""
+    from animalclf.tracking import (SECRETS_FILE_VAR, forget_secrets, redact, resolve_tracking, runtime_env_vars,
+                                    shareable_uri)
+
+    uri = "https://alice:tok-SECRET-42@dagshub.example/alice/animals.mlflow"
+    env = runtime_env_vars({"MLFLOW_TRACKING_URI": uri, "MLFLOW_TRACKING_USERNAME": "alice"})
+    assert "tok-SECRET-42" not in json.dumps(env) and "MLFLOW_TRACKING_URI" not in env
+    assert resolve_tracking(env)["MLFLOW_TRACKING_URI"] == uri  # a worker gets it back from the file
+    assert shareable_uri(uri) is None and shareable_uri("https://dagshub.example/a.mlflow") == "https://dagshub.example/a.mlflow"
+    assert redact(f"cannot reach {uri}", {"MLFLOW_TRACKING_URI": uri}) == \
+        "cannot reach https://alice:***@dagshub.example/alice/animals.mlflow"
+    forget_secrets(env)
+    assert not Path(env[SECRETS_FILE_VAR]).exists()
+    plain = runtime_env_vars({"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
+    assert plain == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}  # nothing secret: no file at all

@@ -21,14 +21,15 @@ import logging
 
 log = logging.getLogger(__name__)
 
-__all__ = ["keep_freed_memory", "release_freed_memory"]
+__all__ = ["keep_freed_memory", "release_freed_memory", "DEFAULT_MMAP_THRESHOLD_MIB", "MAX_MIB"]
 
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MAX_MIB = 256  # 4x that, in bytes, must fit mallopt's C int
+DEFAULT_MMAP_THRESHOLD_MIB = 32
 
 
-def keep_freed_memory(mmap_threshold_mib: int = 32) -> bool:
+def keep_freed_memory(mmap_threshold_mib: int = DEFAULT_MMAP_THRESHOLD_MIB) -> bool:
     """Allocations under ``mmap_threshold_mib`` MiB come from the heap, which keeps up to 4x that
     free instead of returning it to the kernel (each of glibc's heaps: about one per thread that
     allocates). For the whole process, from now on. Returns False, changing nothing, where the C

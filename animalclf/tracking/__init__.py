@@ -2,27 +2,13 @@
 records (:mod:`.runs`). The public names of both are here: ``from animalclf.tracking import ...``."""
 
 from animalclf.tracking.runs import Tracker, flatten_params
-from animalclf.tracking.settings import (
-                                         CREDENTIAL_VARS,
-                                         DAGSHUB_VARS,
-                                         REGISTRY_VAR,
-                                         SECRET_VARS,
-                                         SECRETS_FILE_VAR,
-                                         TRACKING_VARS,
-                                         artifact_location,
-                                         check_tracking,
-                                         configure,
-                                         dagshub_login_token,
-                                         forget_secrets,
-                                         job_runtime_env,
-                                         redact,
-                                         resolve_tracking,
-                                         runtime_env_vars,
-                                         with_secrets,
-                                         worker_env,
-)
+from animalclf.tracking.settings import (CREDENTIAL_VARS, DAGSHUB_VARS, REGISTRY_VAR, SECRET_VARS, SECRETS_FILE_VAR,
+                                         TRACKING_VARS, artifact_location, check_tracking, configure,
+                                         dagshub_login_token, forget_secrets, job_runtime_env, redact,
+                                         resolve_tracking, runtime_env_vars, shareable_uri, uri_password, with_secrets,
+                                         worker_env)
 
 __all__ = ["Tracker", "flatten_params", "CREDENTIAL_VARS", "DAGSHUB_VARS", "REGISTRY_VAR", "SECRET_VARS",
            "SECRETS_FILE_VAR", "TRACKING_VARS", "artifact_location", "check_tracking", "configure",
            "dagshub_login_token", "forget_secrets", "job_runtime_env", "redact", "resolve_tracking",
-           "runtime_env_vars", "with_secrets", "worker_env"]
+           "runtime_env_vars", "shareable_uri", "uri_password", "with_secrets", "worker_env"]

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "resolve_tracking", "configure", "worker_env", "check_tracking", "redact", "with_secrets", "SECRETS_FILE_VAR",
+    "shareable_uri", "uri_password",
     "SECRET_VARS",
     "job_runtime_env", "runtime_env_vars", "forget_secrets", "TRACKING_VARS", "dagshub_login_token", "artifact_location",
 ]
@@ -109,8 +110,9 @@ def runtime_env_vars(variables: Mapping[str, str]) -> dict[str, str]:
     only its path travels (:data:`SECRETS_FILE_VAR`); every process of the run reads them from
     there (:func:`with_secrets`). The run's driver removes the file when it ends
     (:func:`forget_secrets`); one left by a run that never started is removed a day later."""
-    env = {k: v for k, v in variables.items() if v and k not in SECRET_VARS}
-    secrets = {k: variables[k] for k in SECRET_VARS if variables.get(k)}
+    secret = _secret_keys(variables)
+    env = {k: v for k, v in variables.items() if v and k not in secret}
+    secrets = {k: variables[k] for k in secret if variables.get(k)}
     if secrets:
         env[SECRETS_FILE_VAR] = str(_write_secrets(secrets))
     return env
@@ -164,7 +166,33 @@ def with_secrets(environ: Mapping[str, str]) -> Mapping[str, str]:
     except (OSError, ValueError) as e:
         raise UserError(f"{SECRETS_FILE_VAR}={path} cannot be read ({type(e).__name__}): on a cluster, ANIMALCLF_HOME "
                         f"must be on storage every node shares, or use ~/.mlflow/credentials on the nodes.") from None
-    return {**{k: v for k, v in secrets.items() if k in SECRET_VARS}, **environ}
+    return {**{k: v for k, v in secrets.items() if k in SECRET_VARS + ("MLFLOW_TRACKING_URI",)}, **environ}
+
+
+def uri_password(uri: Optional[str]) -> Optional[str]:
+    """The password a tracking URI carries in its user info (``https://user:TOKEN@host/...``), if any."""
+    try:
+        return urlparse(uri or "").password
+    except ValueError:
+        return None
+
+
+def _secret_keys(variables: Mapping[str, str]) -> tuple[str, ...]:
+    """The variables of ``variables`` that are secret: :data:`SECRET_VARS`, and the tracking URI
+    when it carries a password."""
+    return SECRET_VARS + (("MLFLOW_TRACKING_URI",) if uri_password(variables.get("MLFLOW_TRACKING_URI")) else ())
+
+
+def shareable_uri(uri: Optional[str] = None) -> Optional[str]:
+    """``uri`` (default: this environment's tracking URI) for what others can read (Serve's config,
+    a trainer's or a trial's config): ``None`` when it carries a password, so the processes that
+    receive it take it from their own environment (or the run's secrets file) instead."""
+    uri = uri or resolve_tracking()["MLFLOW_TRACKING_URI"]
+    if uri_password(uri):
+        log.warning("MLFLOW_TRACKING_URI carries a password: it is not passed on in configs, only through the "
+                    "environment; prefer MLFLOW_TRACKING_USERNAME/PASSWORD.")
+        return None
+    return uri
 
 
 def configure(environ: Mapping[str, str] = os.environ, uri: Optional[str] = None) -> str:
@@ -201,8 +229,7 @@ def redact(text: str, environ: Mapping[str, str] = os.environ) -> str:
         environ = with_secrets(environ)
     except UserError:
         pass
-    for k in SECRET_VARS:
-        v = environ.get(k)
+    for v in [environ.get(k) for k in SECRET_VARS] + [uri_password(environ.get("MLFLOW_TRACKING_URI"))]:
         if v:
             text = text.replace(v, "***")
     return text

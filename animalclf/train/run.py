@@ -114,7 +114,7 @@ def fit(cfg: TrainConfig, split: Split, tracker: Optional["tracking.Tracker"], *
     log.info("Run %s: training %s (unfreeze %d) on %d workers: %d train / %d val images, %d classes", name or cfg.name,
              cfg.arch, cfg.unfreeze, cfg.num_workers, len(split.train), len(split.val), len(split.classes))
     trainer = make_trainer(cfg, split, tracker.run_id if tracker else None, name=name or cfg.name, callbacks=callbacks,
-                           tracking_uri=mlflow.get_tracking_uri() if tracker else None)
+                           tracking_uri=tracking.shareable_uri(mlflow.get_tracking_uri()) if tracker else None)
     previous = signal.getsignal(signal.SIGINT)
     try:
         return trainer.fit()

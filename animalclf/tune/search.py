@@ -192,7 +192,7 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=cfg.to_dict(), split=asdict(split), parent_run_id=parent.run_id if parent else None,
-                             tracking_uri=uri, experiment_name=opts.name),
+                             tracking_uri=tracking.shareable_uri(uri) if uri else None, experiment_name=opts.name),
         {"CPU": 0.01},  # the trial's driver only waits on its TorchTrainer; a 0 request is refused
     )
     if opts.resume:

@@ -28,7 +28,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], split: dict[str, 
     the_split = Split(**split)
     trial_id = tune.get_context().get_trial_id()
     tracker = None
-    if parent_run_id and tracking_uri:
+    if parent_run_id:  # tracked: the URI given, or this process's own (when the URI carries a password)
         tracking.configure(uri=tracking_uri)  # credentials from this process's env (a job's env, or inherited)
         tracker = child_run(cfg, the_split, trial_id, parent_run_id)
     fit(cfg, the_split, tracker, name=f"{experiment_name}-{trial_id}", callbacks=[TuneReportCallback()])
