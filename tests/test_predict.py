@@ -136,7 +136,7 @@ def register_version(name: str, classes=CLASSES, seed: int = 0) -> tuple[str, Pr
     model = build_model(cfg.arch, len(classes), 0, "none").eval()
     d = save_checkpoint(Path(tempfile.mkdtemp()) / "ck", model, checkpoint_meta(cfg, classes, {"val_accuracy": 0.5}, 1))
     tracker = Tracker.start("pickles", "run")
-    version = tracker.log_model(model, d / META_FILE, torch.zeros(1, 3, 64, 64), name)
+    version = tracker.log_model(d, name)
     tracker.end()
     return version, Predictor.from_checkpoint(d)
 
@@ -152,22 +152,27 @@ def test_registry_versions_load_without_unpickling(project, tmp_path, monkeypatc
     client.set_registered_model_alias("pwn", "champion", version)
     model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/pwn/{version}"))
     stored = Path(client.get_model_version_download_uri("pwn", version).removeprefix("file://"))
-    pickles = list(stored.rglob("*.pth")) + list(stored.rglob("*.pkl"))
-    assert pickles and (stored / "extra_files" / "model.pt").is_file(), sorted(p.name for p in stored.rglob("*"))
-    marker = tmp_path / "pwned"
-    for p in pickles:  # the attacker overwrites the pickled model in the artifact store
-        torch.save(_Payload(str(marker)), p)
+    assert (model_dir / "MLmodel").is_file()  # an MLflow model for MLflow users (tests/test_pyfunc.py) ...
+    assert not list(stored.rglob("*.pkl")) + list(stored.rglob("*.pth")), "no pickled model or class is stored"
+    weights = stored / "artifacts" / "animalclf" / "model.pt"
+    assert weights.is_file(), sorted(str(p.relative_to(stored)) for p in stored.rglob("*") if "code" not in p.parts)
 
     x = torch.stack([local.tensor(photo(90, 70))])
     for ref in ("models:/pwn@champion", f"models:/pwn/{version}"):
         p = Predictor.load(ref)
         assert p.version == f"pwn/{version}" and p.classes == CLASSES
         assert torch.allclose(p.predict_tensors(x), local.predict_tensors(x), atol=1e-5)
-    assert not marker.exists(), "loading through Predictor ran the planted pickle"
-    assert (model_dir / "MLmodel").is_file()  # still an MLflow model for MLflow users ...
-    with pytest.raises(Exception):
-        mlflow.pytorch.load_model(f"models:/pwn/{version}")  # ... and the payload is live:
-    assert marker.exists()  # MLflow's own loader runs it, so the check above could fail
+
+    marker = tmp_path / "pwned"
+    torch.save(_Payload(str(marker)), weights)  # the attacker overwrites the weights in the artifact store
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        Predictor.load(f"models:/pwn/{version}")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        mlflow.pyfunc.load_model(f"models:/pwn/{version}")  # MLflow's own loader reads it the same way
+    assert not marker.exists(), "loading ran the planted pickle"
+    with open(weights, "rb") as f:  # ... and the payload is live: a plain torch.load would have run it
+        torch.load(f, weights_only=False)
+    assert marker.exists()
 
 
 def test_unknown_alias_is_a_user_error(project, tmp_path, monkeypatch):

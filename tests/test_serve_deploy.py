@@ -35,7 +35,7 @@ def register(name: str, seed: int) -> tuple[str, Predictor]:
     model = build_model(cfg.arch, len(CLASSES), 0, "none").eval()
     d = save_checkpoint(Path(tempfile.mkdtemp()) / "ck", model, checkpoint_meta(cfg, CLASSES, {"val_accuracy": 0.5}, 1))
     tracker = Tracker.start("follow", f"v{seed}")
-    version = tracker.log_model(model, d / META_FILE, torch.zeros(1, 3, 64, 64), name)
+    version = tracker.log_model(d, name)
     tracker.end()
     return version, Predictor.from_checkpoint(d)
 

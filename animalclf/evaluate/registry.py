@@ -156,9 +156,10 @@ def version_classes(model_name: str, version: str | int, *, client: Optional["Ml
         if tag:
             return tag
         base = c.get_model_version_download_uri(model_name, str(version)).rstrip("/")
-    from animalclf.models.checkpoint import META_FILE  # legacy path only: checkpoint imports torch
+    from animalclf.models.checkpoint import META_FILE  # legacy path only: these import torch
+    from animalclf.models.predict import WEIGHTS_PATHS
 
-    for sub in (f"extra_files/{META_FILE}", META_FILE):
+    for sub in (*(f"{d}/{META_FILE}" for d in WEIGHTS_PATHS), META_FILE):
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 path = mlflow.artifacts.download_artifacts(artifact_uri=f"{base}/{sub}", dst_path=tmp)

@@ -18,7 +18,9 @@ from animalclf.evaluate.registry import is_model_ref
 from animalclf.models.build import Preprocess
 from animalclf.models.checkpoint import MEMBERS, META_FILE, MODEL_FILE, load_model
 
-EXTRA_FILES = "extra_files"  # where mlflow.pytorch.log_model(extra_files=...) puts them
+# Where a registered version keeps model.pt + animalclf.json: the image model's artifacts
+# (animalclf.models.pyfunc), or extra_files/ for versions logged with mlflow.pytorch before it.
+WEIGHTS_PATHS = ("artifacts/animalclf", "extra_files")
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +84,8 @@ class Predictor:
     @classmethod
     def from_mlflow(cls, uri: str, device: str = "cpu") -> "Predictor":
         """Load ``models:/NAME@alias``, ``models:/NAME/VERSION`` or ``runs:/ID/model`` without
-        unpickling anything: only the model's ``extra_files/`` (the state dict, read with
-        ``weights_only=True``, and ``animalclf.json``) are downloaded; the pickled MLflow model
-        beside them, there for MLflow users, is never fetched. An alias is resolved once, here,
+        unpickling anything: only the model's weights folder (:data:`WEIGHTS_PATHS`: the state dict,
+        read with ``weights_only=True``, and ``animalclf.json``) is downloaded. An alias is resolved once, here,
         and :attr:`version` names the version that was loaded."""
         import mlflow
 
@@ -96,14 +97,21 @@ class Predictor:
             base, version = MlflowClient().get_model_version_download_uri(name, number), f"{name}/{number}"
         else:
             base, version = uri, uri
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base.rstrip('/')}/{EXTRA_FILES}"))
-        except Exception as e:
-            raise UserError(f"Could not fetch the weights of {uri} from MLflow ({type(e).__name__}: {e}); check the "
-                            "name/alias and MLFLOW_TRACKING_URI.") from None
-        if not (local / MODEL_FILE).is_file() or not (local / META_FILE).is_file():
-            raise UserError(f"Model {uri} ({version}) has no {EXTRA_FILES}/{MODEL_FILE} + {META_FILE}: it was logged "
-                            "before animalclf stored a state dict, and pickles are not loaded; register it again.")
+        local, last = None, None
+        for sub in WEIGHTS_PATHS:
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{base.rstrip('/')}/{sub}"))
+            except Exception as e:  # noqa: BLE001 - not at this place: try the next
+                last = e
+                continue
+            if (local / MODEL_FILE).is_file() and (local / META_FILE).is_file():
+                break
+            local = None
+        if local is None:
+            why = f" ({type(last).__name__}: {last})" if last else ""
+            raise UserError(f"Could not fetch the weights of {uri} ({version}) from MLflow{why}: no "
+                            f"{' or '.join(WEIGHTS_PATHS)} with {MODEL_FILE} + {META_FILE} (pickled models are not "
+                            "loaded); check the name/alias and MLFLOW_TRACKING_URI, or register it again.") from None
         model, meta = load_model(local, device)
         return cls(model, meta, version=version, device=device)
 

@@ -73,41 +73,23 @@ class Tracker:
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
 
-    def log_model(self, model, meta_file: str | Path, example, registered_name: Optional[str]) -> Optional[str]:
-        """Log ``model`` with ``mlflow.pytorch`` (signature from ``example``) and register it.
+    def log_model(self, checkpoint: str | Path, registered_name: Optional[str]) -> Optional[str]:
+        """Log the checkpoint as an MLflow image model (:mod:`animalclf.models.pyfunc`: photos in, class
+        names and probabilities out) and register it as ``registered_name`` when given.
 
         Returns the registered version (as a string) or ``None`` when not registering.
         """
-        import tempfile
-
         import mlflow
-        import mlflow.pytorch
+        import PIL
         import timm
         import torch
         import torchvision
-        from mlflow.models import infer_signature
 
-        model = model.cpu().eval()
-        with torch.no_grad():
-            out = model(example).softmax(1)
-        signature = infer_signature(example.numpy(), out.numpy())
-        reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}", f"timm=={timm.__version__}"]
-        # What animalclf loads is extra_files/ (the state dict, read with weights_only=True, and
-        # animalclf.json); the pickled model beside it is for MLflow users and never loaded by us.
-        from animalclf.models.build import Ensemble, is_rotation_pooled
-        from animalclf.models.checkpoint import MODEL_FILE
+        from animalclf.models.pyfunc import log_image_model
 
-        # mlflow.pytorch pickles by reference: an Ensemble's class and the rotation pool's hooks live in
-        # this package, so it travels along
-        ours = isinstance(model, Ensemble) or any(is_rotation_pooled(m) for m in model.modules())
-        code = [str(Path(__file__).resolve().parents[1])] if ours else None  # the animalclf package
-        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=self.run_id):
-            weights = Path(tmp) / MODEL_FILE
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
-            info = mlflow.pytorch.log_model(
-                model, name="model", signature=signature, registered_model_name=registered_name,
-                extra_files=[str(meta_file), str(weights)], pip_requirements=reqs, await_registration_for=60,
-                serialization_format="pickle", code_paths=code,
-            )
+        reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
+                f"timm=={timm.__version__}", f"pillow=={PIL.__version__}", f"mlflow=={mlflow.__version__}"]
+        with mlflow.start_run(run_id=self.run_id):
+            info = log_image_model(checkpoint, registered_name, reqs)
         version = getattr(info, "registered_model_version", None)
         return str(version) if version is not None else None

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
 
 from animalclf import tracking
 from animalclf.config import TrainConfig, runs_dir
@@ -19,7 +18,7 @@ from animalclf.evaluate.evaluation import evaluate_model, export_checkpoint, pro
 from animalclf.evaluate.evidence import EVIDENCE_FILE, Decision
 from animalclf.evaluate.out_of_fold import OutOfFold
 from animalclf.evaluate.report import format_table, write_report
-from animalclf.models.checkpoint import META_FILE, load_model
+from animalclf.models.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +83,7 @@ def publish(cfg: TrainConfig, split: Split, best: Best, tracker: Optional["track
                              "best_epoch": meta["epoch"]}, step=meta["epoch"])
         tracker.log_artifacts(report_dir, "report")
         tracker.log_artifacts(ckpt, "checkpoint")
-        size = meta["preprocess"]["crop_size"]
-        version = tracker.log_model(model, ckpt / META_FILE, torch.zeros(1, 3, size, size), cfg.model_name)
+        version = tracker.log_model(ckpt, cfg.model_name)
         tracker.set_tags({"animalclf.checkpoint": str(ckpt), "animalclf.model_version": version or ""})
         if version:
             registry.tag_version(cfg.model_name, version, split.classes,
