@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi import Path as PathParam
+from fastapi import Query, Request
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve import Application
 
@@ -45,7 +46,10 @@ from animalclf.errors import InvalidImage, UserError
 from animalclf.evaluate.registry import is_model_ref
 from animalclf.models.predict import Predictor
 from animalclf.runtime.allocator import DEFAULT_MMAP_THRESHOLD_MIB, keep_freed_memory, release_freed_memory
+from serve import oip
 from serve.auth import authorized, read_key
+from serve.schemas import (IMAGE_BODY, IMAGES_BODY, INFER_BODY, TOP_K_DOC, BatchResponse, Health, InferResponse, Live,
+                           Metadata, ModelMetadata, PredictResponse, Ready, ServerMetadata, error_responses)
 from serve.settings import ServeSettings, from_environment
 from serve.web import MULTIPART_OVERHEAD, ClientError, fastapi_app, guarded, metrics, read_body, read_files
 
@@ -54,6 +58,8 @@ log = logging.getLogger("ray.serve")
 __all__ = ["Classifier", "build_app", "DEPLOYMENT_NAME"]
 
 DEPLOYMENT_NAME = "Classifier"
+NAME = PathParam(description="The model's name (animalclf, or the registered model's)", examples=[oip.DEFAULT_NAME])
+VERSION = PathParam(description="The model version being served (GET /v2/models/{name})", examples=["1"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,14 +236,9 @@ class Classifier:
         version = results[0][0].version if results else predictor.version
         return [p.top_k(pr, top_k) for p, pr in results], version
 
-    def _top_k(self, request: Request) -> int:
-        raw = request.query_params.get("top_k")
-        if raw is None:
+    def _top_k(self, k: Optional[int]) -> int:
+        if k is None:
             return min(self.settings.top_k, len(self.predictor.classes))
-        try:
-            k = int(raw)
-        except ValueError:
-            raise ClientError(f"top_k must be an integer, got {raw!r}") from None
         if not 1 <= k <= len(self.predictor.classes):
             raise ClientError(f"top_k must be between 1 and {len(self.predictor.classes)}, got {k}")
         return k
@@ -248,12 +249,13 @@ class Classifier:
             raise ClientError("this endpoint requires an API key: send 'Authorization: Bearer KEY' (or 'X-API-Key: KEY')",
                               401, {"WWW-Authenticate": "Bearer"})
 
-    @fastapi_app.post("/predict")
-    async def predict(self, request: Request) -> JSONResponse:
+    @fastapi_app.post("/predict", response_model=PredictResponse, openapi_extra=IMAGE_BODY,
+                      responses=error_responses(400, 401, 408, 413, 415, 500, 503), summary="Classify one image")
+    async def predict(self, request: Request, top_k: Optional[int] = Query(None, description=TOP_K_DOC)) -> JSONResponse:
         t0, s = time.perf_counter(), self.settings
         self._check_key(request)
         deadline = time.monotonic() + s.deadline_s
-        top_k = self._top_k(request)
+        top_k = self._top_k(top_k)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             blobs = await read_files(guarded(request, s.max_bytes + MULTIPART_OVERHEAD, s.body_timeout_s), "file", 1, s.max_bytes)
             if len(blobs) != 1:
@@ -265,12 +267,14 @@ class Classifier:
         return JSONResponse({"predictions": preds[0], "model_version": version,
                              "latency_ms": round((time.perf_counter() - t0) * 1000, 2)})
 
-    @fastapi_app.post("/predict/batch")
-    async def predict_batch(self, request: Request) -> JSONResponse:
+    @fastapi_app.post("/predict/batch", response_model=BatchResponse, openapi_extra=IMAGES_BODY,
+                      responses=error_responses(400, 401, 408, 413, 415, 500, 503), summary="Classify several images")
+    async def predict_batch(self, request: Request,
+                            top_k: Optional[int] = Query(None, description=TOP_K_DOC)) -> JSONResponse:
         t0, s = time.perf_counter(), self.settings
         self._check_key(request)
         deadline = time.monotonic() + s.deadline_s
-        top_k = self._top_k(request)
+        top_k = self._top_k(top_k)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ClientError("send images as multipart/form-data, one part per image in field 'files'", 415)
         limit = s.max_images * (s.max_bytes + MULTIPART_OVERHEAD)
@@ -280,7 +284,7 @@ class Classifier:
         return JSONResponse({"results": [{"predictions": p} for p in preds], "model_version": version,
                              "latency_ms": round((time.perf_counter() - t0) * 1000, 2)})
 
-    @fastapi_app.get("/healthz")
+    @fastapi_app.get("/healthz", response_model=Health, responses=error_responses(503), summary="Ready or not")
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ready"}
 
@@ -290,7 +294,8 @@ class Classifier:
         return {"replica": self.replica_id, "pid": os.getpid(), "model_version": self.predictor.version,
                 "model_ref": self.model_ref, "last_load_error": self.last_load_error, "loaded_at": self.loaded_at}
 
-    @fastapi_app.get("/metadata")
+    @fastapi_app.get("/metadata", response_model=Metadata, response_model_exclude_unset=True,
+                     responses=error_responses(503), summary="Classes, model version, preprocessing, limits")
     async def metadata(self, request: Request) -> dict[str, Any]:
         s = self.settings
         public = {**self.predictor.metadata(), "model_version": self._public_version(self.predictor.version),
@@ -306,6 +311,70 @@ class Classifier:
         if self._api_key is None or not authorized(request.headers, self._api_key):
             return public  # no local paths, tracking URI or error texts for an unknown caller
         return {**public, **self.status(), "settings": s.to_dict()}
+
+    # -- Open Inference Protocol v2 (serve.oip): what KServe / Triton clients call ---------------------
+    def _oip_model(self, name: str, version: Optional[str] = None) -> tuple[str, str]:
+        """This replica's (model name, version) for the protocol; 404 unless ``name``/``version`` are it."""
+        mine, number = oip.split_version(self._public_version(self.predictor.version), oip.DEFAULT_NAME)
+        if name != mine or version not in (None, number):
+            raise ClientError(f"no model {name!r}{f' version {version!r}' if version else ''} here; this server has "
+                              f"{mine!r} version {number!r} (GET /v2/models/{mine})", 404)
+        return mine, number
+
+    @fastapi_app.get("/v2", response_model=ServerMetadata, tags=[oip.TAG], summary="Server metadata")
+    async def oip_server(self) -> dict[str, Any]:
+        return {"name": oip.DEFAULT_NAME, "version": "2", "extensions": ["binary_tensor_data"]}
+
+    @fastapi_app.get("/v2/health/live", response_model=Live, tags=[oip.TAG], summary="Server live")
+    async def oip_live(self) -> dict[str, Any]:
+        return {"live": True}
+
+    @fastapi_app.get("/v2/health/ready", response_model=Ready, tags=[oip.TAG], summary="Server ready")
+    async def oip_ready(self) -> dict[str, Any]:
+        return {"ready": self.predictor is not None}
+
+    @fastapi_app.get("/v2/models/{name}", response_model=ModelMetadata, tags=[oip.TAG], summary="Model metadata",
+                     responses=error_responses(404))
+    async def oip_model(self, name: str = NAME) -> dict[str, Any]:
+        return oip.model_metadata(*self._oip_model(name), self.settings.max_images)
+
+    @fastapi_app.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, tags=[oip.TAG],
+                     summary="Model version metadata", responses=error_responses(404))
+    async def oip_model_version(self, name: str = NAME, version: str = VERSION) -> dict[str, Any]:
+        return oip.model_metadata(*self._oip_model(name, version), self.settings.max_images)
+
+    @fastapi_app.get("/v2/models/{name}/ready", response_model=Ready, tags=[oip.TAG], summary="Model ready",
+                     responses=error_responses(404))
+    async def oip_model_ready(self, name: str = NAME) -> dict[str, Any]:
+        self._oip_model(name)
+        return {"ready": True}
+
+    @fastapi_app.post("/v2/models/{name}/infer", response_model=InferResponse, openapi_extra=INFER_BODY, tags=[oip.TAG],
+                      summary="Classify images (BYTES tensor)", responses=error_responses(400, 401, 404, 408, 413, 415, 500, 503))
+    async def oip_infer(self, request: Request, name: str = NAME) -> Response:
+        return await self._oip_infer(request, name, None)
+
+    @fastapi_app.post("/v2/models/{name}/versions/{version}/infer", response_model=InferResponse, openapi_extra=INFER_BODY,
+                      tags=[oip.TAG], summary="Classify images with one version",
+                      responses=error_responses(400, 401, 404, 408, 413, 415, 500, 503))
+    async def oip_infer_version(self, request: Request, name: str = NAME, version: str = VERSION) -> Response:
+        return await self._oip_infer(request, name, version)
+
+    async def _oip_infer(self, request: Request, name: str, version: Optional[str]) -> Response:
+        s = self.settings
+        self._check_key(request)
+        deadline = time.monotonic() + s.deadline_s
+        self._oip_model(name, version)
+        limit = s.max_images * (s.max_bytes * 4 // 3 + 4096) + MULTIPART_OVERHEAD  # base64 in JSON, or raw
+        body = await read_body(guarded(request, limit, s.body_timeout_s))
+        req = oip.parse_infer(body, request.headers.get(oip.HEADER), s.max_images)
+        for i, blob in enumerate(req.blobs):
+            if len(blob) > s.max_bytes:
+                raise InvalidImage(f"image {i} is {len(blob)} bytes; the limit is {s.max_bytes} bytes", 413)
+        preds, used = await self._classify(req.blobs, self._top_k(req.top_k), deadline)
+        metrics()["images"].inc(len(req.blobs), tags={"route": "/infer"})
+        content, headers = oip.encode_infer(req, *oip.split_version(self._public_version(used), oip.DEFAULT_NAME), preds)
+        return Response(content, headers=headers)
 
     @staticmethod
     def _public_version(version: str) -> str:

@@ -18,10 +18,11 @@ from animalclf.errors import InvalidImage
 
 log = logging.getLogger("ray.serve")
 
-__all__ = ["ClientError", "fastapi_app", "metrics", "guarded", "read_body", "read_files", "MULTIPART_OVERHEAD"]
+__all__ = ["ClientError", "fastapi_app", "metrics", "guarded", "read_body", "read_files", "MULTIPART_OVERHEAD",
+           "JSONErrors", "proxy_middlewares", "PROXY_CALLBACK", "PROXY_CALLBACK_ENV"]
 
 MULTIPART_OVERHEAD = 64 * 1024
-ROUTES = ("/predict", "/predict/batch", "/healthz", "/metadata")
+ROUTES = ("/predict", "/predict/batch", "/healthz", "/metadata", "/infer")
 
 
 class ClientError(Exception):
@@ -89,7 +90,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 @fastapi_app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _error(400, f"invalid request: {exc.errors()}")
+    why = "; ".join(f"{' '.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in exc.errors())
+    return _error(400, f"invalid request: {why}")
 
 
 @fastapi_app.middleware("http")
@@ -110,6 +112,62 @@ async def _count(request: Request, call_next):
     m["latency"].observe((time.perf_counter() - t0) * 1000, tags={"route": route})
     return response
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The proxy's own answers (503 overload or no replica, 408 timeout, 404 no app): JSON too
+# ---------------------------------------------------------------------------------------------
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"  # read by Serve's proxy when it starts
+PROXY_CALLBACK = "serve.web:proxy_middlewares"
+
+
+class JSONErrors:
+    """ASGI middleware for Serve's HTTP proxy: an error it answers in plain text (Serve's own 503,
+    408, 404, 500) becomes ``{"error": text}`` with the same status and headers; everything else,
+    our app's JSON answers included, passes untouched."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start: Optional[dict] = None
+        body: list[bytes] = []
+
+        async def wrapped(message):
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = {k.lower(): v for k, v in message.get("headers", [])}
+                if message["status"] >= 400 and headers.get(b"content-type", b"").startswith(b"text/plain"):
+                    start = message  # hold it: the body becomes JSON
+                    return
+            elif message["type"] == "http.response.body" and start is not None:
+                body.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                import json
+
+                text = b"".join(body).decode("utf-8", "replace").strip() or "error"
+                content = json.dumps({"error": text}).encode()
+                headers = [(k, v) for k, v in start.get("headers", [])
+                           if k.lower() not in (b"content-type", b"content-length")]
+                headers += [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": content})
+                return
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+def proxy_middlewares() -> list:
+    """What ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.web:proxy_middlewares`` gives Serve's
+    proxy (set in the head's environment by :mod:`animalclf.runtime.localray`, ``make head-start``
+    and cluster.yaml)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(JSONErrors)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -297,6 +297,7 @@ def test_overload_answers_503_quickly_and_accepted_are_correct(endpoint, photos,
                 assert same(body["predictions"], expected(local, body["model_version"], photos[1]))
             else:
                 assert r.headers.get("retry-after") == "1" and dt < 10
+                assert r.headers["content-type"] == "application/json" and r.json()["error"], r.text  # Serve's own 503
         if 503 in statuses:
             break
     assert 503 in statuses and 200 in statuses, statuses
@@ -519,3 +520,90 @@ def test_batches_split_into_contiguous_near_equal_parts():
     assert split([0, 1, 2, 3, 4, 5, 6], 3) == [[0, 1, 2], [3, 4], [5, 6]]
     assert split([0, 1], 4) == [[0], [1]]  # never an empty part
     assert split([7], 1) == [[7]] and split([], 2) == []
+
+
+# --- the contract: OpenAPI, fuzzed; Open Inference Protocol v2 with a real client ---------------------
+def test_openapi_documents_bodies_top_k_answers_and_errors(endpoint):
+    doc = requests.get(f"{endpoint}/openapi.json", timeout=10).json()
+    predict = doc["paths"]["/predict"]["post"]
+    assert set(predict["requestBody"]["content"]) >= {"multipart/form-data", "application/octet-stream"}
+    assert predict["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary"
+    assert [p["name"] for p in predict["parameters"]] == ["top_k"]
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictResponse")
+    for code in ("400", "401", "408", "413", "503"):
+        assert predict["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["Prediction"]["properties"]) == {"class", "probability"}
+    batch = doc["paths"]["/predict/batch"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert batch["properties"]["files"]["type"] == "array"
+    assert {"/v2", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/infer"} <= set(doc["paths"])
+    # one error shape for what FastAPI answers by itself too
+    r = requests.get(f"{endpoint}/no/such/route", timeout=10)
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
+    r = requests.post(f"{endpoint}/predict", params={"top_k": "many"}, data=b"x", timeout=10)
+    assert r.status_code == 400 and "top_k" in r.json()["error"]
+
+
+def test_schemathesis_fuzzing_finds_no_5xx_and_no_schema_break(endpoint, tmp_path):
+    """A property-based API tester generates requests from our own /openapi.json (bodies, top_k,
+    paths, OIP inference bodies) and checks every answer: no 5xx, status and body as documented."""
+    import subprocess
+    import sys
+
+    st = Path(sys.executable).parent / "st"
+    checks = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+    r = subprocess.run([str(st), "run", f"{endpoint}/openapi.json", "--checks", checks, "--max-examples", "25",
+                        "--seed", "7", "--phases", "examples,coverage,fuzzing", "--request-timeout", "30",
+                        "--no-color", "--report", "junit", "--report-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-6000:]
+    ops = len([m for path in requests.get(f"{endpoint}/openapi.json", timeout=10).json()["paths"].values() for m in path])
+    assert f"Tested: {ops}" in out, out[-3000:]  # every operation was exercised ...
+    cases = re.search(r"(\d+) generated, (\d+) passed", out)
+    assert cases and cases.group(1) == cases.group(2) and int(cases.group(1)) > 100, out[-3000:]  # ... many times
+
+
+def test_open_inference_protocol_with_tritonclient(endpoint, photos, local):
+    """tritonclient (Triton's official HTTP client, which KServe users point at OIP servers) talks
+    to us: health, metadata, and inference with BYTES tensors, binary and JSON, answering what
+    /predict answers."""
+    from tritonclient.http import InferenceServerClient, InferenceServerException, InferInput, InferRequestedOutput
+    from tritonclient.utils import InferenceServerException as UtilsError
+
+    client = InferenceServerClient(url=endpoint.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    meta = client.get_model_metadata("animalclf")
+    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert client.is_model_ready("animalclf")
+    blobs, served = [p.read_bytes() for p in photos], checkpoint_of(endpoint)
+    for binary in (True, False):
+        x = InferInput("image", [len(blobs)], "BYTES")
+        if binary:
+            x.set_data_from_numpy(np.array(blobs, dtype=np.object_), binary_data=True)
+        else:  # JSON: BYTES as base64 strings
+            import base64
+
+            x.set_data_from_numpy(np.array([base64.b64encode(b) for b in blobs], dtype=np.object_), binary_data=False)
+        outs = [InferRequestedOutput("class", binary_data=binary), InferRequestedOutput("probability", binary_data=binary)]
+        result = client.infer("animalclf", [x], outputs=outs, parameters={"top_k": 3})
+        classes, probs = result.as_numpy("class"), result.as_numpy("probability")
+        assert classes.shape == probs.shape == (len(blobs), 3)
+        for i, path in enumerate(photos):
+            want = expected(local, f"checkpoint:{served}", path, 3)
+            got = [{"class": c.decode() if isinstance(c, bytes) else c, "probability": float(p)}
+                   for c, p in zip(classes[i], probs[i])]
+            assert same(got, want), (path.name, got, want)
+    with pytest.raises((InferenceServerException, UtilsError), match="no model 'other'"):
+        client.infer("other", [x])
+    bad = InferInput("image", [1], "BYTES")
+    bad.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
+    with pytest.raises((InferenceServerException, UtilsError), match="not an image"):
+        client.infer("animalclf", [bad])
+
+
+def checkpoint_of(endpoint: str) -> str:
+    """The checkpoint directory the endpoint's replicas serve now."""
+    from serve import deploy
+
+    return deploy.replica_status()["model_ref"]

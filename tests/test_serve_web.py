@@ -92,3 +92,50 @@ def test_a_body_that_does_not_arrive_in_time_is_408():
     with pytest.raises(ClientError, match="did not arrive within 0.2 s") as e:
         asyncio.run(read())
     assert e.value.status == 408
+
+
+def test_heads_give_serves_proxy_our_json_errors():
+    """Every head we start names the proxy hook (tests/test_serve_app.py sees Serve's own 503 as JSON)."""
+    import importlib
+
+    from animalclf.runtime import localray
+    from serve import web
+
+    assert localray.SERVE_PROXY_CALLBACK == {web.PROXY_CALLBACK_ENV: web.PROXY_CALLBACK}
+    assert localray.head_environment({})[web.PROXY_CALLBACK_ENV] == web.PROXY_CALLBACK
+    assert localray.head_environment({web.PROXY_CALLBACK_ENV: "mine:hook"})[web.PROXY_CALLBACK_ENV] == "mine:hook"
+    module, fn = web.PROXY_CALLBACK.split(":")
+    (middleware,) = getattr(importlib.import_module(module), fn)()
+    assert middleware.cls is web.JSONErrors
+
+
+def test_json_errors_rewrites_plain_text_errors_only():
+    import asyncio
+    import json
+
+    from serve.web import JSONErrors
+
+    def app_answering(status: int, ctype: bytes, body: bytes):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", ctype), (b"retry-after", b"1")]})
+            await send({"type": "http.response.body", "body": body})
+        return app
+
+    def run(app) -> tuple[dict, bytes]:
+        sent: list[dict] = []
+
+        async def send(m):
+            sent.append(m)
+
+        asyncio.run(JSONErrors(app)({"type": "http"}, None, send))
+        return sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+
+    start, body = run(app_answering(503, b"text/plain; charset=utf-8", b"Request dropped due to backpressure"))
+    headers = dict(start["headers"])
+    assert start["status"] == 503 and headers[b"content-type"] == b"application/json" and headers[b"retry-after"] == b"1"
+    assert json.loads(body) == {"error": "Request dropped due to backpressure"}
+    assert int(headers[b"content-length"]) == len(body)
+    for status, ctype, raw in ((200, b"text/plain", b"ok"), (400, b"application/json", b'{"error": "x"}')):
+        start, body = run(app_answering(status, ctype, raw))
+        assert body == raw and start["status"] == status  # untouched

@@ -97,6 +97,16 @@ def _become_subreaper() -> None:
         pass
 
 
+# Serve's HTTP proxy answers its own errors (503 overload, 408 timeout) in plain text; this hook,
+# read by the proxy at start from the head's environment, makes them JSON like ours (serve.web).
+SERVE_PROXY_CALLBACK = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.web:proxy_middlewares"}
+
+
+def head_environment(environ: Optional[dict] = None) -> dict[str, str]:
+    """The environment a head starts with: ours, plus :data:`SERVE_PROXY_CALLBACK` unless set."""
+    return {**SERVE_PROXY_CALLBACK, **(os.environ if environ is None else environ)}
+
+
 def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = None, connect: bool = True,
                fate_share: bool = True) -> LocalHead:
     """Start a head on loopback (token auth on, dashboard on ``dashboard_port``) and connect to it.
@@ -118,7 +128,7 @@ def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = N
     try:
         if fate_share:  # first: a kill while `ray start` runs is covered too
             head.guardian = headguard.start_guardian(temp, head.address)
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=head_environment())
         if head.guardian is not None and head.guardian.poll() is not None:
             log.warning("The guardian of the Ray head at %s exited (status %s): the head will outlive this "
                         "process if it is killed.", head.address, head.guardian.returncode)
