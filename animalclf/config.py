@@ -21,6 +21,7 @@ METRICS = ("val_accuracy", "val_f1", "val_loss")
 FINAL_MODES = ("refit", "ensemble", "none")  # what a --cv run publishes (training.publish_cv)
 SCHEDULES = ("constant", "cosine")  # learning rate over epochs (animalclf.train.engine.lr_factor)
 HEAD_INITS = ("random", "probe")  # how the new head starts (animalclf.train.probe)
+GROUP_MODES = ("auto", "names", "none")  # how copies are found (animalclf.data.groups, which checks it is the same)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # files read as images
 
 
@@ -60,6 +61,7 @@ class TrainConfig:
     train_dir: Optional[str] = None
     val_dir: Optional[str] = None
     val_ratio: float = 0.2
+    groups: str = "auto"  # copies of one photo kept on one side of a split or fold (animalclf.data.groups)
     seed: int = 42
     image_size: Optional[int] = None  # crop size; None = the weights' own (224)
     loader_workers: int = 0
@@ -136,6 +138,8 @@ class TrainConfig:
             raise UserError("No data given: pass --data DIR (class folders) or both --train-dir and --val-dir.")
         if self.data and (self.train_dir or self.val_dir):
             raise UserError("Pass either --data or --train-dir/--val-dir, not both.")
+        if self.groups not in GROUP_MODES:
+            raise UserError(f"--groups {self.groups!r}: choose one of {', '.join(GROUP_MODES)}.")
         if not 0.0 < self.val_ratio < 1.0:
             raise UserError(f"--val-ratio {self.val_ratio} must be between 0 and 1 (exclusive), e.g. 0.2.")
         if self.lr < 0:
@@ -199,6 +203,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--train-dir", help="explicit training folder of class folders")
     g.add_argument("--val-dir", help="explicit validation folder of class folders")
     g.add_argument("--val-ratio", type=float, default=d.val_ratio, help=f"(default: {d.val_ratio})")
+    g.add_argument("--groups", default=d.groups, choices=GROUP_MODES,
+                   help="keep copies of one photo (turned, darkened, cropped; bursts) on one side of the split and of "
+                        "every CV fold: auto = by file name (Deer_7_2 of Deer_7) and by a perceptual hash; names = by "
+                        "file name only; none = per file, as before (default: auto)")
     g.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
     g.add_argument("--image-size", type=int, default=d.image_size, help="crop size (default: the weights')")
     g.add_argument("--loader-workers", type=int, default=d.loader_workers, help="DataLoader processes (default: 0)")
@@ -287,4 +295,4 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "runs_dir", "check_runs_dir", "ARCHS",
-           "METRICS", "FINAL_MODES", "HEAD_INITS", "SCHEDULES", "better", "check_unfreeze", "resources_arg"]
+           "METRICS", "FINAL_MODES", "HEAD_INITS", "GROUP_MODES", "SCHEDULES", "better", "check_unfreeze", "resources_arg"]

@@ -7,8 +7,10 @@ For each backbone (Lite0 at 224 px, Lite2 at 260 px: the weights' own eval trans
 without ``--autocontrast``, the pooled features of every photo turned 0/90/180/270 degrees are
 extracted once; then, per seed, stratified 5-fold CV of ``animalclf.train.probe.fit_linear`` (the probe
 the pipeline fits) on the upright features ("plain") and on their mean over the four turns ("rotation
-pool", what ``--rotation-pool`` computes). ``bench/quality.py --recipes lite2`` measures the chosen
-recipe through the real pipeline.
+pool", what ``--rotation-pool`` computes). Every figure twice, side by side: on per-file folds
+(copies of one photo may sit in different folds: what was measured before) and on grouped folds
+(``--groups auto``: a photo and its edited copies always in one fold), so the leak's worth shows.
+``bench/quality.py --recipes lite2`` measures the chosen recipe through the real pipeline.
 """
 
 from __future__ import annotations
@@ -40,16 +42,16 @@ def turned_features(arch: str, autocontrast: bool, samples: list, batch: int = 1
     return torch.stack(turns, 1)
 
 
-def cv_accuracy(x: torch.Tensor, samples: list, seed: int, folds: int = 5) -> float:
+def cv_accuracy(x: torch.Tensor, samples: list, seed: int, folds: int = 5, groups=None) -> float:
     """CV accuracy of the probe on features ``x`` (row i = ``samples[i]``), on the folds ``--cv``
-    uses for ``seed`` (``animalclf.data.folds.stratified_folds``)."""
+    uses for ``seed`` (``animalclf.data.folds.stratified_folds``; grouped with ``groups``)."""
     from animalclf.data.folds import stratified_folds
     from animalclf.train.probe import fit_linear
 
     y = torch.tensor([label for _, label in samples])
     row = {s: i for i, s in enumerate(samples)}
     right = 0
-    for part in stratified_folds(samples, folds, seed):
+    for part in stratified_folds(samples, folds, seed, groups):
         val = torch.tensor(sorted(row[s] for s in part))
         train = torch.ones(len(y), dtype=torch.bool)
         train[val] = False
@@ -66,21 +68,25 @@ def main() -> None:
     from animalclf.config import TrainConfig
     from animalclf.data.source import source_of
 
-    split = source_of(TrainConfig(data=args.data)).split(0.2, 0)
+    split = source_of(TrainConfig(data=args.data)).split(0.2, 0)  # --groups auto
     samples = sorted([*split.train, *split.val])
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"command: python bench/features_cv.py --data {args.data} --seeds {args.seeds}; {len(samples)} photos; "
-          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
-    print("| backbone | autocontrast | features | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | extraction s |")
-    print("|---|---|---|" + "---|" * len(seeds) + "---|---|")
+    print(f"command: python bench/features_cv.py --data {args.data} --seeds {args.seeds}; {len(samples)} files, "
+          f"{split.group_count()} photos; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    print("| backbone | autocontrast | features | per-file folds, mean | " + " | ".join(f"grouped seed {s}" for s in seeds)
+          + " | grouped mean | leak (points) | extraction s |")
+    print("|---|---|---|---|" + "---|" * len(seeds) + "---|---|---|")
     for arch, autocontrast in VARIANTS:
         t0 = time.perf_counter()
         feats = turned_features(arch, autocontrast, samples)
         took = time.perf_counter() - t0
         for name, x in (("plain", feats[:, 0]), ("rotation pool", feats.mean(1))):
-            accs = [cv_accuracy(x, samples, s) for s in seeds]
-            print(f"| {arch} | {'yes' if autocontrast else 'no'} | {name} | " + " | ".join(f"{a:.4f}" for a in accs)
-                  + f" | {statistics.mean(accs):.4f} | {took:.0f} |", flush=True)
+            per_file = statistics.mean(cv_accuracy(x, samples, s) for s in seeds)
+            accs = [cv_accuracy(x, samples, s, groups=split.groups) for s in seeds]
+            grouped = statistics.mean(accs)
+            print(f"| {arch} | {'yes' if autocontrast else 'no'} | {name} | {per_file:.4f} | "
+                  + " | ".join(f"{a:.4f}" for a in accs)
+                  + f" | {grouped:.4f} | {100 * (per_file - grouped):.1f} | {took:.0f} |", flush=True)
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

@@ -193,7 +193,8 @@ def summary(trained, tuned, setup: Setup, served: Served) -> str:
         f"{tuned.epochs_run}/{tuned.epochs_budget} trial-epochs run (ASHA); report: {tuned.report_dir}",
         f"Champion: models:/animalclf@champion = version {tuned.champion_version} ({'new' if tuned.promoted else 'kept'})",
         f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000" if db else f"MLflow: {uri}",
-        f"API:  {url}   (GET /healthz, GET /metadata, POST /predict, POST /predict/batch)",
+        f"API:  {url}   (GET /healthz, /metadata, /docs; POST /predict, /predict/batch; "
+        f"Open Inference Protocol: POST /v2/models/animalclf/infer)",
         f"UI:   {ui_url}",
         f"Ray dashboard: {setup.dashboard_url}",
         f"Example: curl -s -X POST --data-binary @{sample} {url}/predict",

@@ -171,3 +171,25 @@ def test_cv_search_under_asha_scores_fold_means_and_publishes_the_best_as_an_ens
     served = Predictor.from_mlflow(f"models:/tiny-cv-tuned/{out.model_version}")  # the fold models, as one model
     assert isinstance(served.model, Ensemble) and len(served.model.members) == 2 and served.metadata()["members"] == 2
     assert served.meta["epoch"] == int(version.tags["animalclf.cv_epoch"])
+
+
+def test_grouped_folds_keep_copies_together_and_stay_stratified():
+    """Stratified group k-fold: a photo's copies always share a fold; each class's share per fold
+    is off by less than one group."""
+    groups = {p: p.rsplit("/", 1)[0] + f"/g{int(p.rsplit('/', 1)[1].split('.')[0]) // 3}" for p, _ in SAMPLES}
+    folds = cv.stratified_folds(SAMPLES, 3, seed=5, groups=groups)
+    flat = [s for f in folds for s in f]
+    assert sorted(flat) == sorted(SAMPLES) and len(flat) == len(set(flat))
+    where = {groups[p]: i for i, f in enumerate(folds) for p, _ in f}
+    assert all(where[groups[p]] == i for i, f in enumerate(folds) for p, _ in f)  # no group in two folds
+    per_class = Counter(s[1] for s in SAMPLES)
+    for f in folds:
+        counts = Counter(s[1] for s in f)
+        for label, n in per_class.items():
+            assert abs(counts[label] - n / 3) <= 3  # one group (3 copies) at most off its share
+    assert cv.stratified_folds(list(reversed(SAMPLES)), 3, seed=5, groups=groups) == folds
+    split = Split(["a", "b", "c"], SAMPLES[::2], SAMPLES[1::2], groups)
+    for s in cv.fold_splits(split, 3, seed=5):
+        assert not {groups[p] for p, _ in s.train} & {groups[p] for p, _ in s.val}
+    with pytest.raises(UserError, match="at least 4 photos"):
+        cv.stratified_folds(SAMPLES, 4, 0, groups)  # class 0: 7 images in 3 groups

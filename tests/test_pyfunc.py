@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -95,7 +96,8 @@ def mlflow_models_serve(ref: str, port: int, log: Path) -> subprocess.Popen:
     """``mlflow models serve`` as a user runs it in this environment (its uvicorn on PATH)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", ref, "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+                             "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)  # its uvicorn child too: stopped as a group
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
@@ -143,5 +145,5 @@ def test_mlflow_models_serve_answers_like_ray_serve(store, shared_data, ray_sess
         assert len({a["class"] for a in theirs}) > 1  # a real comparison: the answers vary
     finally:
         deploy.stop()
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)

@@ -170,7 +170,8 @@ class Bucket(ClassFolders):
     """
 
     kind = "bucket"
-    scan = staticmethod(scan_bucket)  # the listing only: ``split`` reads no image bytes
+    scan = staticmethod(scan_bucket)  # the listing only: the split reads no image bytes but content grouping's
+    read = staticmethod(s3.read_bytes)
 
     def trainer_inputs(self, split: Split, pre: Preprocess, seed: int, num_workers: int) -> dict[str, Any]:
         """``datasets`` and ``dataset_config`` for the ``TorchTrainer`` of ``num_workers`` workers."""

@@ -76,6 +76,7 @@ class LocalFolder(ClassFolders):
 
     kind = "folder"
     scan = staticmethod(scan_folder)
+    read = staticmethod(lambda path: Path(path).read_bytes())
 
     def trainer_inputs(self, split: Split, pre: Preprocess, seed: int, num_workers: int) -> dict[str, Any]:
         """Nothing for the ``TorchTrainer``: workers load the files themselves."""

@@ -38,7 +38,7 @@ class DataSource(Protocol):
     kind: str
     """``"folder"`` or ``"bucket"``, for messages and logs only."""
 
-    def split(self, val_ratio: float, seed: int) -> Split:
+    def split(self, val_ratio: float, seed: int, groups: str = "auto") -> Split:
         """Scan once (skipped files named in one warning), then the seeded stratified split, or the
         explicit train/val roots (validation must have training's classes)."""
 

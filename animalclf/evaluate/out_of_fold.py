@@ -63,7 +63,7 @@ class OutOfFold:
 def out_of_fold(checkpoint_dir: str | Path, split: Split, k: int, seed: int) -> OutOfFold:
     """Predict every sample of ``split`` (train + validation) with the fold model of
     ``checkpoint_dir`` that validated on it (the folds of ``cv.fold_splits(split, k, seed)``, as trained)."""
-    parts = cv.stratified_folds(cv.all_samples(split), k, seed)
+    parts = cv.stratified_folds(cv.all_samples(split), k, seed, split.groups)
     samples: list[Sample] = []
     probs, targets = [], []
     for i, part in enumerate(parts):

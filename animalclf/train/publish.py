@@ -103,7 +103,8 @@ def start_tracker(cfg: TrainConfig, split: Split, name: str, parent_run_id: Opti
     """An MLflow run with the config and data sizes as params (``None`` with ``track`` off)."""
     if not cfg.track:
         return None
-    params = {**cfg.to_dict(), "num_classes": len(split.classes), "train_images": len(split.train), "val_images": len(split.val)}
+    params = {**cfg.to_dict(), "num_classes": len(split.classes), "train_images": len(split.train), "val_images": len(split.val),
+              "photo_groups": split.group_count()}
     tracker = tracking.Tracker.start(cfg.experiment, name, params, tags={"animalclf.kind": "train", **(tags or {})},
                                      parent_run_id=parent_run_id)
     log.info("MLflow run %s in experiment %r", tracker.run_id, cfg.experiment)

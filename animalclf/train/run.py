@@ -41,7 +41,7 @@ def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
     if cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():
         raise UserError(f"--weights {cfg.weights!r} is not a file: pass imagenet, none, or a state-dict file path.")
     source = source_of(cfg)
-    split = source.split(cfg.val_ratio, cfg.seed)
+    split = source.split(cfg.val_ratio, cfg.seed, cfg.groups)
     if cfg.cv > 1:
         if source.kind != "folder":
             raise UserError(f"--cv needs a local (or shared) folder of class folders, not a {source.kind}: "
