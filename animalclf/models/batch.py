@@ -1,0 +1,403 @@
+"""Batch prediction with Ray Data: every image of a folder or an ``s3://`` prefix through the same
+:class:`~animalclf.models.predict.Predictor` that Serve runs, one output row per image.
+
+The driver lists the images, drops those the output already holds (a rerun resumes), pins the
+model (an alias becomes one version before any actor starts, so all of them agree), then streams
+``ray.data.from_items(paths).map_batches(PredictActor, concurrency=N)``: each actor loads the model
+once, reads and decodes its batch (a file that cannot be read or decoded becomes a row with an
+``error``, never a failed job) and predicts. The driver writes the rows as they come: Parquet part
+files (each written under a temporary name and renamed, so a killed run never leaves a half file
+that a resume would trust) or one CSV file appended in whole lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Protocol
+
+import pyarrow as pa
+
+from animalclf.config import IMAGE_EXTENSIONS
+from animalclf.data import s3
+from animalclf.data.decode import MAX_BYTES
+from animalclf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BatchOptions", "BatchResult", "SCHEMA", "list_images", "open_sink", "predict_batch", "PredictActor"]
+
+SCHEMA = pa.schema([
+    ("path", pa.string()),
+    ("class", pa.string()),
+    ("probability", pa.float64()),
+    ("top_k", pa.list_(pa.struct([("class", pa.string()), ("probability", pa.float64())]))),
+    ("model_version", pa.string()),
+    ("error", pa.string()),
+])
+FORMATS = ("parquet", "csv")
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What one batch prediction run does (``ray_jobs/predict.py``'s flags)."""
+
+    model: str
+    data: str
+    out: str
+    format: Optional[str] = None  # "parquet" | "csv"; default: csv when ``out`` ends in .csv
+    top_k: int = 5
+    batch_size: int = 32
+    concurrency: int = 1  # predictor actors
+    num_cpus: float = 1.0  # per actor
+    num_gpus: float = 0.0  # per actor; > 0 runs the model on CUDA
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor
+    rows_per_file: int = 1000  # rows per Parquet part (and per CSV append): what a kill can lose
+    limit: Optional[int] = None  # only the first N images still to do (smoke tests)
+
+    @property
+    def fmt(self) -> str:
+        return self.format or ("csv" if self.out.lower().endswith(".csv") else "parquet")
+
+    def validate(self) -> "BatchOptions":
+        if self.fmt not in FORMATS:
+            raise UserError(f"--format {self.format!r} is not one of {', '.join(FORMATS)}.")
+        for name in ("top_k", "batch_size", "concurrency", "rows_per_file"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)}).")
+        if self.num_cpus < 0 or self.num_gpus < 0:
+            raise UserError("--num-cpus and --gpus must not be negative.")
+        if self.fmt == "csv" and s3.is_remote(self.out):
+            raise UserError(f"CSV output is one local file that grows as rows arrive: pass a local --out, or write "
+                            f"Parquet to {self.out}.")
+        return self
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a run did: ``listed`` images, ``skipped`` as already in the output, ``written`` now (of
+    which ``errors`` are error rows), by ``model_version``."""
+
+    out: str
+    listed: int
+    skipped: int
+    written: int
+    errors: int
+    model_version: str
+    seconds: float
+
+
+# ----------------------------------------------------------------------------- listing the images
+
+def list_images(data: str) -> list[str]:
+    """Every file with an image extension under ``data`` (class folders or flat, any depth; hidden
+    files and folders left out), sorted: absolute paths for a folder, ``s3://`` URIs for a bucket."""
+    if s3.is_remote(data):
+        from pyarrow import fs
+
+        base = s3.strip(data)
+        try:
+            infos = s3.s3_filesystem().get_file_info(fs.FileSelector(base, recursive=True, allow_not_found=True))
+        except OSError as e:
+            raise UserError(f"Cannot list {data} ({e}); check the bucket name and the AWS_* variables.") from None
+        names = [i.path for i in infos if i.type == fs.FileType.File]
+        found = [f"{s3.SCHEME}{n}" for n in names if _wanted(n[len(base):])]
+    else:
+        root = Path(data)
+        if not root.is_dir():
+            raise UserError(f"--data {data!r} is not a folder: pass a folder of images (class folders or flat) "
+                            "or an s3:// prefix.")
+        root = root.resolve()  # absolute: actors run in other directories
+        names = [str(p) for p in root.rglob("*") if p.is_file()]
+        found = [n for n in names if _wanted(n[len(str(root)):])]
+    others = len(names) - len(found)
+    if others:
+        log.info("Left out %d file(s) under %s without an image extension (%s) or hidden.", others, data,
+                 " ".join(IMAGE_EXTENSIONS))
+    if not found:
+        raise UserError(f"No images under {data} (extensions {' '.join(IMAGE_EXTENSIONS)}).")
+    return sorted(found)
+
+
+def _wanted(relative: str) -> bool:
+    parts = [p for p in relative.split("/") if p]
+    return bool(parts) and not any(p.startswith(".") for p in parts) and parts[-1].lower().endswith(IMAGE_EXTENSIONS)
+
+
+# ----------------------------------------------------------------------------- the actor
+
+class PredictActor:
+    """One Ray Data actor: loads the model once, then turns batches of ``path`` into output rows."""
+
+    def __init__(self, model: str, top_k: int, device: str = "cpu", filesystem: Any = None,
+                 tracking_uri: Optional[str] = None, read_threads: int = 8):
+        from animalclf.models.predict import Predictor
+
+        if tracking_uri:  # the driver's store (credentials from this worker's environment, as Serve's replicas)
+            from animalclf.tracking import configure
+
+            configure(uri=tracking_uri)
+        self.predictor = Predictor.load(model, device)
+        self.top_k = top_k
+        self.filesystem = filesystem  # pyarrow S3FileSystem for s3:// paths: it carries the driver's endpoint and keys
+        self.pool = ThreadPoolExecutor(read_threads)  # reads overlap (a bucket's latency); decoding stays serial
+
+    def read(self, path: str) -> bytes:
+        """The file's bytes; larger than the decoder accepts is refused before reading it all."""
+        if s3.is_remote(path):
+            fs = self.filesystem or s3.s3_filesystem()
+            size = fs.get_file_info(s3.strip(path)).size
+            if size is not None and size > MAX_BYTES:
+                raise OSError(f"{size} bytes, more than the {MAX_BYTES} accepted")
+            with fs.open_input_stream(s3.strip(path)) as f:
+                return f.read()
+        size = os.stat(path).st_size
+        if size > MAX_BYTES:
+            raise OSError(f"{size} bytes, more than the {MAX_BYTES} accepted")
+        with open(path, "rb") as f:
+            return f.read()
+
+    def _load(self, path: str) -> Any:
+        """A CHW tensor, or the exception that kept this file from becoming one."""
+        try:
+            return self.predictor.tensor(self.predictor.decode(self.read(path)))
+        except Exception as e:  # noqa: BLE001 - any file-level failure is that file's error row
+            return e
+
+    def __call__(self, batch: dict[str, Any]) -> pa.Table:
+        import torch
+
+        paths = [str(p) for p in batch["path"]]
+        loaded = list(self.pool.map(self._load, paths))
+        good = [i for i, t in enumerate(loaded) if isinstance(t, torch.Tensor)]
+        probs = self.predictor.predict_tensors(torch.stack([loaded[i] for i in good])) if good else []
+        answers = dict(zip(good, probs))
+        rows = []
+        for i, path in enumerate(paths):
+            if i in answers:
+                top = self.predictor.top_k(answers[i], self.top_k)
+                rows.append({"path": path, "class": top[0]["class"], "probability": top[0]["probability"],
+                             "top_k": top, "model_version": self.predictor.version, "error": None})
+            else:
+                rows.append({"path": path, "class": None, "probability": None, "top_k": [],
+                             "model_version": self.predictor.version, "error": _one_line(loaded[i])})
+        return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())[:500]
+
+
+# ----------------------------------------------------------------------------- the outputs
+
+class Sink(Protocol):
+    """Where rows go; what is there already (resume)."""
+
+    out: str
+
+    def done(self) -> dict[str, str]:
+        """``path -> model_version`` of every row already written."""
+
+    def write(self, table: pa.Table) -> None:
+        """Append ``table``'s rows durably: all of them, or (after a kill) none."""
+
+
+class ParquetSink:
+    """A directory (or ``s3://`` prefix) of ``part-*.parquet`` files; a local part is written as a
+    hidden ``.tmp`` file first and renamed, an object store's upload appears whole or not at all."""
+
+    def __init__(self, out: str):
+        from pyarrow import fs
+
+        self.out = out
+        self.remote = s3.is_remote(out)
+        self.fs = s3.s3_filesystem() if self.remote else fs.LocalFileSystem()
+        self.base = s3.strip(out) if self.remote else str(Path(out).resolve())
+        self.run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.parts = 0
+
+    def _files(self) -> list[Any]:
+        from pyarrow import fs
+
+        info = self.fs.get_file_info(self.base)
+        if info.type == fs.FileType.File:
+            raise UserError(f"--out {self.out} is a file: Parquet output is a folder of part files (or name a .csv).")
+        if info.type == fs.FileType.NotFound:
+            return []
+        return self.fs.get_file_info(fs.FileSelector(self.base, recursive=False))
+
+    def done(self) -> dict[str, str]:
+        import pyarrow.parquet as pq
+
+        seen: dict[str, str] = {}
+        for f in self._files():
+            name = f.path.rsplit("/", 1)[-1]
+            if name.startswith(".") and name.endswith(".tmp") and not self.remote:
+                self.fs.delete_file(f.path)  # a part a killed run never finished: its images are done again
+                continue
+            if not name.endswith(".parquet") or name.startswith("."):
+                continue
+            try:
+                table = pq.read_table(f.path, columns=["path", "model_version"], filesystem=self.fs)
+            except Exception as e:  # noqa: BLE001 - not ours, or damaged: its images are done again
+                log.warning("Ignoring %s, which is not a readable Parquet file (%s: %s).", f.path, type(e).__name__, e)
+                continue
+            seen.update(zip(table.column("path").to_pylist(), table.column("model_version").to_pylist()))
+        return seen
+
+    def write(self, table: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        name = f"part-{self.run}-{self.parts:05d}.parquet"
+        self.parts += 1
+        if self.remote:
+            pq.write_table(table, f"{self.base}/{name}", filesystem=self.fs)
+            return
+        os.makedirs(self.base, exist_ok=True)
+        tmp = os.path.join(self.base, f".{name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, os.path.join(self.base, name))
+
+
+CSV_COLUMNS = [f.name for f in SCHEMA]
+
+
+class CsvSink:
+    """One CSV file; ``top_k`` is a JSON string. Rows are appended in whole chunks (one write, then
+    fsync); a kill mid-write can only leave a partial last line, which the next run cuts off."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.path = Path(out).resolve()
+
+    def done(self) -> dict[str, str]:
+        if self.path.is_dir():
+            raise UserError(f"--out {self.out} is a folder: CSV output is one file (or drop --format csv for Parquet parts).")
+        if not self.path.exists():
+            return {}
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):  # a line cut off by a kill
+                log.warning("Cutting an incomplete last line off %s (a run was stopped mid-write).", self.out)
+                f.truncate(end)
+                data = data[:end]
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8"), newline=""))
+        if data and (reader.fieldnames or []) != CSV_COLUMNS:
+            raise UserError(f"{self.out} is not a predictions CSV (columns {', '.join(CSV_COLUMNS)}): pass a new --out.")
+        return {row["path"]: row["model_version"] for row in reader}
+
+    def write(self, table: pa.Table) -> None:
+        buf = io.StringIO(newline="")
+        writer = csv.writer(buf, lineterminator="\n")
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if new:
+            writer.writerow(CSV_COLUMNS)
+        for row in table.to_pylist():
+            row["top_k"] = json.dumps(row["top_k"])
+            writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8", newline="") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def open_sink(out: str, fmt: str) -> Sink:
+    """The output for ``--out`` in ``fmt`` (``"parquet"`` or ``"csv"``)."""
+    return CsvSink(out) if fmt == "csv" else ParquetSink(out)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def predict_batch(opts: BatchOptions, connect: Optional[Callable[[], Any]] = None) -> BatchResult:
+    """Predict every image of ``opts.data`` not yet in ``opts.out``; ``connect`` (e.g.
+    :func:`animalclf.runtime.localray.init_ray`) is called once the inputs are checked and there is
+    work to do (without it, the current Ray, or one Ray Data starts). A model version other than
+    the output's is refused."""
+    import ray
+
+    from animalclf.evaluate.registry import is_model_ref
+    from animalclf.models.predict import Predictor, pin_version
+
+    t0 = time.monotonic()
+    opts.validate()
+    tracking_uri = None
+    if is_model_ref(opts.model):
+        from animalclf.tracking import configure, shareable_uri
+
+        configure()
+        tracking_uri = shareable_uri()
+    sink = open_sink(opts.out, opts.fmt)
+    done = sink.done()
+    paths = list_images(opts.data)
+    model = pin_version(opts.model) if opts.model.startswith("models:/") else opts.model
+    if model != opts.model:
+        log.info("%s is %s for this whole run", opts.model, model)
+    if model.startswith("models:/"):
+        version = _registered(model)
+    elif is_model_ref(model):
+        version = model
+    else:  # checked here, not in N actors; absolute, as actors run in other directories
+        model = str(Path(model).resolve())
+        version = Predictor.from_checkpoint(model).version
+    others = sorted({v for v in done.values() if v != version})
+    if others:
+        raise UserError(f"{opts.out} holds predictions of {', '.join(others)}, not {version}: pass a new --out to "
+                        "predict with this model (a resume must use the same version).")
+    todo = [p for p in paths if p not in done]
+    if opts.limit is not None:
+        todo = todo[:opts.limit]
+    skipped = len(paths) - len([p for p in paths if p not in done])
+    log.info("%d image(s) under %s: %d already in %s, %d to predict with %s on %d actor(s)", len(paths), opts.data,
+             skipped, opts.out, len(todo), version, opts.concurrency)
+    written = errors = 0
+    if todo:
+        if connect is not None:
+            connect()
+        ds = ray.data.from_items([{"path": p} for p in todo],
+                                 override_num_blocks=max(1, min(-(-len(todo) // opts.batch_size), 10_000)))
+        remote = {"num_cpus": opts.num_cpus, **({"num_gpus": opts.num_gpus} if opts.num_gpus else {}),
+                  **({"resources": dict(opts.resources)} if opts.resources else {})}
+        ds = ds.map_batches(PredictActor, batch_size=opts.batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=opts.concurrency),
+                            fn_constructor_kwargs={"model": model, "top_k": opts.top_k,
+                                                   "device": "cuda" if opts.num_gpus else "cpu", "tracking_uri": tracking_uri,
+                                                   "filesystem": s3.s3_filesystem() if s3.is_remote(opts.data) else None},
+                            **remote)
+        for table in _tables(ds.iter_batches(batch_size=opts.rows_per_file, batch_format="pyarrow")):
+            sink.write(table)
+            written += table.num_rows
+            errors += table.num_rows - table.column("error").null_count
+            log.info("%d/%d written (%d error row(s))", written, len(todo), errors)
+    result = BatchResult(opts.out, len(paths), skipped, written, errors, version, time.monotonic() - t0)
+    log.info("Done in %.1f s: %d row(s) written to %s, %d error row(s), %d skipped as already there", result.seconds,
+             written, opts.out, errors, skipped)
+    return result
+
+
+def _registered(ref: str) -> str:
+    """``models:/NAME/N`` -> ``NAME/N`` (what :attr:`Predictor.version` says), once checked to exist."""
+    from mlflow import MlflowClient
+
+    name, number = ref[len("models:/"):].rsplit("/", 1)
+    try:
+        MlflowClient().get_model_version(name, number)
+    except Exception as e:  # noqa: BLE001 - any registry failure is the user's to fix
+        raise UserError(f"{ref} is not in the MLflow registry ({type(e).__name__}); check the name, the version "
+                        "and MLFLOW_TRACKING_URI.") from None
+    return f"{name}/{number}"
+
+
+def _tables(batches: Iterable[pa.Table]) -> Iterable[pa.Table]:
+    """Ray Data's batches in the output schema (its concatenation may widen or reorder columns)."""
+    for b in batches:
+        yield b.select(CSV_COLUMNS).cast(SCHEMA)
