@@ -244,3 +244,54 @@ def test_serve_stays_on_the_head_and_gpu_nodes_are_released(cluster, search_job,
     cluster.wait_for(lambda: not cluster.worker_nodes(), 120, "the idle worker nodes to be released")
     FIGURES["scale_down_after_job_s"] = time.monotonic() - search_job["ended"]
     assert served_version().startswith("search/")  # Serve kept serving on the head
+
+
+def test_batch_prediction_job_spreads_its_actors_over_gpu_nodes(cluster, tiny_folder, tmp_path):
+    """`ray job submit` of ray_jobs/predict.py with two actors that each ask for a GPU-type node's
+    resource: the autoscaler adds the nodes, the actors run there, every image gets its row (the
+    file that is not an image an error row) and a resubmission writes nothing new."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.util.state import list_actors
+
+    from animalclf.config import TrainConfig
+    from animalclf.models.build import build_model
+    from animalclf.models.checkpoint import save_checkpoint
+    from animalclf.train.worker import checkpoint_meta
+
+    data = tmp_path / "photos"
+    shutil.copytree(tiny_folder, data)
+    (data / "broken.jpg").write_bytes(b"not an image")
+    cfg = TrainConfig(arch="efficientnet_lite0", weights="none", unfreeze=0, image_size=64)
+    ckpt = save_checkpoint(tmp_path / "ck", build_model(cfg.arch, 3, 0, "none"), checkpoint_meta(cfg, ["Blue", "Green", "Red"], {}, 1))
+    out, client = tmp_path / "preds", JobSubmissionClient(cluster.dashboard_url)
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+
+    def run(n: int) -> str:
+        job = f"predict-{os.getpid()}-{n}"
+        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--no-wait",
+               "--submission-id", job, "--runtime-env-json", json.dumps({"env_vars": {"ANIMALCLF_HOME": str(tmp_path)}}),
+               "--", sys.executable, str(ROOT / "ray_jobs" / "predict.py"), "--model", str(ckpt), "--data", str(data),
+               "--out", str(out), "--concurrency", "2", "--resources", json.dumps(WORKER), "--batch-size", "4"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": cluster.dashboard_url})
+        assert r.returncode == 0, r.stdout + r.stderr
+        cluster.wait_for(lambda: client.get_job_status(job) in terminal, 240, "the predict job", every=1)
+        logs = client.get_job_logs(job)
+        assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
+        return logs
+
+    t0 = time.monotonic()
+    run(1)
+    FIGURES["batch_predict_job_s"] = time.monotonic() - t0
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == len({r["path"] for r in rows}) == 25, len(rows)
+    assert [r["path"] for r in rows if r["error"]] == [str(data / "broken.jpg")]
+    kinds = node_types(cluster)
+    actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(PredictActor))")], limit=100,
+                         raise_on_missing_output=False)
+    assert len(actors) == 2 and len({a.node_id for a in actors}) == 2, actors
+    assert all(kinds[a.node_id] not in ("head",) for a in actors), [kinds[a.node_id] for a in actors]
+    assert "0 row(s) written" in run(2)
