@@ -83,3 +83,19 @@ job-stop:
 
 job-list:
 	$(RAY_CLI) job list --address $(RAY_JOB_ADDRESS)
+
+# Batch prediction (ray_jobs/predict.py): every image under DATA through MODEL, one row each into
+# PREDICT_OUT (Parquet parts, or a .csv); a rerun skips what is there. Local paths go absolute.
+MODEL ?= models:/animalclf@champion
+PREDICT_OUT ?= $(ANIMALCLF_HOME)/runs/predictions
+PREDICT_ARGS ?=
+_abs_or_uri = $(if $(findstring :/,$(1)),$(1),$(abspath $(1)))
+PREDICT_CMD_ARGS = --model "$(call _abs_or_uri,$(MODEL))" --data "$(DATA_ARG)" --out "$(call _abs_or_uri,$(PREDICT_OUT))" $(PREDICT_ARGS)
+
+.PHONY: predict submit-predict
+
+predict:
+	$(PY) ray_jobs/predict.py $(PREDICT_CMD_ARGS)
+
+submit-predict:
+	$(call _submit,predict,ray_jobs/predict.py,$(PREDICT_CMD_ARGS))
