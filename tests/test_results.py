@@ -3,10 +3,12 @@ results (status, epochs, the searched config, numeric history, best epoch), and 
 trials.json and plots written beside the report. Tune's results are stood in for by plain objects."""
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import pandas as pd
+import plotly.io
 
 from animalclf.config import TrainConfig
 from animalclf.tune.results import trial_rows, write_search_plots
@@ -57,13 +59,21 @@ def test_a_loss_picks_its_lowest_epoch():
     assert row["best"]["epoch"] == 2 and row["status"] == "STOPPED_BY_ASHA"
 
 
-def test_write_search_plots_writes_the_trials_and_one_page_per_figure(tmp_path):
+def test_write_search_plots_writes_the_trials_each_figure_and_one_offline_page(tmp_path):
+    import plotly.graph_objects as go
+
     cfg = TrainConfig(epochs=3, metric="val_accuracy")
     rows = trial_rows(results(), cfg, SPACE)
     out = tmp_path / "search" / "plots"
-    write_search_plots(out, rows, SPACE, cfg)
+    extra = {"optimization_history": go.Figure(layout=dict(title="Optimization History Plot"))}
+    page_path = write_search_plots(out, rows, SPACE, cfg, extra=extra, notes=["Importances need 2 trials & more"])
     assert json.loads((out / "trials.json").read_text()) == rows
-    assert sorted(p.name for p in out.iterdir()) == ["parallel_coordinates.html", "trial_curves.html", "trials.json"]
-    page = (out / "parallel_coordinates.html").read_text()
-    assert "log10 lr" in page and "cdn.plot.ly" in page  # lr is log-uniform: a log axis; plotly.js from its CDN
-    assert all(t in (out / "trial_curves.html").read_text() for t in ("a1", "b2", "trial_c3", "trial_d4"))
+    assert sorted(p.name for p in out.iterdir()) == ["optimization_history.json", "parallel_coordinates.json",
+                                                     "search.html", "trial_curves.json", "trials.json"]
+    assert page_path == out / "search.html"
+    page = page_path.read_text()
+    assert page.count("* plotly.js v") == 1 and not re.search(r"<script[^>]*\bsrc\s*=", page)  # offline: embedded once
+    assert "log10 lr" in page  # lr is log-uniform: a log axis
+    assert "Optimization History Plot" in page and "Importances need 2 trials &amp; more" in page
+    curves = plotly.io.from_json((out / "trial_curves.json").read_text())
+    assert [t.name.split()[0] for t in curves.data] == ["a1", "b2", "trial_c3", "trial_d4"]

@@ -2,12 +2,14 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow import MlflowClient
 
@@ -16,6 +18,7 @@ from animalclf.errors import UserError
 from animalclf.models.predict import Predictor
 from animalclf.tune.space import default_space, parse_space
 from animalclf.tune.search import TuneOptions, plan_concurrency, run_search
+from animalclf.tune.study import STUDY_FIGURES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +55,17 @@ def test_search_stops_a_bad_trial_tracks_lineage_and_promotes_champion(ray_sessi
     assert statuses["STOPPED_BY_ASHA"] == "KILLED"
     assert all(len(client.get_metric_history(c.info.run_id, "val_accuracy")) >= 1 for c in children)
     arts = {a.path for a in client.list_artifacts(out.parent_run_id, "search")}
-    assert {"search/parallel_coordinates.html", "search/trial_curves.html", "search/trials.json"} <= arts
+    assert {f"search/{f}" for f in ("trials.json", "search.html", "optuna.db", "parallel_coordinates.json",
+                                    "trial_curves.json", *(f"{n}.json" for n in STUDY_FIGURES))} <= arts, arts
+
+    # The Optuna study outlives the driver: kept beside the search's outputs, one Optuna trial per Tune trial.
+    kept = Path(out.report_dir) / "search"
+    study = optuna.load_study(study_name="t4", storage=f"sqlite:///{kept / 'optuna.db'}")
+    assert len(study.trials) == len(out.trials) == 4
+    assert sorted(t.params["lr"] for t in study.trials)[-1] == 80.0  # the points went through the kept study
+    page = (kept / "search.html").read_text()
+    assert page.count("* plotly.js v") == 1 and not re.search(r"<script[^>]*\bsrc\s*=", page)  # works offline
+    assert all(f'id="{n}"' in page for n in STUDY_FIGURES)
     assert any(a.path == "report/report.json" for a in client.list_artifacts(out.parent_run_id, "report"))
 
     champion = client.get_model_version_by_alias("tiny-tuned", "champion")

@@ -1,16 +1,20 @@
 """Plotly figures drawn from the JSON a run leaves behind: an evaluation report (``report.json``)
-and a search's trials (``search/trials.json``). Pure plotly, no torch: the report writer, the tuning
-job and the Streamlit UI (an HTTP client that must not load torch) all draw with these.
+and a search's trials (``search/trials.json``), and the one way they become a page: a single HTML
+file with plotly.js embedded once (no CDN: it works offline, on an air-gapped cluster and in
+MLflow's artifact viewer). Pure plotly, no torch: the report writer, the tuning job and the
+Streamlit UI (an HTTP client that must not load torch) all draw with these.
 """
 
 from __future__ import annotations
 
+import html
 import math
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import plotly.graph_objects as go
 
-__all__ = ["report_figures", "search_figures", "HISTORY_KEYS"]
+__all__ = ["report_figures", "search_figures", "write_page", "HISTORY_KEYS"]
 
 HISTORY_KEYS = ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "train_f1", "val_f1")
 
@@ -69,3 +73,19 @@ def search_figures(trials: Sequence[Mapping[str, Any]], metric: str, log_params:
                            name=f"{t['trial_id']} {t.get('config')}",
                            line=dict(dash="dash" if t.get("status") == "STOPPED_BY_ASHA" else "solid"))
     return {"parallel_coordinates": parcoords, "trial_curves": curves}
+
+
+def write_page(path: str | Path, title: str, figures: Mapping[str, go.Figure], notes: Sequence[str] = ()) -> Path:
+    """Write ``figures`` as one self-contained HTML page with plotly.js embedded once (about 4.8 MB,
+    instead of once per figure): no script comes from a CDN or a file beside it, so the page draws
+    offline and in MLflow's artifact viewer (which shows HTML from a blob URL, where a relative
+    script cannot load). ``notes`` are shown under the title (e.g. why a figure is missing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    divs = [fig.to_html(full_html=False, include_plotlyjs=i == 0, div_id=name, default_height="520px")
+            for i, (name, fig) in enumerate(figures.items())]
+    paras = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
+    path.write_text(f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title></head>"
+                    f"<body style=\"font-family: sans-serif\"><h1>{html.escape(title)}</h1>{paras}\n"
+                    + "\n".join(divs) + "\n</body></html>\n", encoding="utf-8")
+    return path

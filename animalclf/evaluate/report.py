@@ -1,6 +1,7 @@
 """Evaluation report: per-class precision/recall/F1, confusion matrix, PR and ROC curves from
-predicted probabilities, learning curves. Numbers go to ``report.json``; each figure to a plotly
-HTML file. The figures are drawn from the JSON by :mod:`animalclf.evaluate.figures` (torch-free, so the UI uses it too).
+predicted probabilities, learning curves. Numbers go to ``report.json``; the figures to one
+``report.html`` that works offline (plotly.js embedded, no CDN). The figures are drawn from the
+JSON by :mod:`animalclf.evaluate.figures` (torch-free, so the UI uses it too).
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from torchmetrics.functional.classification import (
 )
 
 from animalclf.evaluate.figures import report_figures as figures
+from animalclf.evaluate.figures import write_page
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_report", "figures", "write_report", "REPORT_JSON"]
+__all__ = ["build_report", "figures", "write_report", "REPORT_JSON", "REPORT_HTML"]
 
 REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
 _MAX_POINTS = 200
 
 
@@ -74,15 +77,14 @@ def build_report(probs: torch.Tensor, targets: torch.Tensor, classes: Sequence[s
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> list[Path]:
-    """Write ``report.json`` and one HTML file per figure into ``out_dir``; return the paths."""
+    """Write ``report.json`` and ``report.html`` (every figure on one page that works offline,
+    plotly.js embedded once) into ``out_dir``; return the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / REPORT_JSON]
     paths[0].write_text(json.dumps(report, indent=1))
-    for name, fig in figures(report).items():
-        p = out / f"{name}.html"
-        fig.write_html(p, include_plotlyjs="cdn", full_html=True)
-        paths.append(p)
+    title = f"Evaluation report: accuracy {report['accuracy']:.4f}, macro F1 {report['macro_avg']['f1']:.4f}"
+    paths.append(write_page(out / REPORT_HTML, title, figures(report)))
     log.info("Report written to %s (accuracy %.4f, macro F1 %.4f)", out, report["accuracy"], report["macro_avg"]["f1"])
     return paths
 

@@ -1,20 +1,26 @@
 """What a finished search's trials were: one row per trial (status, epochs, config, history, best
-epoch), their MLflow child runs closed with it, and the search's plots written beside the report."""
+epoch), their MLflow child runs closed with it, and the search's plots written beside the report
+(one page that works offline, and each figure's plotly JSON)."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 from animalclf.config import TrainConfig, better
-from animalclf.evaluate.figures import search_figures
+from animalclf.evaluate.figures import search_figures, write_page
 from animalclf.tune.space import ParamSpec
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 log = logging.getLogger(__name__)
 
-__all__ = ["trial_rows", "mark_children", "write_search_plots"]
+__all__ = ["trial_rows", "mark_children", "write_search_plots", "SEARCH_HTML"]
+
+SEARCH_HTML = "search.html"
 
 
 def trial_rows(results, cfg: TrainConfig, space: Mapping[str, ParamSpec]) -> list[dict[str, Any]]:
@@ -64,9 +70,15 @@ def mark_children(parent, rows) -> None:
         client.set_terminated(child.info.run_id, status)
 
 
-def write_search_plots(out: Path, rows: list[dict[str, Any]], space: Mapping[str, ParamSpec], cfg: TrainConfig) -> None:
+def write_search_plots(out: Path, rows: list[dict[str, Any]], space: Mapping[str, ParamSpec], cfg: TrainConfig,
+                       extra: Optional[Mapping[str, "go.Figure"]] = None, notes: Sequence[str] = ()) -> Path:
+    """Write ``trials.json``, each figure's plotly JSON (``<name>.json``: the trials' parallel
+    coordinates and curves, then ``extra``, e.g. the Optuna study's) and all of them on one
+    ``search.html`` that works offline (plotly.js embedded once); return the page's path."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "trials.json").write_text(json.dumps(rows, indent=1, default=str))
     log_params = [k for k, spec in space.items() if spec.kind == "loguniform"]
-    for name, fig in search_figures(rows, cfg.metric, log_params).items():
-        fig.write_html(out / f"{name}.html", include_plotlyjs="cdn")
+    figs = {**search_figures(rows, cfg.metric, log_params), **(extra or {})}
+    for name, fig in figs.items():
+        (out / f"{name}.json").write_text(fig.to_json())
+    return write_page(out / SEARCH_HTML, f"Search: {len(rows)} trials, metric {cfg.metric}", figs, notes)

@@ -1,5 +1,7 @@
 """Hyperparameter search: Ray Tune + Optuna (TPE) + ASHA over the same Ray Train job, with an
 MLflow parent run, one child run per trial, and promotion of the best model to ``@champion``.
+The Optuna study is kept in ``runs/reports/<key>/search/optuna.db`` (:mod:`animalclf.tune.study`)
+and logged with the search's plots on the parent run.
 
 Each trial is a plain function that builds and fits a ``TorchTrainer`` (the Ray 2.6x way) whose
 ``TuneReportCallback`` forwards every epoch's metrics to Tune, so ASHA can stop it early.
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from animalclf import tracking
-from animalclf.config import TrainConfig, better
+from animalclf.config import TrainConfig, better, runs_dir
 from animalclf.data.split import Split
 from animalclf.errors import UserError
 from animalclf.evaluate.evidence import Decision
@@ -25,6 +27,7 @@ from animalclf.train.publish import Best, publish
 from animalclf.train.run import prepare, publish_cv
 from animalclf.tune.results import mark_children, trial_rows, write_search_plots
 from animalclf.tune.space import ParamSpec
+from animalclf.tune.study import open_storage, storage_url, study_figures
 from animalclf.tune.trial import run_trial
 
 log = logging.getLogger(__name__)
@@ -149,6 +152,12 @@ def _parent_file(path: Path) -> Path:
     return path / "animalclf_parent.json"
 
 
+def search_dir(key: str) -> Path:
+    """The search's own outputs (trials, plots, the Optuna study), inside the report that
+    :func:`animalclf.train.publish.publish` writes to ``runs/reports/<key>``."""
+    return runs_dir() / "reports" / key / "search"
+
+
 def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptions) -> TuneOutcome:
     """Validate, search, log the lineage, publish the best trial and maybe promote it to champion."""
     import ray
@@ -190,6 +199,7 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
             parent = tracking.Tracker.start(cfg.experiment, opts.name, params, tags={"animalclf.kind": "tune"})
         log.info("MLflow parent run %s", parent.run_id)
 
+    key = parent.run_id if parent else opts.name  # what publish names the report after
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=cfg.to_dict(), split=asdict(split), parent_run_id=parent.run_id if parent else None,
                              tracking_uri=tracking.shareable_uri(uri) if uri else None, experiment_name=opts.name),
@@ -198,8 +208,13 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
     if opts.resume:
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     else:
+        # The study in an RDB storage outlives this driver; a resumed search gets Tune's pickled
+        # searcher back, whose storage is the same file (a URL: nothing else travels in the pickle).
+        study = open_storage(search_dir(key), fresh=True)
+        log.info("Optuna study %r in %s", opts.name, storage_url(search_dir(key)))
         searcher = ConcurrencyLimiter(
-            OptunaSearch(metric=cfg.metric, mode=cfg.mode, seed=opts.seed, points_to_evaluate=opts.points or None),
+            OptunaSearch(metric=cfg.metric, mode=cfg.mode, seed=opts.seed, points_to_evaluate=opts.points or None,
+                         storage=study, study_name=opts.name),
             max_concurrent=concurrency)
         scheduler = (ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=opts.grace_period,
                                    reduction_factor=opts.reduction_factor) if opts.asha else FIFOScheduler())
@@ -215,7 +230,7 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
             path.mkdir(parents=True, exist_ok=True)
             _parent_file(path).write_text(json.dumps({"run_id": parent.run_id}))
     results = tuner.fit()
-    return _finish(cfg, space, opts, split, _Searched(results, parent, str(path)))
+    return _finish(cfg, space, opts, split, _Searched(results, parent, str(path), search_dir(key)))
 
 
 def _reporter(space: Mapping[str, ParamSpec], cfg: TrainConfig):
@@ -228,11 +243,13 @@ def _reporter(space: Mapping[str, ParamSpec], cfg: TrainConfig):
 
 @dataclass(frozen=True)
 class _Searched:
-    """A finished search: Tune's results, the MLflow parent run (``None`` untracked), Tune's folder."""
+    """A finished search: Tune's results, the MLflow parent run (``None`` untracked), Tune's folder,
+    and the search's own (trials, plots, the Optuna study)."""
 
     results: Any
     parent: Optional["tracking.Tracker"]
     path: str
+    search_dir: Path
 
 
 def _finish(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptions, split: Split,
@@ -268,11 +285,12 @@ def _finish(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptions,
                              key=parent.run_id if parent else opts.name)
         else:
             out = publish(best_cfg, split, Best(d, best["history"]), parent, parent.run_id if parent else opts.name)
-    search_dir = Path(out.report_dir) / "search"
-    write_search_plots(search_dir, rows, space, cfg)
+    folder = searched.search_dir
+    figs, notes = study_figures(folder, opts.name)
+    write_search_plots(folder, rows, space, cfg, extra=figs, notes=notes)
     decision = out.decision
     if parent:
-        parent.log_artifacts(search_dir, "search")
+        parent.log_artifacts(folder, "search")  # trials, plots and the study (optuna.db)
         parent.log_metrics({"epochs_run": epochs_run, "epochs_budget": budget, "trials": len(rows),
                             f"best_{cfg.metric}": best["best"][cfg.metric]}, step=0)
         parent.set_tags({"animalclf.best_trial": best["trial_id"], "animalclf.best_config": json.dumps(best["config"])})
