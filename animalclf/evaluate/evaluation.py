@@ -27,6 +27,7 @@ from animalclf.evaluate.report import build_report
 from animalclf.models.build import Preprocess
 from animalclf.models.checkpoint import META_FILE, MODEL_FILE, load_model
 from animalclf.models.predict import FlipAverage, Predictor
+from animalclf.runtime.progress import ProgressLog
 from animalclf.train.engine import EpochSetup, evaluate
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ def predict_samples(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sa
     if meta.get("tta_flip"):
         model = FlipAverage(model)
     _, (probs, targets) = evaluate(model.to(device), loader, EpochSetup(torch.device(device), len(classes),
-                                                                       channels_last=False), collect=True)
+                                                                       channels_last=False), collect=True,
+                                   progress=ProgressLog("Evaluation", len(samples)))
     if len(targets) != len(samples):
         raise UserError(f"Only {len(targets)} of {len(samples)} images could be read for the evaluation: fix or remove "
                         f"the unreadable files named above.")

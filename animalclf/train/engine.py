@@ -17,6 +17,8 @@ import torchmetrics
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from animalclf.runtime.progress import ProgressLog
+
 __all__ = ["EpochMetrics", "EpochSetup", "train_one_epoch", "evaluate", "autocast_for", "lr_factor", "set_lr", "to_device", "make_ema"]
 
 
@@ -101,9 +103,9 @@ class EpochSetup:
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    setup: EpochSetup) -> dict[str, float]:
+                    setup: EpochSetup, *, progress: Optional[ProgressLog] = None) -> dict[str, float]:
     """One pass of training; returns ``train_loss/accuracy/f1/images``, ``train_seconds`` and
-    ``train_images_per_sec`` (over all workers)."""
+    ``train_images_per_sec`` (over all workers). ``progress`` counts this process's images."""
     device, criterion, channels_last, amp, ema = setup.device, setup.criterion, setup.channels_last, setup.amp, setup.ema
     frozen, max_steps, num_classes = setup.frozen, setup.max_steps, setup.num_classes
     model.train()
@@ -126,6 +128,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         if ema is not None:
             ema.update_parameters(getattr(model, "module", model))  # the weights inside DDP
         metrics.update(loss, logits, y)
+        if progress is not None:
+            progress.update(y.numel())
+    if progress is not None:
+        progress.done()
     out = metrics.compute("train")
     out["train_seconds"] = time.perf_counter() - start
     out["train_images_per_sec"] = out["train_images"] / max(out["train_seconds"], 1e-9)
@@ -133,10 +139,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, setup: EpochSetup,
-             collect: bool = False) -> tuple[dict[str, float], Optional[tuple[torch.Tensor, torch.Tensor]]]:
+def evaluate(model: nn.Module, loader: Iterable, setup: EpochSetup, collect: bool = False, *,
+             progress: Optional[ProgressLog] = None) -> tuple[dict[str, float], Optional[tuple[torch.Tensor, torch.Tensor]]]:
     """One pass without gradients (``setup``'s device, classes, loss, layout and AMP); returns
-    ``val_*`` metrics and, with ``collect``, this process's ``(probabilities, targets)`` on CPU."""
+    ``val_*`` metrics and, with ``collect``, this process's ``(probabilities, targets)`` on CPU.
+    ``progress`` counts this process's images."""
     device, num_classes, criterion = setup.device, setup.num_classes, setup.criterion
     channels_last, amp = setup.channels_last, setup.amp
     model.eval()
@@ -154,6 +161,10 @@ def evaluate(model: nn.Module, loader: Iterable, setup: EpochSetup,
         if collect:
             probs.append(logits.softmax(dim=1).cpu())
             targets.append(y.cpu())
+        if progress is not None:
+            progress.update(y.numel())
+    if progress is not None:
+        progress.done()
     out = metrics.compute("val")
     out["val_seconds"] = time.perf_counter() - start
     collected = (torch.cat(probs), torch.cat(targets)) if collect and probs else None

@@ -14,12 +14,13 @@ the features of its own share and all ranks fit the same head on the gathered se
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from animalclf.runtime.progress import ProgressLog
 from animalclf.train.engine import EpochMetrics, EpochSetup, autocast_for, to_device
 
 __all__ = ["PROBE_L2", "head_of", "extract_features", "fit_linear", "init_head"]
@@ -36,10 +37,10 @@ def head_of(model: nn.Module) -> nn.Linear:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, loader: Iterable, device: torch.device, *, channels_last: bool = True,
-                     amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     amp: bool = False, progress: Optional[ProgressLog] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The pooled features the head sees (its input, caught by a forward pre-hook that runs after any
     :func:`~animalclf.models.build.pool_rotations` hook, so these are pooled too; the model in eval mode) and
-    the labels, for every batch of ``loader``; float32 on CPU."""
+    the labels, for every batch of ``loader``; float32 on CPU. ``progress`` counts the images."""
     was_training = model.training
     model.eval()
     feats, labels = [], []
@@ -51,6 +52,10 @@ def extract_features(model: nn.Module, loader: Iterable, device: torch.device, *
             with autocast_for(device, amp):
                 model(to_device(batch[0], device, channels_last))
             labels.append(torch.as_tensor(batch[1]).cpu())
+            if progress is not None:
+                progress.update(len(labels[-1]))
+        if progress is not None:
+            progress.done()
     finally:
         hook.remove()
         model.train(was_training)
@@ -91,14 +96,17 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, l2: float = P
     return weight.detach().float(), bias.detach().float()
 
 
-def init_head(model: nn.Module, loader: Iterable, setup: EpochSetup, l2: float = PROBE_L2) -> dict[str, float]:
+def init_head(model: nn.Module, loader: Iterable, setup: EpochSetup, l2: float = PROBE_L2, *,
+              progress: Optional[ProgressLog] = None) -> dict[str, float]:
     """Fit ``model``'s head on the frozen features of ``loader``'s images (gathered over ranks) and
     set it in place. Returns what an epoch of training reports for the fitted head on this worker's
     images (``train_loss/accuracy/f1/images``, over all workers) and ``probe_images`` (all ranks'),
-    ``probe_seconds``: with ``--lr 0`` the probe is the training."""
+    ``probe_seconds``: with ``--lr 0`` the probe is the training. ``progress`` counts the feature
+    pass's images (the long part: the fit takes seconds)."""
     device, num_classes = setup.device, setup.num_classes
     start = time.perf_counter()
-    x_local, y_local = extract_features(model, loader, device, channels_last=setup.channels_last, amp=setup.amp)
+    x_local, y_local = extract_features(model, loader, device, channels_last=setup.channels_last, amp=setup.amp,
+                                        progress=progress)
     x, y = _gather(x_local, y_local)
     if len(y) == 0:
         raise RuntimeError("The linear probe found no training image to fit the head on.")

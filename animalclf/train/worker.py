@@ -8,6 +8,7 @@ Nothing else lives here: what to train on comes from :mod:`animalclf.data.source
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from animalclf.models.build import Preprocess, preprocess_for
 from animalclf.models.checkpoint import fold_dir, save_checkpoint, unwrap
 from animalclf.models.predict import FlipAverage
 from animalclf.runtime.logs import fmt_seconds, setup_logging
+from animalclf.runtime.progress import ProgressLog
 from animalclf.train.engine import EpochSetup, evaluate, lr_factor, set_lr, train_one_epoch
 from animalclf.train.monitoring import TrainingMetrics
 from animalclf.train.probe import init_head
@@ -104,22 +106,37 @@ class _Fold:
     probed: Optional[dict[str, float]] = None  # what the linear probe's fit reports as training
 
 
+def _progress(w: _Worker, what: str, images: int, max_steps: Optional[int] = None) -> ProgressLog:
+    """Rank 0's progress lines for a pass over its share of ``images`` (at most ``max_steps`` batches)."""
+    share = math.ceil(images / w.world)
+    if max_steps is not None:
+        share = min(share, max_steps * w.shard.batch_size)
+    return ProgressLog(what + (f" (worker 0 of {w.world})" if w.world > 1 else ""), share, enabled=w.rank == 0)
+
+
+def _fold_name(i: int, folds: Sequence[Any]) -> str:
+    return f" fold {i + 1}/{len(folds)}" if len(folds) > 1 else ""
+
+
 def _probe_heads(w: _Worker, folds: Sequence[_Fold]) -> None:
     """Fit each fold's head on frozen features before training (``--head-init probe``); before DDP
     wraps the model, which broadcasts rank 0's weights."""
     source = source_of(w.cfg)
     for i, f in enumerate(folds):
         loader = source.probe_loader(f.split, preprocess_of(w.cfg), w.shard)
-        f.probed = init_head(f.model, loader, EpochSetup(w.device, w.n_classes, channels_last=w.cfg.channels_last, amp=w.amp))
+        f.probed = init_head(f.model, loader, EpochSetup(w.device, w.n_classes, channels_last=w.cfg.channels_last, amp=w.amp),
+                             progress=_progress(w, f"Linear probe features{_fold_name(i, folds)}", len(f.split.train)))
         if w.rank == 0:
             log.info("Linear probe%s: head fitted on the frozen features of %d training images in %s "
                      "(training accuracy %.4f)", f" (fold {i})" if len(folds) > 1 else "", f.probed["probe_images"],
                      fmt_seconds(f.probed["probe_seconds"]), f.probed["train_accuracy"])
 
 
-def _fold_epoch(w: _Worker, f: _Fold, epoch: int, lr: float, criterion: nn.Module) -> dict[str, Any]:
-    """Train one fold's model for an epoch (the probe alone: its fit is the training) and score it."""
+def _fold_epoch(w: _Worker, f: _Fold, epoch: int, lr: float, criterion: nn.Module, fold: str = "") -> dict[str, Any]:
+    """Train one fold's model for an epoch (the probe alone: its fit is the training) and score it;
+    ``fold`` names it in progress lines."""
     cfg = w.cfg
+    where = f"epoch {epoch + 1}/{cfg.epochs}{fold}"
     if cfg.lr == 0:  # the probe alone (validate() allows --lr 0 only so): its fit is the training, no idle pass
         seconds = f.probed["probe_seconds"]
         tm = {**f.probed, "train_seconds": seconds, "train_images_per_sec": f.probed["train_images"] / seconds}
@@ -128,17 +145,19 @@ def _fold_epoch(w: _Worker, f: _Fold, epoch: int, lr: float, criterion: nn.Modul
         set_lr(f.optimizer, lr)
         tm = train_one_epoch(f.model, f.train_loader, f.optimizer,
                              EpochSetup(w.device, w.n_classes, criterion, f.frozen, cfg.channels_last, w.amp,
-                                        cfg.max_steps_per_epoch, f.ema))
+                                        cfg.max_steps_per_epoch, f.ema),
+                             progress=_progress(w, f"{where} training", len(f.split.train), cfg.max_steps_per_epoch))
     scored = f.ema.module if f.ema is not None else unwrap(f.model)  # what is checkpointed and served
     if tm["train_images"] == 0:
         raise RuntimeError(f"No training image could be read on worker {w.rank} (e.g. {f.split.train[0][0]}): "
                            f"the data must be visible at the same path on every node (shared storage or s3://).")
     scoring = EpochSetup(w.device, w.n_classes, criterion, channels_last=cfg.channels_last, amp=w.amp)
-    vm, _ = evaluate(scored, f.val_loader, scoring)
+    vm, _ = evaluate(scored, f.val_loader, scoring, progress=_progress(w, f"{where} validation", len(f.split.val)))
     if w.rank == 0 and vm["val_images"] < len(f.split.val):  # files that stopped decoding were dropped
         log.warning("Skipped %d unreadable validation image(s) of %d", len(f.split.val) - vm["val_images"], len(f.split.val))
     if cfg.cv > 1:  # CV also measures flip TTA on the same images (bench/quality.py)
-        tta, _ = evaluate(FlipAverage(scored), f.val_loader, scoring)
+        tta, _ = evaluate(FlipAverage(scored), f.val_loader, scoring,
+                          progress=_progress(w, f"{where} validation (flip TTA)", len(f.split.val)))
         vm.update({"val_tta_accuracy": tta["val_accuracy"], "val_tta_f1": tta["val_f1"]})
     return {**tm, **vm}
 
@@ -197,7 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # the probe alone's fit (before DDP, above) is this epoch's training: its time counts too
         t0 = time.perf_counter() - (sum((f.probed or {}).get("probe_seconds", 0.0) for f in folds) if cfg.lr == 0 else 0.0)
         lr = cfg.lr * lr_factor(epoch, cfg.schedule_epochs or cfg.epochs, cfg.schedule, cfg.warmup_epochs)
-        per_fold = [_fold_epoch(w, f, epoch, lr, criterion) for f in folds]
+        per_fold = [_fold_epoch(w, f, epoch, lr, criterion, _fold_name(i, folds)) for i, f in enumerate(folds)]
         metrics: dict[str, Any] = {**(cv.aggregate(per_fold) if len(folds) > 1 else per_fold[0]), "epoch": epoch + 1,
                                    "epoch_seconds": time.perf_counter() - t0, "lr": lr}
         stop = progress.record(cfg, metrics)
