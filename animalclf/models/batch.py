@@ -148,7 +148,7 @@ class PredictActor:
         self.predictor = Predictor.load(model, device)
         self.top_k = top_k
         self.filesystem = filesystem  # pyarrow S3FileSystem for s3:// paths: it carries the driver's endpoint and keys
-        self.pool = ThreadPoolExecutor(read_threads)  # reads overlap (a bucket's latency); decoding stays serial
+        self.pool = ThreadPoolExecutor(read_threads)  # reads overlap (a bucket's latency); decoding stays on one core
 
     def read(self, path: str) -> bytes:
         """The file's bytes; larger than the decoder accepts is refused before reading it all."""
@@ -165,10 +165,18 @@ class PredictActor:
         with open(path, "rb") as f:
             return f.read()
 
-    def _load(self, path: str) -> Any:
-        """A CHW tensor, or the exception that kept this file from becoming one."""
+    def _read(self, path: str) -> bytes | Exception:
         try:
-            return self.predictor.tensor(self.predictor.decode(self.read(path)))
+            return self.read(path)
+        except Exception as e:  # noqa: BLE001 - any file-level failure is that file's error row
+            return e
+
+    def _tensor(self, data: bytes | Exception) -> Any:
+        """A CHW tensor, or the exception that kept this file from becoming one."""
+        if isinstance(data, Exception):
+            return data
+        try:
+            return self.predictor.tensor(self.predictor.decode(data))
         except Exception as e:  # noqa: BLE001 - any file-level failure is that file's error row
             return e
 
@@ -176,7 +184,7 @@ class PredictActor:
         import torch
 
         paths = [str(p) for p in batch["path"]]
-        loaded = list(self.pool.map(self._load, paths))
+        loaded = [self._tensor(d) for d in self.pool.map(self._read, paths)]
         good = [i for i, t in enumerate(loaded) if isinstance(t, torch.Tensor)]
         probs = self.predictor.predict_tensors(torch.stack([loaded[i] for i in good])) if good else []
         answers = dict(zip(good, probs))
@@ -318,11 +326,12 @@ def open_sink(out: str, fmt: str) -> Sink:
 
 # ----------------------------------------------------------------------------- the run
 
-def predict_batch(opts: BatchOptions, connect: Optional[Callable[[], Any]] = None) -> BatchResult:
+def predict_batch(opts: BatchOptions, connect: Optional[Callable[[], Any]] = None,
+                  on_write: Optional[Callable[[int], None]] = None) -> BatchResult:
     """Predict every image of ``opts.data`` not yet in ``opts.out``; ``connect`` (e.g.
     :func:`animalclf.runtime.localray.init_ray`) is called once the inputs are checked and there is
-    work to do (without it, the current Ray, or one Ray Data starts). A model version other than
-    the output's is refused."""
+    work to do (without it, the current Ray, or one Ray Data starts); ``on_write(rows)`` after each
+    write (progress, benchmarks). A model version other than the output's is refused."""
     import ray
 
     from animalclf.evaluate.registry import is_model_ref
@@ -377,6 +386,8 @@ def predict_batch(opts: BatchOptions, connect: Optional[Callable[[], Any]] = Non
             sink.write(table)
             written += table.num_rows
             errors += table.num_rows - table.column("error").null_count
+            if on_write is not None:
+                on_write(table.num_rows)
             log.info("%d/%d written (%d error row(s))", written, len(todo), errors)
     result = BatchResult(opts.out, len(paths), skipped, written, errors, version, time.monotonic() - t0)
     log.info("Done in %.1f s: %d row(s) written to %s, %d error row(s), %d skipped as already there", result.seconds,
