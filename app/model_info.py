@@ -19,6 +19,7 @@ from typing import Any, Optional
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
 from animalclf.tracking import check_tracking, resolve_tracking
+from animalclf.tune.study import STUDY_FIGURES
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ __all__ = ["StoreError", "Registry", "VersionInfo", "parse_model_version", "REPO
 
 REPORT_ARTIFACT = "report/report.json"  # logged by animalclf.train.run.publish
 TRIALS_ARTIFACT = "search/trials.json"  # logged on the search's parent run by animalclf.tune.search
+SEARCH_ARTIFACTS = "search"  # there too: the Optuna study's figures as plotly JSON (<name>.json)
 _KEY_PARAMS = ("arch", "unfreeze", "lr", "weight_decay", "batch_size", "epochs", "label_smoothing", "dropout",
                "image_size", "num_workers", "metric")
 
@@ -55,7 +57,7 @@ class VersionInfo:
     run: dict[str, Any]  # run_id, run_name, kind, status, experiment_id, start_time
     params: dict[str, str]  # the parameters that trained it (the best trial's for a search)
     report: Optional[dict[str, Any]] = None
-    search: Optional[dict[str, Any]] = None  # run_id, metric, log_params, trials
+    search: Optional[dict[str, Any]] = None  # run_id, metric, log_params, trials, space, study_figures
     trial: Optional[dict[str, Any]] = None  # trial_id, run_id, status
     notes: list[str] = field(default_factory=list)  # what is missing and why
     tags: dict[str, str] = field(default_factory=dict)  # the version's animalclf.* tags (e.g. the promotion gate's)
@@ -147,7 +149,8 @@ class Registry:
         metric = params.get("base.metric") or info.params.get("metric") or TrainConfig.metric
         log_params = [k[len("space."):] for k, v in params.items() if k.startswith("space.") and v.startswith("loguniform")]
         info.search = {"run_id": search_run, "run_name": parent.info.run_name, "metric": metric, "log_params": log_params,
-                       "trials": trials or [], "space": {k[len("space."):]: v for k, v in params.items() if k.startswith("space.")}}
+                       "trials": trials or [], "space": {k[len("space."):]: v for k, v in params.items() if k.startswith("space.")},
+                       "study_figures": self._study_figures(search_run, info.notes)}
         best = parent.data.tags.get("animalclf.best_trial")
         if info.trial is None and best:
             info.trial = {"trial_id": best, "run_id": None, "status": None}
@@ -164,6 +167,19 @@ class Registry:
                 info.params = dict(child.data.params)  # the trial's own, full configuration
         if info.trial is None:
             info.notes.append(f"Search run {search_run} names no best trial.")
+
+    def _study_figures(self, search_run: str, notes: list[str]) -> dict[str, Any]:
+        """The Optuna study's figures (plotly JSON) the search logged, by name, in STUDY_FIGURES' order."""
+        try:
+            logged = {Path(a.path).name for a in self.client.list_artifacts(search_run, SEARCH_ARTIFACTS)}
+        except Exception as e:
+            notes.append(self._why(e, f"the artifacts of search run {search_run}"))
+            return {}
+        figs = {n: self._json(search_run, f"{SEARCH_ARTIFACTS}/{n}.json", notes) for n in STUDY_FIGURES if f"{n}.json" in logged}
+        if not figs:
+            notes.append(f"Search run {search_run} logged no Optuna study figures ({SEARCH_ARTIFACTS}/optimization_history.json"
+                         f" and the rest): a search from before the study was kept, or one with no completed trial.")
+        return {n: f for n, f in figs.items() if f is not None}
 
     def _json(self, run_id: str, artifact: str, notes: list[str]) -> Optional[Any]:
         import mlflow

@@ -170,6 +170,20 @@ def _search(info: VersionInfo) -> None:
     left, right = st.columns(2)
     left.plotly_chart(figs["parallel_coordinates"], width="stretch", key="fig-parcoords")
     right.plotly_chart(figs["trial_curves"], width="stretch", key="fig-trials")
+    _study(s)
+
+
+def _study(s: dict[str, Any]) -> None:
+    """Optuna's own figures of the search's study (kept as search/optuna.db on the search run)."""
+    figs = s.get("study_figures") or {}
+    if not figs:
+        return
+    st.markdown("##### The Optuna study")
+    st.caption(f"The whole study is the search run's artifact search/optuna.db: download it and open it with "
+               f"optuna.load_study or `optuna-dashboard sqlite:///optuna.db`.")
+    names = list(figs)
+    for name, where in zip(names, [*st.columns(2), *[st] * len(names)]):  # two side by side, the rest full width
+        where.plotly_chart(go.Figure(figs[name]), width="stretch", key=f"fig-study-{name}")
 
 
 def _lineage(info: VersionInfo, uri: str) -> None:

@@ -138,14 +138,36 @@ def model_store(project):
                        "history": hist, "best": max(hist, key=lambda h: h["val_accuracy"])})
     strong, strong_dir = _report(2, 4.0, project)
     client.log_artifacts(tune, str(strong_dir), "report")
-    (project / "search").mkdir()
-    (project / "search" / "trials.json").write_text(json.dumps(trials))
+    _search_folder(project / "search", trials)
     client.log_artifacts(tune, str(project / "search"), "search")
     champion = register(tune)
     client.set_model_version_tag("animalclf", champion, "animalclf.gate.decision", "promoted")
     client.set_registered_model_alias("animalclf", "champion", champion)
     register(run("bare", "train", {"arch": "efficientnet_b0"}))  # v3: its run logged no report
     return {"uri": uri, "train": train, "tune": tune, "children": children, "weak": weak, "strong": strong}
+
+
+STUDY_TITLES = ["Optimization History Plot", "Hyperparameter Importances", "Parallel Coordinate Plot"]
+
+
+def _search_folder(out: Path, trials: list[dict]) -> None:
+    """What a search leaves in its folder, written by the search's own code: a real Optuna study
+    (sqlite) holding the trials, its figures, trials.json and the page."""
+    import optuna
+
+    from animalclf.config import TrainConfig
+    from animalclf.tune.results import write_search_plots
+    from animalclf.tune.space import parse_space
+    from animalclf.tune.study import open_storage, study_figures
+
+    space = parse_space(["lr=1e-4:1e-2", "unfreeze=0:3"])
+    study = optuna.create_study(storage=open_storage(out, fresh=True), study_name="animalclf-tune", direction="maximize")
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True), "unfreeze": optuna.distributions.IntDistribution(0, 3)}
+    for t in trials:
+        study.add_trial(optuna.trial.create_trial(params=t["config"], distributions=dists, value=t["best"]["val_accuracy"]))
+    figs, notes = study_figures(out, "animalclf-tune")
+    assert list(figs) == ["optimization_history", "param_importances", "optuna_parallel_coordinate"] and not notes, notes
+    write_search_plots(out, trials, space, TrainConfig(metric="val_accuracy"), extra=figs, notes=notes)
 
 
 class _Metadata(BaseHTTPRequestHandler):
@@ -200,7 +222,9 @@ def test_model_page_shows_serving_version_search_lineage_and_comparison(monkeypa
     assert metrics["Macro F1"].value == f"{strong['macro_avg']['f1']:.3f}"
     charts = _charts(at)
     kinds = [t["type"] for c in charts for t in c["data"][:1]]
-    assert kinds == ["heatmap", "scatter", "scatter", "scatter", "parcoords", "scatter", "bar"], kinds
+    assert kinds == ["heatmap", "scatter", "scatter", "scatter", "parcoords", "scatter", "scatter", "bar", "scatter", "bar"], kinds
+    assert [c["layout"]["title"]["text"] for c in charts[6:9]] == STUDY_TITLES, "the Optuna study's own figures"
+    assert sorted(charts[7]["data"][0]["y"]) == ["lr", "unfreeze"]  # importances, one bar per parameter
     assert charts[0]["data"][0]["z"] == strong["confusion_matrix"]
     assert [d["label"] for d in charts[4]["data"][0]["dimensions"]] == ["log10 lr", "unfreeze", "val_accuracy"]
     assert len(charts[5]["data"]) == 3  # one curve per trial
@@ -247,7 +271,7 @@ def test_model_page_endpoint_down_or_unknown_version(monkeypatch, model_store, m
     at = _app(monkeypatch, closed_endpoint())
     assert any("Cannot reach the classifier" in w.value for w in at.warning)
     assert at.selectbox(key="model_version").value == "2", "without the endpoint, the champion"
-    assert not at.error and len(_charts(at)) == 7
+    assert not at.error and len(_charts(at)) == 10
     _Metadata.meta = _meta("animalclf/9")
     at = _app(monkeypatch, metadata_server)
     assert not at.exception and at.selectbox(key="model_version").value == "2"
@@ -261,7 +285,7 @@ def test_app_imports_no_torch(model_store, metadata_server):
     """The UI is an HTTP client: the whole page, Model tab included, runs without loading torch."""
     code = (f"import sys\nfrom streamlit.testing.v1 import AppTest\n"
             f"at = AppTest.from_file({SCRIPT!r}, default_timeout=60)\nat.run()\n"
-            f"assert not at.exception, at.exception\nassert len(at.get('plotly_chart')) == 7\n"
+            f"assert not at.exception, at.exception\nassert len(at.get('plotly_chart')) == 10\n"
             f"print('torch' in sys.modules, [m for m in ('torch', 'torchvision', 'ray') if m in sys.modules])\n")
     env = {**os.environ, "ANIMALCLF_ENDPOINT": metadata_server, "ANIMALCLF_GALLERY": ""}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -288,8 +312,12 @@ def test_model_page_reads_what_a_real_search_logged(monkeypatch, ray_session, pr
     assert not at.error, [e.value for e in at.error]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Validation accuracy"] == f"{report['accuracy']:.1%}" and metrics["Classes"] == "3"
-    assert [json.loads(c.proto.spec)["data"][0]["type"] for c in at.get("plotly_chart")] == \
-        ["heatmap", "scatter", "scatter", "scatter", "parcoords", "scatter"]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert [c["data"][0]["type"] for c in charts][:6] == ["heatmap", "scatter", "scatter", "scatter", "parcoords", "scatter"]
+    # the study the search kept: importances need two different scores, else the page has a note instead
+    scores = {t["best"]["val_accuracy"] for t in out.trials}
+    titles = [c["layout"]["title"]["text"] for c in charts[6:]]
+    assert titles == (STUDY_TITLES if len(scores) > 1 else [STUDY_TITLES[0], STUDY_TITLES[2]]), titles
     assert sorted(at.dataframe[1].value["trial"]) == sorted(t["trial_id"] + (" ★" if t["trial_id"] == best_trial else "") for t in out.trials)
     lineage = _table_text(at)
     assert out.parent_run_id in lineage and best_trial in lineage
@@ -430,20 +458,43 @@ def test_browser_model_page_draws_charts(model_store, metadata_server, tmp_path)
         page.goto(ui, timeout=60_000)
         page.get_by_role("tab", name="Model").click(timeout=60_000)
         page.get_by_text("Validation accuracy").first.wait_for(timeout=60_000)
-        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 7", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 10", timeout=60_000)
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot g.hm image, .js-plotly-plot path.js-line').length > 0",
                                timeout=30_000)
         drawn = page.evaluate(_DRAWN)
+        titles = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map("
+                               "d => (d.querySelector('.gtitle') || {}).textContent)")
         body = page.inner_text("body")
     strong = model_store["strong"]
-    assert len(drawn) == 7 and all(c["width"] > 200 and c["svg"] > 0 for c in drawn), drawn
-    confusion, pr, roc, learning, parcoords, trial_curves, compare = drawn
+    assert len(drawn) == 10 and all(c["width"] > 200 and c["svg"] > 0 for c in drawn), drawn
+    confusion, pr, roc, learning, parcoords, trial_curves, history, importances, study_parcoords, compare = drawn
+    assert titles[6:9] == STUDY_TITLES, titles
+    assert history["lines"] >= 1 and importances["bars"] == 2 and study_parcoords["lines"] >= 1, drawn
     assert confusion["heatmap"] == 1, confusion
     # a curve per class (ROC: and chance), per learning-curve key, per trial; two bars per class
     assert (pr["lines"], roc["lines"], learning["lines"], trial_curves["lines"]) == (15, 16, 4, 3), drawn
     assert parcoords["pc_axes"] == 3 and parcoords["pc_canvas"] > 0 and compare["bars"] == 2 * len(CLASSES), drawn
     assert f"{strong['accuracy']:.1%}" in body and f"{strong['macro_avg']['f1']:.3f}" in body, body[:2000]
     assert "vs v1" in body and model_store["tune"] in body and "Traceback" not in body
+
+
+@pytest.mark.browser
+def test_browser_report_pages_draw_offline(model_store, project):
+    """The HTML pages the jobs write (report.html, search.html) draw in a browser that can reach
+    nothing but the file itself: plotly.js is inside them."""
+    fetched = []
+    with _chromium() as browser:
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+                   else (fetched.append(route.request.url), route.abort()))
+        drawn = {}
+        for html, n in ((project / "report-2" / "report.html", 4), (project / "search" / "search.html", 5)):
+            page.goto(html.as_uri(), timeout=60_000)
+            page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot svg.main-svg').length >= {n}", timeout=60_000)
+            drawn[html.name] = page.evaluate(_DRAWN)
+    assert not fetched, fetched
+    assert len(drawn["report.html"]) == 4 and drawn["report.html"][0]["heatmap"] == 1, drawn
+    assert len(drawn["search.html"]) == 5 and drawn["search.html"][3]["bars"] == 2, drawn  # ..., importances, ...
 
 
 @pytest.mark.slow
