@@ -184,15 +184,17 @@ def start_ui(url: str, data: str, port: int) -> tuple[subprocess.Popen, str]:
 def summary(trained, tuned, setup: Setup, served: Served) -> str:
     """What the demo made and where: the lines a newcomer reads."""
     arch, uri, url, ui_url, sample, answer = setup.arch, setup.uri, served.url, served.ui_url, served.sample, served.answer
-    db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+    command = tracking.ui_command(uri)
     return "\n".join([
         "",
         f"Linear probe on {PROBE_ARCH}: validation accuracy {trained.report['accuracy']:.3f}, macro F1 {trained.report['macro_avg']['f1']:.3f}",
         f"  report: {trained.report_dir}",
+        f"  MLflow run: {tracking.run_link(trained.run_id, uri, with_command=False)}",
         f"Tuned {arch}: best {tuned.best_config} -> val accuracy {tuned.best_metrics['val_accuracy']:.3f}; "
         f"{tuned.epochs_run}/{tuned.epochs_budget} trial-epochs run (ASHA); report: {tuned.report_dir}",
+        f"  MLflow search run: {tracking.run_link(tuned.parent_run_id, uri, with_command=False)}",
         f"Champion: models:/animalclf@champion = version {tuned.champion_version} ({'new' if tuned.promoted else 'kept'})",
-        f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000" if db else f"MLflow: {uri}",
+        f"MLflow UI: {tracking.ui_base(uri)}" + (f"   (serve it with: {command})" if command else ""),
         f"API:  {url}   (GET /healthz, /metadata, /docs; POST /predict, /predict/batch; "
         f"Open Inference Protocol: POST /v2/models/animalclf/infer)",
         f"UI:   {ui_url}",

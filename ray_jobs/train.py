@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working dir
 
+from animalclf import tracking  # noqa: E402
 from animalclf.runtime.cli import add_config_arg, run_main  # noqa: E402
 from animalclf.config import add_train_args, config_from_args, smoke  # noqa: E402
 from animalclf.train.run import run_training  # noqa: E402
@@ -48,7 +49,8 @@ def main(args: argparse.Namespace) -> int:
              out.report["macro_avg"]["f1"], out.metrics.get("epoch"), out.epochs_run)
     log.info("Report: %s", out.report_dir)
     if out.run_id:
-        log.info("MLflow run %s%s", out.run_id, f", registered {cfg.model_name} version {out.model_version}" if out.model_version else "")
+        log.info("MLflow run %s%s: %s", out.run_id, f", registered {cfg.model_name} version {out.model_version}" if out.model_version else "",
+                 tracking.run_link(out.run_id))
     if out.decision:
         log.info("%s", out.decision.reason)
         log.info("@champion of %s: version %s", cfg.model_name,

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 
+from animalclf import tracking  # noqa: E402
 from animalclf.runtime import localray
 from animalclf.runtime.cli import add_config_arg, run_main  # noqa: E402
 from animalclf.config import add_train_args, config_from_args, resources_arg, smoke  # noqa: E402
@@ -27,6 +28,7 @@ from animalclf.errors import UserError  # noqa: E402
 from animalclf.evaluate.registry import champion_ref  # noqa: E402
 from animalclf.tune.space import parse_space  # noqa: E402
 from animalclf.tune.search import TuneOptions, run_search  # noqa: E402
+from animalclf.tune.trial import trial_run_id  # noqa: E402
 
 log = logging.getLogger("animalclf.jobs.tune")
 
@@ -81,7 +83,11 @@ def main(args: argparse.Namespace) -> int:
              100 * (1 - out.epochs_run / max(out.epochs_budget, 1)), out.path)
     if out.parent_run_id:
         state = "promoted to @champion" if out.promoted and out.champion_version == out.model_version else f"champion stays v{out.champion_version}"
-        log.info("MLflow parent run %s; registered %s v%s, %s", out.parent_run_id, cfg.model_name, out.model_version, state)
+        log.info("MLflow parent run %s; registered %s v%s, %s: %s", out.parent_run_id, cfg.model_name, out.model_version,
+                 state, tracking.run_link(out.parent_run_id))
+        best_run = trial_run_id(out.parent_run_id)
+        if best_run:
+            log.info("MLflow run of the best trial: %s", tracking.run_link(best_run))
     if args.deploy:
         serve_champion(cfg.model_name, args.serve_port, args.serve_resources)
     return 0

@@ -283,6 +283,9 @@ def test_job_outputs_last_in_animalclf_home_and_mlflow_ui_shows_them(head, user_
         history = requests.get(f"{api}/metrics/get-history", params={"run_id": run_id, "metric_key": "val_loss"},
                                timeout=10).json()
         assert [m["step"] for m in history["metrics"]] == [1, 2]
+        # The job's log links to this run in the UI, and says how to serve that UI.
+        assert f"http://127.0.0.1:5000/#/experiments/{exp['experiment_id']}/runs/{run_id}" in logs, logs[-3000:]
+        assert f"ui --backend-store-uri sqlite:///{runs / 'mlflow.db'} --host 127.0.0.1 --port 5000" in logs
         assert (runs / "models" / run_id / "model.pt").is_file()
         champion = requests.get(f"{api}/registered-models/alias", params={"name": "lasting", "alias": "champion"},
                                 timeout=10).json()

@@ -129,6 +129,9 @@ def test_run_lands_on_server(server, trained):
     assert files_containing(server.root / "artifacts", "animalclf") or any((server.root / "artifacts").rglob("model.pt"))
     assert not (home / "mlruns").exists()
     assert f"registered remote-clf version {versions[0].version}" in r.stderr, log_tail
+    # A link to the run on the server's own UI, without credentials and without a local `mlflow ui`
+    assert f"{server.uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}" in r.stderr, log_tail
+    assert "--backend-store-uri" not in r.stderr
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ under Tune is tests/test_search.py's (Ray)."""
 from animalclf.config import TrainConfig
 from animalclf.data.split import Split
 from animalclf.tracking import Tracker
-from animalclf.tune.trial import child_run
+from animalclf.tune.trial import child_run, trial_run_id
 
 SPLIT = Split(["a", "b"], [("/d/a0.jpg", 0), ("/d/b0.jpg", 1), ("/d/b1.jpg", 1)], [("/d/a1.jpg", 0)])
 
@@ -27,3 +27,8 @@ def test_a_trial_gets_one_child_run_and_a_resumed_trial_continues_it(store):
     exp = store.get_experiment_by_name("search-exp").experiment_id
     children = store.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.run_id}'")
     assert sorted(r.data.tags["animalclf.trial_id"] for r in children) == ["t1", "t2"]
+    # The best trial's run, as the search's end names it (its parent's animalclf.best_trial tag)
+    assert trial_run_id(parent.run_id) is None  # no best trial yet
+    parent.set_tags({"animalclf.best_trial": "t2"})
+    assert trial_run_id(parent.run_id) == second.run_id and trial_run_id(parent.run_id, "t1") == first.run_id
+    assert trial_run_id(other_search.run_id, "t2") is None

@@ -43,6 +43,8 @@ TRACKING_VARS = CREDENTIAL_VARS + DAGSHUB_VARS + (REGISTRY_VAR,)
 DAGSHUB_HOST = "https://dagshub.com"
 # A job's secrets travel as a file path, not as values in its runtime env (see job_runtime_env).
 SECRETS_FILE_VAR = "ANIMALCLF_SECRETS_FILE"
+# The MLflow UI's address when it is not the tracking URI's own (animalclf.tracking.links).
+UI_VAR = "ANIMALCLF_MLFLOW_UI"
 
 
 def dagshub_login_token(host: str) -> Optional[str]:
@@ -97,7 +99,7 @@ def job_runtime_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     outputs go, and excludes for the working-dir upload. Secret values never travel in it (Ray
     shows a job's ``env_vars`` to every holder of the cluster token and its agents log them): see
     :func:`runtime_env_vars`."""
-    keys = ("ANIMALCLF_HOME", "ANIMALCLF_LOG_LEVEL") + TRACKING_VARS
+    keys = ("ANIMALCLF_HOME", "ANIMALCLF_LOG_LEVEL", UI_VAR) + TRACKING_VARS
     env = runtime_env_vars({k: environ[k] for k in keys if environ.get(k)})
     # A driver that also passes ray.init(runtime_env=...) (your own code) may override the job's env.
     env["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"

@@ -107,7 +107,7 @@ def start_tracker(cfg: TrainConfig, split: Split, name: str, parent_run_id: Opti
               "photo_groups": split.group_count()}
     tracker = tracking.Tracker.start(cfg.experiment, name, params, tags={"animalclf.kind": "train", **(tags or {})},
                                      parent_run_id=parent_run_id)
-    log.info("MLflow run %s in experiment %r", tracker.run_id, cfg.experiment)
+    log.info("MLflow run %s in experiment %r: %s", tracker.run_id, cfg.experiment, tracking.run_link(tracker.run_id))
     return tracker
 
 

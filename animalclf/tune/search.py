@@ -197,7 +197,7 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
                       "grace_period": opts.grace_period, "reduction_factor": opts.reduction_factor, "seed": opts.seed,
                       "base": {k: v for k, v in cfg.to_dict().items() if k not in space}}
             parent = tracking.Tracker.start(cfg.experiment, opts.name, params, tags={"animalclf.kind": "tune"})
-        log.info("MLflow parent run %s", parent.run_id)
+        log.info("MLflow parent run %s: %s", parent.run_id, tracking.run_link(parent.run_id))
 
     key = parent.run_id if parent else opts.name  # what publish names the report after
     trainable = tune.with_resources(

@@ -12,7 +12,7 @@ from animalclf.data.split import Split
 from animalclf.train.publish import start_tracker
 from animalclf.train.run import fit
 
-__all__ = ["run_trial", "child_run"]
+__all__ = ["run_trial", "child_run", "trial_run_id"]
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], split: dict[str, Any], parent_run_id: Optional[str],
@@ -36,13 +36,26 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], split: dict[str, 
         tracker.end("FINISHED")
 
 
+def trial_run_id(parent_run_id: str, trial_id: Optional[str] = None) -> Optional[str]:
+    """The MLflow run of trial ``trial_id`` (default: the search's best, its parent's
+    ``animalclf.best_trial`` tag) under search run ``parent_run_id``, or ``None``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    parent = client.get_run(parent_run_id)
+    trial_id = trial_id or parent.data.tags.get("animalclf.best_trial")
+    if not trial_id:
+        return None
+    found = client.search_runs([parent.info.experiment_id],
+                               f"tags.`animalclf.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return found[0].info.run_id if found else None
+
+
 def child_run(cfg: TrainConfig, split: Split, trial_id: str, parent_run_id: str) -> "tracking.Tracker":
     """The trial's MLflow child run; a resumed trial continues the run it had."""
     from mlflow import MlflowClient
 
-    client = MlflowClient()
-    exp_id = client.get_run(parent_run_id).info.experiment_id
-    found = client.search_runs([exp_id], f"tags.`animalclf.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    found = trial_run_id(parent_run_id, trial_id)
     if found:
-        return tracking.Tracker(found[0].info.run_id)
+        return tracking.Tracker(found)
     return start_tracker(cfg, split, f"trial-{trial_id}", parent_run_id, tags={"animalclf.kind": "trial", "animalclf.trial_id": trial_id})
