@@ -65,7 +65,7 @@ class ProgressLog:
         if not self.enabled:
             return
         now = time.perf_counter()
-        if now - self._last >= self.every_s:
+        if now - self._last >= self.every_s and (self.total is None or self.count < self.total):  # else done() says it
             self._last = now
             self.lines += 1
             self.log.info("%s", self.line())
