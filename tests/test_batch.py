@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from animalclf.config import TrainConfig
 from animalclf.errors import UserError
@@ -200,11 +201,16 @@ def test_user_mistakes_are_one_line_and_exit_2(tmp_path, checkpoint):
         return subprocess.run([sys.executable, str(ROOT / "ray_jobs" / "predict.py"), *args], capture_output=True,
                               text=True, timeout=60, cwd=tmp_path)
 
+    one_image = tmp_path / "one"
+    one_image.mkdir()
+    Image.new("RGB", (8, 8)).save(one_image / "x.jpg")
     for args, words in [
         (["--model", str(checkpoint), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "is not a folder"),
         (["--model", str(checkpoint), "--data", str(tmp_path), "--out", "s3://b/p.csv"], "CSV output is one local file"),
         (["--model", str(checkpoint), "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--batch-size", "0"],
          "--batch-size must be at least 1"),
+        (["--model", str(tmp_path / "nock"), "--data", str(one_image), "--out", str(tmp_path / "o")],
+         "is not an animalclf checkpoint"),
     ]:
         r = run(*args)
         assert r.returncode == 2, r.stderr

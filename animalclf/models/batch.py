@@ -221,12 +221,10 @@ def predict_batch(opts: BatchOptions, connect: Optional[Callable[[], Any]] = Non
     if model != opts.model:
         log.info("%s is %s for this whole run", opts.model, model)
     if model.startswith("models:/"):
-        version = _registered(model)
-    elif is_model_ref(model):
-        version = model
-    else:  # checked here, not in N actors; absolute, as actors run in other directories
-        model = str(Path(model).resolve())
-        version = Predictor.from_checkpoint(model).version
+        _registered(model)
+    elif not is_model_ref(model):
+        model = str(Path(model).resolve())  # absolute: actors run in other directories
+    version = Predictor.load(model).version  # a bad model fails here in one line, not in N actors
     others = sorted({v for v in done.values() if v != version})
     if others:
         raise UserError(f"{opts.out} holds predictions of {', '.join(others)}, not {version}: pass a new --out to "
@@ -264,8 +262,8 @@ def predict_batch(opts: BatchOptions, connect: Optional[Callable[[], Any]] = Non
     return result
 
 
-def _registered(ref: str) -> str:
-    """``models:/NAME/N`` -> ``NAME/N`` (what :attr:`Predictor.version` says), once checked to exist."""
+def _registered(ref: str) -> None:
+    """Check that the version ``models:/NAME/N`` exists (one line naming the fix if not)."""
     from mlflow import MlflowClient
 
     name, number = ref[len("models:/"):].rsplit("/", 1)
@@ -274,7 +272,6 @@ def _registered(ref: str) -> str:
     except Exception as e:  # noqa: BLE001 - any registry failure is the user's to fix
         raise UserError(f"{ref} is not in the MLflow registry ({type(e).__name__}); check the name, the version "
                         "and MLFLOW_TRACKING_URI.") from None
-    return f"{name}/{number}"
 
 
 def _tables(batches: Iterable[pa.Table]) -> Iterable[pa.Table]:
