@@ -246,10 +246,11 @@ def test_serve_stays_on_the_head_and_gpu_nodes_are_released(cluster, search_job,
     assert served_version().startswith("search/")  # Serve kept serving on the head
 
 
-def test_batch_prediction_job_spreads_its_actors_over_gpu_nodes(cluster, tiny_folder, tmp_path):
+def test_batch_prediction_job_runs_its_actors_on_gpu_nodes(cluster, tiny_folder, tmp_path):
     """`ray job submit` of ray_jobs/predict.py with two actors that each ask for a GPU-type node's
-    resource: the autoscaler adds the nodes, the actors run there, every image gets its row (the
-    file that is not an image an error row) and a resubmission writes nothing new."""
+    resource: the autoscaler adds nodes, the actors run there (never on the head), every image gets
+    its row (the file that is not an image an error row) and a resubmission writes nothing new. (25
+    small images can be done before the second node is up: that actor may never be placed.)"""
     import shutil
 
     import pyarrow.parquet as pq
@@ -269,19 +270,21 @@ def test_batch_prediction_job_spreads_its_actors_over_gpu_nodes(cluster, tiny_fo
     out, client = tmp_path / "preds", JobSubmissionClient(cluster.dashboard_url)
     terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 
-    def run(n: int) -> str:
+    def run(n: int) -> None:
         job = f"predict-{os.getpid()}-{n}"
         cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", cluster.dashboard_url, "--no-wait",
                "--submission-id", job, "--runtime-env-json", json.dumps({"env_vars": {"ANIMALCLF_HOME": str(tmp_path)}}),
                "--", sys.executable, str(ROOT / "ray_jobs" / "predict.py"), "--model", str(ckpt), "--data", str(data),
                "--out", str(out), "--concurrency", "2", "--resources", json.dumps(WORKER), "--batch-size", "4"]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": cluster.dashboard_url})
+        for _ in range(30):  # a fresh head's job agent may not be up yet ("No available agent")
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": cluster.dashboard_url})
+            if r.returncode == 0 or "No available agent" not in r.stderr:
+                break
+            time.sleep(2)
         assert r.returncode == 0, r.stdout + r.stderr
         cluster.wait_for(lambda: client.get_job_status(job) in terminal, 240, "the predict job", every=1)
-        logs = client.get_job_logs(job)
-        assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
-        return logs
+        assert client.get_job_status(job) == JobStatus.SUCCEEDED, client.get_job_logs(job)[-4000:]
 
     t0 = time.monotonic()
     run(1)
@@ -292,6 +295,9 @@ def test_batch_prediction_job_spreads_its_actors_over_gpu_nodes(cluster, tiny_fo
     kinds = node_types(cluster)
     actors = list_actors(filters=[("class_name", "=", "MapWorker(MapBatches(PredictActor))")], limit=100,
                          raise_on_missing_output=False)
-    assert len(actors) == 2 and len({a.node_id for a in actors}) == 2, actors
-    assert all(kinds[a.node_id] not in ("head",) for a in actors), [kinds[a.node_id] for a in actors]
-    assert "0 row(s) written" in run(2)
+    placed = [a.node_id for a in actors if a.node_id]
+    assert len(actors) == 2 and placed, actors
+    assert all(kinds[n] != "head" for n in placed), [kinds[n] for n in placed]
+    parts = sorted(out.iterdir())
+    run(2)
+    assert sorted(out.iterdir()) == parts  # nothing new to write: no new part
