@@ -130,6 +130,24 @@ def test_project_installed_from_file_mounts(prepared):
     assert ".venv" in excluded and "runs" in excluded
 
 
+def test_nodes_install_the_tested_versions(prepared):
+    """Every node installs the project under constraints.txt (every package at the version the tests
+    passed with), and the file reaches the nodes with the working copy (not excluded, not ignored)."""
+    import fnmatch
+    import shlex
+    import subprocess
+
+    install = next(c for c in prepared["setup_commands"] if "pip install" in c and "-e ." in c)
+    words = shlex.split(install.split("&&")[-1])
+    assert words[words.index("-c") + 1] == "constraints.txt", install
+    assert (ROOT / "constraints.txt").is_file()
+    pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert pins and all("==" in line for line in pins), "constraints.txt holds exact pins only"
+    assert not any(fnmatch.fnmatch("constraints.txt", p.strip("*/")) for p in prepared["rsync_exclude"])
+    ignored = subprocess.run(["git", "check-ignore", "-q", "constraints.txt"], cwd=ROOT)
+    assert ignored.returncode == 1, "constraints.txt is git-ignored: rsync_filter would keep it off the nodes"
+
+
 def test_tuning_plans_for_what_the_cluster_grows_to(raw):
     """On the head of this cluster (no worker up yet) the search's resource check counts the nodes
     the autoscaler may add: 2 gpu_4x (4 workers each) + 4 gpu_1x = 12 one-GPU workers within

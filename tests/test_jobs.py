@@ -251,6 +251,7 @@ def test_job_outputs_last_in_animalclf_home_and_mlflow_ui_shows_them(head, user_
     out = user_jobs("submit-train", JOB_ID=job, DATA=relative_data(tiny_folder),
                     TRAIN_ARGS="--arch efficientnet_lite0 --smoke-test --experiment lasting --model-name lasting").stdout
     assert f"outputs: {user_jobs.project}/runs" in out and f"submitted {job}" in out
+    assert f"dashboard: {head.address}/#/jobs/{job}" in out  # the job's page, from the address used
     status, logs = finish(head, user_jobs, job)
     assert status == "SUCCEEDED", logs[-4000:]
     r = user_jobs("job-status", JOB=job)

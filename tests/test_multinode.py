@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from fakecluster import FAKE_GPU, FIGURES, FakeCluster, fake_node_types, load_cluster_yaml
+from probewheel import probe_project
 
 # method="thread": a test blocked inside ray.get (a placement group that never places) never returns
 # to Python, so the default signal method cannot end it; this one dumps the stacks and fails the run.
@@ -301,3 +302,57 @@ def test_batch_prediction_job_runs_its_actors_on_gpu_nodes(cluster, tiny_folder,
     parts = sorted(out.iterdir())
     run(2)
     assert sorted(out.iterdir()) == parts  # nothing new to write: no new part
+
+
+def test_job_gets_the_pinned_packages_its_nodes_lack(cluster, tmp_path):
+    """A job whose runtime env carries the pip section `make submit-*` sends to a cluster
+    (animalclf.runtime.jobenv.pip_runtime_env), built from a project whose pyproject.toml asks for a
+    package no node has (``animalclf-probe>=1.0``, versions 1.0 and 2.0 offered) and whose
+    constraints.txt pins 1.0: the node installs that one package at the pinned version
+    (``--no-index``: everything else must be there already) and the job, run with the nodes'
+    ``python``, imports it next to the node's animalclf."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from animalclf.runtime.jobenv import head_on_this_machine, job_link, pip_runtime_env
+
+    assert head_on_this_machine(cluster.dashboard_url)
+    project, wheels = probe_project(tmp_path)
+    (project / "probe_job.py").write_text(
+        "import sys\nimport animalclf, animalclf_probe\n"
+        "print('probe', animalclf_probe.__version__, 'animalclf', animalclf.__file__, 'python', sys.executable)\n")
+    pip = pip_runtime_env(project)
+    assert "animalclf-probe>=1.0" in pip["packages"]
+    pip["packages"] += ["--no-index", f"--find-links {wheels}"]  # offline: what is not installed must come from here
+
+    client = JobSubmissionClient(cluster.dashboard_url)
+    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+
+    def run(n: int) -> list[str]:
+        job = f"pip-{os.getpid()}-{n}"
+
+        def submitted() -> bool:
+            try:
+                client.submit_job(entrypoint="python probe_job.py", submission_id=job, runtime_env={
+                    "working_dir": str(project), "pip": pip, "env_vars": {"ANIMALCLF_HOME": str(tmp_path)}})
+                return True
+            except RuntimeError as e:  # a cluster just started: "No available agent to submit job" for a while
+                if "No available agent" not in str(e):
+                    raise
+                return False
+        cluster.wait_for(submitted, 180, "the head's job agent", every=1)
+        cluster.wait_for(lambda: client.get_job_status(job) in terminal, 300, "the probe job", every=0.5)
+        logs = client.get_job_logs(job)
+        assert client.get_job_status(job) == JobStatus.SUCCEEDED, logs[-4000:]
+        assert job_link(cluster.dashboard_url, job) == f"{cluster.dashboard_url}/#/jobs/{job}"
+        assert client.get_job_info(job).submission_id == job  # what the page shows
+        return next(line for line in logs.splitlines() if line.startswith("probe ")).split()
+
+    t0 = time.monotonic()
+    words = run(1)
+    FIGURES["job_pip_env_first_s"] = time.monotonic() - t0
+    assert words[1] == "1.0", words  # the constraint, not the newest offered
+    assert Path(words[3]).parent.parent == ROOT, words  # the node's animalclf (cluster.yaml: pip install -e)
+    assert "runtime_resources" in words[5] and "pip" in words[5], f"not the runtime env's python: {words}"
+    t0 = time.monotonic()
+    assert run(2) == words  # the same pins: Ray's cached env
+    FIGURES["job_pip_env_cached_s"] = time.monotonic() - t0
