@@ -59,9 +59,10 @@ RUNTIME_ENV_JSON = $$(ANIMALCLF_HOME='$(ANIMALCLF_HOME)' $(JOBENV) runtime-env -
 
 .PHONY: head-start head-stop head-status submit-train submit-tune job-status job-logs job-follow job-stop job-list
 
+# The proxy hook: Serve's own 503/408 answers become JSON like the app's (docs/serving.md).
 head-start:
 	@$(PY) -m animalclf.runtime.rayauth
-	$(RAY_CLI) start --head --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --port $(HEAD_PORT) --dashboard-port $(DASHBOARD_PORT) $(HEAD_ARGS)
+	RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=serve.web:proxy_middlewares $(RAY_CLI) start --head --node-ip-address 127.0.0.1 --dashboard-host 127.0.0.1 --port $(HEAD_PORT) --dashboard-port $(DASHBOARD_PORT) $(HEAD_ARGS)
 
 # Note: `ray stop` stops every Ray instance of this user on this machine.
 head-stop:

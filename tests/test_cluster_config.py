@@ -117,6 +117,16 @@ def test_dashboard_on_loopback_and_token_auth(prepared):
     assert prepared["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
 
 
+def test_head_gives_serves_proxy_json_errors(prepared):
+    """The head (where Serve's proxy runs) names the hook that turns its plain-text 503/408 into JSON."""
+    from animalclf.runtime.localray import SERVE_PROXY_CALLBACK
+
+    head = _start_command(prepared["head_start_ray_commands"])
+    for key, value in SERVE_PROXY_CALLBACK.items():
+        assert f"{key}={value}" in head
+    assert f"{key}={value}" in (Path(__file__).resolve().parents[1] / "mk" / "jobs.mk").read_text()  # make head-start
+
+
 def test_project_installed_from_file_mounts(prepared):
     mounts = prepared["file_mounts"]
     remote = next(r for r, local in mounts.items() if local in (".", "./"))
