@@ -179,8 +179,8 @@ def _study(s: dict[str, Any]) -> None:
     if not figs:
         return
     st.markdown("##### The Optuna study")
-    st.caption(f"The whole study is the search run's artifact search/optuna.db: download it and open it with "
-               f"optuna.load_study or `optuna-dashboard sqlite:///optuna.db`.")
+    st.caption("The whole study is the search run's artifact search/optuna.db: download it and open it with "
+               "optuna.load_study or `optuna-dashboard sqlite:///optuna.db`.")
     names = list(figs)
     for name, where in zip(names, [*st.columns(2), *[st] * len(names)]):  # two side by side, the rest full width
         where.plotly_chart(go.Figure(figs[name]), width="stretch", key=f"fig-study-{name}")

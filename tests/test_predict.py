@@ -128,7 +128,6 @@ def register_version(name: str, classes=CLASSES, seed: int = 0) -> tuple[str, Pr
     """Log a Lite0 (random weights) to the current MLflow store as a new version of ``name``."""
     import tempfile
 
-    from animalclf.models.checkpoint import META_FILE
     from animalclf.tracking import Tracker
 
     torch.manual_seed(seed)

@@ -13,7 +13,7 @@ import pytest
 import requests
 import torch
 
-from animalclf.models.checkpoint import META_FILE, save_checkpoint
+from animalclf.models.checkpoint import save_checkpoint
 from animalclf.config import TrainConfig
 from animalclf.runtime.localray import free_port
 from animalclf.models.build import build_model

@@ -53,8 +53,6 @@ def trial_run_id(parent_run_id: str, trial_id: Optional[str] = None) -> Optional
 
 def child_run(cfg: TrainConfig, split: Split, trial_id: str, parent_run_id: str) -> "tracking.Tracker":
     """The trial's MLflow child run; a resumed trial continues the run it had."""
-    from mlflow import MlflowClient
-
     found = trial_run_id(parent_run_id, trial_id)
     if found:
         return tracking.Tracker(found)
