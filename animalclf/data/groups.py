@@ -96,7 +96,7 @@ def orientation_hashes(data: bytes) -> list[int]:
 
 
 def near_duplicate_pairs(hashes: Sequence[Optional[Sequence[int]]], threshold: int = HASH_THRESHOLD,
-                         chunk: int = 2048) -> list[tuple[int, int, int]]:
+                         cells: int = 1 << 22) -> list[tuple[int, int, int]]:
     """``(i, j, distance)`` for every ``i < j`` whose images are within ``threshold`` bits under
     some orientation (``hashes[i]``: :func:`orientation_hashes`, or ``None`` for an unreadable
     file). Vectorised, but quadratic: n² comparisons of 8 hashes, in chunks (see docs/data-and-quality.md
@@ -107,6 +107,7 @@ def near_duplicate_pairs(hashes: Sequence[Optional[Sequence[int]]], threshold: i
     base = np.array([hashes[i][0] for i in idx], dtype=np.uint64)
     turns = np.array([list(hashes[i]) for i in idx], dtype=np.uint64)  # (n, 8)
     best: dict[tuple[int, int], int] = {}
+    chunk = max(1, cells // len(idx))  # rows per block: a block's buffers stay ~``cells`` x 9 bytes (~40 MB)
     for start in range(0, len(idx), chunk):
         block = turns[start:start + chunk]  # (b, 8): each image's orientations against every image as it is
         dist = np.bitwise_count(block[:, 0:1] ^ base[None, :])
