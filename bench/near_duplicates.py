@@ -30,7 +30,7 @@ def main() -> None:
     t0 = time.perf_counter()
     hashes = [orientation_hashes(Path(s).read_bytes()) for s in paths]
     t1 = time.perf_counter()
-    pairs = near_duplicate_pairs(hashes, threshold=64)
+    pairs = list(near_duplicate_pairs(hashes, threshold=64))
     t2 = time.perf_counter()
     keys = [name_key(s) for s in paths]
     named = Counter(d for i, j, d in pairs if keys[i] == keys[j])

@@ -35,7 +35,7 @@ def _jpeg(im: Image.Image) -> bytes:
 
 
 def _distance(a: bytes, b: bytes) -> int:
-    pairs = near_duplicate_pairs([orientation_hashes(a), orientation_hashes(b)], threshold=64)
+    pairs = list(near_duplicate_pairs([orientation_hashes(a), orientation_hashes(b)], threshold=64))
     return pairs[0][2]
 
 

@@ -23,7 +23,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -96,29 +96,27 @@ def orientation_hashes(data: bytes) -> list[int]:
 
 
 def near_duplicate_pairs(hashes: Sequence[Optional[Sequence[int]]], threshold: int = HASH_THRESHOLD,
-                         cells: int = 1 << 22) -> list[tuple[int, int, int]]:
+                         cells: int = 1 << 22) -> Iterator[tuple[int, int, int]]:
     """``(i, j, distance)`` for every ``i < j`` whose images are within ``threshold`` bits under
     some orientation (``hashes[i]``: :func:`orientation_hashes`, or ``None`` for an unreadable
-    file). Vectorised, but quadratic: n² comparisons of 8 hashes, in chunks (see docs/data-and-quality.md
-    for the cost at size; past ~100,000 images group by names, or by your own ids)."""
+    file), as they are found: nothing is kept but one block of ~``cells`` distances (the distance
+    is symmetric: a turn of one image is the inverse turn of the other). Vectorised, but
+    quadratic: n² comparisons of 8 hashes (see docs/data-and-quality.md for the cost at size;
+    past ~100,000 images group by names, or by your own ids)."""
     idx = [i for i, h in enumerate(hashes) if h]
     if len(idx) < 2:
-        return []
+        return
     base = np.array([hashes[i][0] for i in idx], dtype=np.uint64)
     turns = np.array([list(hashes[i]) for i in idx], dtype=np.uint64)  # (n, 8)
-    best: dict[tuple[int, int], int] = {}
-    chunk = max(1, cells // len(idx))  # rows per block: a block's buffers stay ~``cells`` x 9 bytes (~40 MB)
+    chunk = max(1, cells // len(idx))  # rows per block: its buffers stay ~``cells`` x 9 bytes (~40 MB)
     for start in range(0, len(idx), chunk):
         block = turns[start:start + chunk]  # (b, 8): each image's orientations against every image as it is
         dist = np.bitwise_count(block[:, 0:1] ^ base[None, :])
         for o in range(1, block.shape[1]):
             np.minimum(dist, np.bitwise_count(block[:, o:o + 1] ^ base[None, :]), out=dist)
         for a, b in zip(*np.nonzero(dist <= threshold)):
-            i, j = start + int(a), int(b)
-            if i != j:
-                key = (idx[min(i, j)], idx[max(i, j)])
-                best[key] = min(best.get(key, 64), int(dist[a, b]))
-    return sorted((i, j, d) for (i, j), d in best.items())
+            if start + int(a) < int(b):
+                yield idx[start + int(a)], idx[int(b)], int(dist[a, b])
 
 
 # ---------------------------------------------------------------------------------------------
