@@ -89,7 +89,7 @@ def test_listing_errors_name_the_problem(s3, layout, uri, match):
 def test_two_images_per_class_needed_to_split(s3):
     for key in ("Red/a.jpg", "Blue/b.jpg", "Blue/c.jpg"):
         s3.put_object(Bucket=BUCKET, Key=f"p/{key}", Body=_jpeg_bytes())
-    with pytest.raises(UserError, match="need at least 2 to split"):
+    with pytest.raises(UserError, match="has 1 image: need at least 2 images to split"):
         open_source(f"s3://{BUCKET}/p").split(0.2, 0, groups="none")
     with pytest.raises(UserError, match="all copies of one photo"):  # the same bytes three times: one photo
         open_source(f"s3://{BUCKET}/p").split(0.2, 0)
