@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from animalclf.config import TrainConfig
@@ -46,9 +47,12 @@ def test_lite2_probe_with_autocontrast_and_rotation_pool_serves_what_it_trained(
     photo = decode_image(sorted((shared_data / "Zebra").iterdir())[0].read_bytes())
     photo = photo.crop((0, 0, min(photo.size), min(photo.size)))  # square: a turn keeps the same centre crop
     dark = photo.point(lambda v: v // 2)
+    x = pred.tensor(photo)[None]
+    assert torch.allclose(pred.predict_tensors(torch.rot90(x, 1, (2, 3))), pred.predict_tensors(x), atol=1e-5)  # exact
     answers = [pred.predict([im], top_k=15)[0] for im in (photo, photo.transpose(Image.Transpose.ROTATE_90), dark)]
     probs = [{t["class"]: t["probability"] for t in a} for a in answers]
-    assert probs[1] == pytest.approx(probs[0], abs=1e-4)
+    # a turned photo: the same up to the resize's 8-bit rounding, which PIL does in the other order
+    assert answers[1][0]["class"] == answers[0][0]["class"] and probs[1] == pytest.approx(probs[0], abs=5e-3)
     assert answers[2][0]["class"] == answers[0][0]["class"] and probs[2] == pytest.approx(probs[0], abs=0.1)
 
 
@@ -135,9 +139,9 @@ def test_bad_input_is_one_line_and_exit_2(argv, env, match, project, tmp_path, t
         monkeypatch.setenv(k, v)
     job = load_job()
     code = job.run_main(job.main, job.get_args_parser(), argv)
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if " INFO " not in line]  # progress lines
     assert code == 2
-    assert len(err) == 1 and err[0].startswith("error: ") and match in err[0]
+    assert len(err) == 1 and err[0].startswith("error: ") and match in err[0], err
     assert not (project / "runs" / "ray").exists()  # nothing started, nothing half-written
 
 

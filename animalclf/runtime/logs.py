@@ -4,6 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a record comes (a redirect, a test's
+    capture), never to a stream that was ``sys.stderr`` when the handler was made and is closed now."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns one: ignored
+        pass
 
 
 def setup_logging(level: str | int | None = None) -> None:
@@ -11,7 +25,7 @@ def setup_logging(level: str | int | None = None) -> None:
     logger = logging.getLogger("animalclf")
     if any(getattr(h, "animalclf_stderr", False) for h in logger.handlers):  # others' handlers (a test's) do not count
         return
-    handler = logging.StreamHandler()
+    handler = _Stderr()
     handler.animalclf_stderr = True
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logger.addHandler(handler)
