@@ -1,6 +1,7 @@
 """Logging set-up and durations for people (animalclf.runtime.logs)."""
 
 import logging
+import sys
 
 import pytest
 
@@ -28,7 +29,8 @@ def test_setup_logging_adds_one_stderr_handler_once(bare_logger, monkeypatch, ca
     setup_logging()
     setup_logging("DEBUG")  # a second call (another entry point, a worker) changes nothing
     ours = [h for h in bare_logger.handlers if getattr(h, "animalclf_stderr", False)]  # pytest may add its own
-    assert len(ours) == 1 and type(ours[0]) is logging.StreamHandler
+    assert len(ours) == 1 and isinstance(ours[0], logging.StreamHandler)
+    assert ours[0].stream is sys.stderr  # the stream of the moment (here: capsys's), not the one at creation
     assert bare_logger.level == logging.WARNING and not bare_logger.propagate
     logging.getLogger("animalclf.data").info("hidden")
     logging.getLogger("animalclf.data").warning("shown once")
