@@ -20,10 +20,9 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -143,7 +142,7 @@ class GroupStats:
         if self.mode == "auto":
             text += (f"; {self.content_pairs} near-duplicate pairs by content, {self.cross_pairs} of them across name "
                      f"groups, {self.cross_label_pairs} across classes")
-        return text + ")"
+        return text + ")" + (f"; content pairs across names, e.g. {', '.join(self.examples)}" if self.examples else "")
 
 
 class _Union:
@@ -206,11 +205,3 @@ def _hash_or_none(read: Callable[[str], bytes], path: str) -> Optional[list[int]
     except Exception as e:  # noqa: BLE001 - an unreadable file stays in a group of its own
         log.debug("No content hash for %s (%s)", path, e)
         return None
-
-
-def members(group: dict[str, str], samples: Iterable[tuple[str, int]]) -> dict[str, list[tuple[str, int]]]:
-    """Samples by group id (those without one are their own group)."""
-    out: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for s in samples:
-        out[group.get(s[0], s[0])].append(s)
-    return out

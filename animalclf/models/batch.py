@@ -27,6 +27,7 @@ from animalclf.data import s3
 from animalclf.data.decode import MAX_BYTES
 from animalclf.errors import UserError
 from animalclf.models.predictions import SCHEMA, open_sink
+from animalclf.runtime.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 
@@ -249,13 +250,15 @@ def predict_batch(opts: BatchOptions, connect: Optional[Callable[[], Any]] = Non
                                                    "device": "cuda" if opts.num_gpus else "cpu", "tracking_uri": tracking_uri,
                                                    "filesystem": s3.s3_filesystem() if s3.is_remote(opts.data) else None},
                             **remote)
+        progress = ProgressLog("Batch prediction", len(todo))  # count, rate and ETA every 10 s, like training
         for table in _tables(ds.iter_batches(batch_size=opts.rows_per_file, batch_format="pyarrow")):
             sink.write(table)
             written += table.num_rows
             errors += table.num_rows - table.column("error").null_count
+            progress.update(table.num_rows)
             if on_write is not None:
                 on_write(table.num_rows)
-            log.info("%d/%d written (%d error row(s))", written, len(todo), errors)
+        progress.done()
     result = BatchResult(opts.out, len(paths), skipped, written, errors, version, time.monotonic() - t0)
     log.info("Done in %.1f s: %d row(s) written to %s, %d error row(s), %d skipped as already there", result.seconds,
              written, opts.out, errors, skipped)
