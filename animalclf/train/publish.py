@@ -56,6 +56,11 @@ class CVEvidence:
     version_tags: dict[str, Any]
 
 
+def report_dir_of(key: str) -> Path:
+    """Where a run's report (and a search's own outputs, in ``search/``) goes: ``runs/reports/<key>``."""
+    return runs_dir() / "reports" / key
+
+
 def publish(cfg: TrainConfig, split: Split, best: Best, tracker: Optional["tracking.Tracker"], key: str,
             cv: Optional[CVEvidence] = None) -> TrainOutcome:
     """Export the best checkpoint, evaluate it on the whole validation split, write the report,
@@ -71,7 +76,7 @@ def publish(cfg: TrainConfig, split: Split, best: Best, tracker: Optional["track
     model, meta = load_model(ckpt)
     report = evidence.report() if evidence else evaluate_model(model, meta, split.val, split.classes)
     report["history"] = [dict(h) for h in history]
-    report_dir = out_root / "reports" / key
+    report_dir = report_dir_of(key)
     write_report(report_dir, report)
     if evidence:  # what the gate reads when this version is the champion a later candidate meets
         (report_dir / EVIDENCE_FILE).write_text(json.dumps(evidence.evaluation().to_dict()))

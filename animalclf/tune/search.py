@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from animalclf import tracking
-from animalclf.config import TrainConfig, better, runs_dir
+from animalclf.config import TrainConfig, better
 from animalclf.data.split import Split
 from animalclf.errors import UserError
 from animalclf.evaluate.evidence import Decision
 from animalclf.runtime import localray
-from animalclf.train.publish import Best, publish
+from animalclf.train.publish import Best, publish, report_dir_of
 from animalclf.train.run import prepare, publish_cv
 from animalclf.tune.results import mark_children, trial_rows, write_search_plots
 from animalclf.tune.space import ParamSpec
@@ -155,7 +155,7 @@ def _parent_file(path: Path) -> Path:
 def search_dir(key: str) -> Path:
     """The search's own outputs (trials, plots, the Optuna study), inside the report that
     :func:`animalclf.train.publish.publish` writes to ``runs/reports/<key>``."""
-    return runs_dir() / "reports" / key / "search"
+    return report_dir_of(key) / "search"
 
 
 def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptions) -> TuneOutcome:
