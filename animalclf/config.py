@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from animalclf.errors import UserError
-from animalclf.evaluate.evidence import DEFAULT_MIN_IMPROVEMENT
+from animalclf.evaluate.evidence import DEFAULT_CHEAPER_BY, DEFAULT_MIN_IMPROVEMENT, DEFAULT_NI_MARGIN
 from animalclf.models.archs import ARCHS, check_unfreeze
 
 METRICS = ("val_accuracy", "val_f1", "val_loss")
 FINAL_MODES = ("refit", "ensemble", "none")  # what a --cv run publishes (training.publish_cv)
 SCHEDULES = ("constant", "cosine")  # learning rate over epochs (animalclf.train.engine.lr_factor)
 HEAD_INITS = ("random", "probe")  # how the new head starts (animalclf.train.probe)
+AUGMENTS = ("standard", "invariant")  # training augmentation (animalclf.data.transforms.train_transform)
+TEACHER_CHAMPION = "champion"  # --teacher with no REF: the model name's current @champion, pinned at start
 GROUP_MODES = ("auto", "names", "none")  # how copies are found (animalclf.data.groups, which checks it is the same)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")  # files read as images
 
@@ -103,6 +105,10 @@ class TrainConfig:
     # promotion of the registered version to @champion (animalclf.evaluate.registry)
     force_promote: bool = False
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
+    # or no worse by more than this margin (a paired non-inferiority test) and cheaper by this factor
+    ni_margin: float = DEFAULT_NI_MARGIN
+    cheaper_by: float = DEFAULT_CHEAPER_BY
+    max_ms_per_photo: Optional[float] = None  # a candidate slower than this per photo never becomes champion
     track: bool = True
     # cross-validation (animalclf.data.folds): K stratified folds over all samples, scored by the fold mean
     cv: int = 0  # 0 = one train/val split
@@ -111,6 +117,11 @@ class TrainConfig:
     # stored in animalclf.json, so training, evaluation and serving all apply them (animalclf.models.build)
     autocontrast: bool = False  # stretch each colour channel to its full range before the resize
     rotation_pool: bool = False  # the head sees the mean of the features of the 4 quarter turns
+    augment: str = "standard"  # AUGMENTS: "invariant" adds quarter turns and strong brightness changes
+    # distillation (animalclf.train.distill): the loss mixes a teacher's softened probabilities with the labels
+    teacher: Optional[str] = None  # a checkpoint dir or models:/ URI; TEACHER_CHAMPION = @champion; None = off
+    kd_weight: float = 0.5  # share of the teacher's term in the loss (0 = labels only, 1 = teacher only)
+    kd_temperature: float = 2.0  # softens both distributions in the teacher's term
 
     @property
     def mode(self) -> str:
@@ -174,6 +185,22 @@ class TrainConfig:
             raise UserError(f"--warmup-epochs {self.warmup_epochs} only applies to --schedule cosine: add it or drop the warm-up.")
         if self.final == "ensemble" and self.cv < 2:
             raise UserError("--final ensemble averages the fold models of a cross-validation: add --cv K (e.g. --cv 5).")
+        if self.augment not in AUGMENTS:
+            raise UserError(f"Unknown --augment {self.augment!r}: choose one of {', '.join(AUGMENTS)}.")
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise UserError(f"--kd-weight {self.kd_weight} must be between 0 (labels only) and 1 (teacher only), e.g. 0.5.")
+        if self.kd_temperature <= 0:
+            raise UserError(f"--kd-temperature {self.kd_temperature} must be positive, e.g. 2.")
+        if self.teacher and self.lr == 0:
+            raise UserError("--teacher has nothing to teach with --lr 0 (the linear probe alone): give a positive --lr "
+                            "or drop --teacher.")
+        if not 0.0 <= self.ni_margin < 1.0:
+            raise UserError(f"--non-inferiority-margin {self.ni_margin} is a fraction of accuracy in [0, 1), e.g. 0.01 "
+                            f"(one point); 0 turns the cheaper-model rule off.")
+        if self.cheaper_by < 1.0:
+            raise UserError(f"--cheaper-by {self.cheaper_by} must be at least 1 (how many times cheaper per photo), e.g. 3.")
+        if self.max_ms_per_photo is not None and self.max_ms_per_photo <= 0:
+            raise UserError(f"--max-ms-per-photo {self.max_ms_per_photo} must be positive, e.g. 50.")
         if self.image_size is not None and self.image_size < 32:
             raise UserError(f"--image-size {self.image_size} is too small: use 32 or more.")
         return self
@@ -222,6 +249,19 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--autocontrast", action=argparse.BooleanOptionalAction, default=d.autocontrast,
                    help="stretch each colour channel of every image to its full range (1%% cut-off) before the resize, "
                         "in training, evaluation and serving (stored in animalclf.json; default: off)")
+    g.add_argument("--augment", default=d.augment, choices=AUGMENTS,
+                   help="training augmentation: standard = random crop, flip, mild colour jitter; invariant = also random "
+                        "quarter turns and brightness x0.3-1.7 (before --autocontrast), what a rotation-pooled, "
+                        "autocontrasted teacher is invariant to (default: standard)")
+    g = parser.add_argument_group("Distillation")
+    g.add_argument("--teacher", nargs="?", const=TEACHER_CHAMPION, default=d.teacher, metavar="REF",
+                   help="learn from a teacher: any model the Predictor loads (checkpoint dir, models:/NAME/N, "
+                        "models:/NAME@ALIAS); --teacher alone = the current @champion of --model-name. The alias is "
+                        "pinned to its version at start and a resumed run keeps it (default: off)")
+    g.add_argument("--kd-weight", type=float, default=d.kd_weight,
+                   help=f"share of the teacher's term in the loss: 0 labels only, 1 teacher only (default: {d.kd_weight})")
+    g.add_argument("--kd-temperature", type=float, default=d.kd_temperature,
+                   help=f"temperature that softens student and teacher alike in that term (default: {d.kd_temperature})")
     g = parser.add_argument_group("Model")
     g.add_argument("--arch", default=d.arch, help=f"one of {', '.join(ARCHS)} (default: {d.arch})")
     g.add_argument("--weights", default=d.weights, help="imagenet, none, or a state-dict file (default: imagenet)")
@@ -273,6 +313,15 @@ def add_train_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--min-improvement", type=float, default=d.min_improvement,
                    help="accuracy gain (fraction) a new version needs, beyond noise, to become @champion "
                         f"(default: {d.min_improvement})")
+    g.add_argument("--non-inferiority-margin", dest="ni_margin", type=float, default=d.ni_margin,
+                   help="or promote a candidate no worse than the champion by more than this accuracy margin (paired "
+                        "non-inferiority test on the same images) that is --cheaper-by times cheaper per photo; "
+                        f"0 = off (default: {d.ni_margin})")
+    g.add_argument("--cheaper-by", type=float, default=d.cheaper_by,
+                   help="how many times cheaper per photo (Predictor, one thread, preprocessing included, both "
+                        f"measured side by side) the non-inferiority rule asks for (default: {d.cheaper_by:g})")
+    g.add_argument("--max-ms-per-photo", type=float, default=None, metavar="MS",
+                   help="a candidate that takes longer per photo (measured as above) never becomes champion (default: no budget)")
     g.add_argument("--force-promote", action="store_true",
                    help="make the new version @champion without the gate (also when the champion cannot be read)")
     return parser
@@ -295,4 +344,4 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "add_train_args", "config_from_args", "smoke", "project_dir", "runs_dir", "check_runs_dir", "ARCHS",
-           "METRICS", "FINAL_MODES", "HEAD_INITS", "GROUP_MODES", "SCHEDULES", "better", "check_unfreeze", "resources_arg"]
+           "METRICS", "FINAL_MODES", "HEAD_INITS", "GROUP_MODES", "AUGMENTS", "TEACHER_CHAMPION", "SCHEDULES", "better", "check_unfreeze", "resources_arg"]

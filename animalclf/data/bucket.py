@@ -15,7 +15,7 @@ import io
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -150,6 +150,17 @@ class ShardBatches:
             yield b["image"], b["label"]
 
 
+def check_training_options(augment: str, teacher: bool) -> None:
+    """A bucket trains with the standard augmentation and without a teacher (its Ray Data rows carry
+    no teacher targets yet): anything else is a :class:`UserError` naming the way around."""
+    if teacher:
+        raise UserError("--teacher (distillation) reads a local or shared folder for now, not s3://: copy the data "
+                        "to a folder every node sees, or drop --teacher.")
+    if augment != "standard":
+        raise UserError(f"--augment {augment} reads a local or shared folder for now, not s3://: copy the data to a "
+                        f"folder every node sees, or use --augment standard.")
+
+
 def val_dataset_name(rank: int, world: int) -> str:
     """The Ray Train dataset holding rank ``rank``'s validation share (``world`` names the count, so
     a worker group of another size fails on a missing name instead of skipping images)."""
@@ -185,10 +196,13 @@ class Bucket(ClassFolders):
                                                                                train=False)
         return {"datasets": datasets, "dataset_config": DataConfig(datasets_to_split=["train"])}
 
-    def train_loader(self, split: Split, pre: Preprocess, shard: Shard) -> ShardBatches:
-        """This worker's equal shard of the training dataset, with a seeded local shuffle."""
+    def train_loader(self, split: Split, pre: Preprocess, shard: Shard, *, augment: str = "standard",
+                     targets: Optional[Mapping[str, Sequence[float]]] = None) -> ShardBatches:
+        """This worker's equal shard of the training dataset, with a seeded local shuffle (the
+        standard augmentation, no teacher: :func:`check_training_options` refuses the others first)."""
         import ray.train
 
+        check_training_options(augment, targets is not None)
         return ShardBatches(ray.train.get_dataset_shard("train"), shard.batch_size, shuffle_seed=shard.seed + shard.rank)
 
     def probe_loader(self, split: Split, pre: Preprocess, shard: Shard) -> ShardBatches:
@@ -196,10 +210,12 @@ class Bucket(ClassFolders):
         training images a bucket gives (a local folder probes unaugmented images)."""
         return self.train_loader(split, pre, shard)
 
-    def val_loader(self, split: Split, pre: Preprocess, shard: Shard) -> ShardBatches | EpochLoader:
+    def val_loader(self, split: Split, pre: Preprocess, shard: Shard, *,
+                   targets: Optional[Mapping[str, Sequence[float]]] = None) -> ShardBatches | EpochLoader:
         """This worker's validation share (samples ``rank::world``), in order."""
         import ray.train
 
+        check_training_options("standard", targets is not None)
         if not split.val[shard.rank::shard.world]:
             return EpochLoader(())
         return ShardBatches(ray.train.get_dataset_shard(val_dataset_name(shard.rank, shard.world)), shard.batch_size)

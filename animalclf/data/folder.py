@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from torch.utils.data.distributed import DistributedSampler
 
@@ -82,25 +82,31 @@ class LocalFolder(ClassFolders):
         """Nothing for the ``TorchTrainer``: workers load the files themselves."""
         return {}
 
-    def train_loader(self, split: Split, pre: Preprocess, shard: Shard) -> EpochLoader:
-        """This rank's share of the training images, augmented, reshuffled by ``set_epoch``."""
-        dataset = ImageList(split.train, train_transform(pre))
+    def train_loader(self, split: Split, pre: Preprocess, shard: Shard, *, augment: str = "standard",
+                     targets: Optional[Mapping[str, Sequence[float]]] = None) -> EpochLoader:
+        """This rank's share of the training images, augmented (``augment``: see
+        :func:`train_transform`), reshuffled by ``set_epoch``; with ``targets`` (a teacher's
+        log-probabilities by path) each batch carries them third."""
+        dataset = ImageList(split.train, train_transform(pre, augment), targets)
         sampler = DistributedSampler(dataset, num_replicas=shard.world, rank=shard.rank, shuffle=True, seed=shard.seed)
         loader = make_loader(dataset, shard.batch_size, sampler=sampler, workers=shard.workers,
                              seed=shard.seed + shard.rank, pin_memory=shard.pin_memory)
         return EpochLoader(loader, sampler)
 
-    def val_loader(self, split: Split, pre: Preprocess, shard: Shard) -> EpochLoader:
-        """Validation images ``rank::world``: over all ranks, each image exactly once."""
-        return self._eval_loader(split.val, pre, shard)
+    def val_loader(self, split: Split, pre: Preprocess, shard: Shard, *,
+                   targets: Optional[Mapping[str, Sequence[float]]] = None) -> EpochLoader:
+        """Validation images ``rank::world``: over all ranks, each image exactly once (with
+        ``targets``, the teacher's rows third, as for training)."""
+        return self._eval_loader(split.val, pre, shard, targets)
 
     def probe_loader(self, split: Split, pre: Preprocess, shard: Shard) -> EpochLoader:
         """Training images ``rank::world`` with the eval transform (no augmentation), each once."""
         return self._eval_loader(split.train, pre, shard)
 
     @staticmethod
-    def _eval_loader(samples: Sequence[Sample], pre: Preprocess, shard: Shard) -> EpochLoader:
-        dataset = ImageList(samples, eval_transform(pre))
+    def _eval_loader(samples: Sequence[Sample], pre: Preprocess, shard: Shard,
+                     targets: Optional[Mapping[str, Sequence[float]]] = None) -> EpochLoader:
+        dataset = ImageList(samples, eval_transform(pre), targets)
         return EpochLoader(make_loader(dataset, shard.batch_size, sampler=ShardSampler(len(dataset), shard.rank, shard.world),
                                        workers=shard.workers, pin_memory=shard.pin_memory))
 

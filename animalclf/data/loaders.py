@@ -8,7 +8,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 from PIL import Image
@@ -44,11 +44,14 @@ def open_image(path: str | Path) -> Image.Image:
 
 
 class ImageList(Dataset):
-    """``(path, label)`` samples as tensors; a file that fails to decode is skipped by the collate."""
+    """``(path, label)`` samples as tensors; a file that fails to decode is skipped by the collate.
+    With ``targets`` (path -> a teacher's log-probabilities, :mod:`animalclf.train.distill`) each
+    item carries its sample's row as a third element."""
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable):
+    def __init__(self, samples: Sequence[Sample], transform: Callable, targets: Optional[Mapping[str, Sequence[float]]] = None):
         self.samples = list(samples)
         self.transform = transform
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -61,6 +64,8 @@ class ImageList(Dataset):
         except Exception as e:  # a file changed or broke after the scan: skip, never crash the epoch
             log.warning("Skipping unreadable image %s: %s", path, e)
             return None
+        if self.targets is not None:
+            return x, label, torch.as_tensor(self.targets[path], dtype=torch.float32)
         return x, label
 
 
@@ -68,7 +73,8 @@ def _collate(batch):
     batch = [b for b in batch if b is not None]
     if not batch:
         return None
-    return torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
+    out = (torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch]))
+    return out + (torch.stack([b[2] for b in batch]),) if len(batch[0]) > 2 else out
 
 
 class ShardSampler(Sampler[int]):

@@ -9,7 +9,7 @@ The driver calls ``open_source(...)`` then ``.split(val_ratio, seed)`` (one scan
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, Union, runtime_checkable
+from typing import Any, Mapping, Optional, Protocol, Sequence, Union, runtime_checkable
 
 from animalclf.data import s3
 from animalclf.data.bucket import Bucket
@@ -45,10 +45,13 @@ class DataSource(Protocol):
     def trainer_inputs(self, split: Split, pre: Preprocess, seed: int, num_workers: int) -> dict[str, Any]:
         """Keyword arguments for ``TorchTrainer`` (``datasets``, ``dataset_config``); ``{}`` if none."""
 
-    def train_loader(self, split: Split, pre: Preprocess, shard: Shard) -> EpochIterable:
-        """This worker's training batches, augmented, in a seeded order that changes per epoch."""
+    def train_loader(self, split: Split, pre: Preprocess, shard: Shard, *, augment: str = "standard",
+                     targets: Optional[Mapping[str, Sequence[float]]] = None) -> EpochIterable:
+        """This worker's training batches, augmented, in a seeded order that changes per epoch; with
+        ``targets`` (a teacher's log-probabilities by path) each batch is ``(x, y, teacher)``."""
 
-    def val_loader(self, split: Split, pre: Preprocess, shard: Shard) -> EpochIterable:
+    def val_loader(self, split: Split, pre: Preprocess, shard: Shard, *,
+                   targets: Optional[Mapping[str, Sequence[float]]] = None) -> EpochIterable:
         """This worker's validation batches; over all ranks, every validation image exactly once."""
 
     def probe_loader(self, split: Split, pre: Preprocess, shard: Shard) -> EpochIterable:

@@ -3,14 +3,15 @@ the weights' own eval transform, and the training augmentation."""
 
 from __future__ import annotations
 
+import random
 from typing import Callable
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageEnhance, ImageOps
 from torchvision import transforms as T
 
 from animalclf.models.build import Preprocess
 
-__all__ = ["to_rgb", "autocontrast", "eval_transform", "train_transform"]
+__all__ = ["to_rgb", "autocontrast", "eval_transform", "train_transform", "QuarterTurn", "Brightness"]
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -48,9 +49,37 @@ def eval_transform(p: Preprocess) -> Callable:
     ])
 
 
-def train_transform(p: Preprocess) -> Callable:
-    """(Autocontrast,) random resized crop, horizontal flip and mild colour jitter, then the eval normalisation."""
+_TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+
+
+class QuarterTurn:
+    """Turn a PIL image by a random multiple of 90 degrees (each equally likely)."""
+
+    def __call__(self, im: Image.Image) -> Image.Image:
+        turn = random.choice(_TURNS)
+        return im if turn is None else im.transpose(turn)
+
+
+class Brightness:
+    """Scale a PIL image's brightness by a random factor in ``[low, high]`` (0.3-1.7: from a photo
+    taken at dusk to an overexposed one)."""
+
+    def __init__(self, low: float = 0.3, high: float = 1.7):
+        self.low, self.high = low, high
+
+    def __call__(self, im: Image.Image) -> Image.Image:
+        return ImageEnhance.Brightness(im).enhance(random.uniform(self.low, self.high))
+
+
+def train_transform(p: Preprocess, augment: str = "standard") -> Callable:
+    """(Autocontrast,) random resized crop, horizontal flip and mild colour jitter, then the eval
+    normalisation. ``augment="invariant"`` first turns the image by a random quarter turn and
+    changes its brightness (x0.3-1.7), before the autocontrast: what the rotation pool and the
+    autocontrast make a model invariant to, for a student to learn from its data."""
+    if augment not in ("standard", "invariant"):
+        raise ValueError(f"unknown augment {augment!r}")
     return T.Compose([
+        *([QuarterTurn(), Brightness()] if augment == "invariant" else []),
         *([autocontrast] if p.autocontrast else []),
         T.RandomResizedCrop(p.crop_size, scale=(0.5, 1.0), interpolation=_INTERP[p.interpolation], antialias=True),
         T.RandomHorizontalFlip(),

@@ -33,6 +33,8 @@ __all__ = ["EVIDENCE_FILE", "DEFAULT_MIN_IMPROVEMENT", "DEFAULT_CONFIDENCE", "Ev
 EVIDENCE_FILE = "out_of_fold.json"
 """A CV-published version's out-of-fold predictions (:meth:`Evaluation.to_dict`), beside its report."""
 DEFAULT_MIN_IMPROVEMENT = 0.01
+DEFAULT_NI_MARGIN = 0.01  # a cheaper candidate may trail the champion by at most one point (non-inferiority)
+DEFAULT_CHEAPER_BY = 3.0  # ... when it costs at most a third per photo
 DEFAULT_CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from animalclf.runtime.progress import ProgressLog
 
-__all__ = ["EpochMetrics", "EpochSetup", "train_one_epoch", "evaluate", "autocast_for", "lr_factor", "set_lr", "to_device", "make_ema"]
+__all__ = ["Distill", "distill_loss", "EpochMetrics", "EpochSetup", "train_one_epoch", "evaluate", "autocast_for", "lr_factor", "set_lr", "to_device", "make_ema"]
 
 
 def lr_factor(epoch: int, epochs: int, schedule: str = "constant", warmup: int = 0) -> float:
@@ -48,29 +49,62 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+@dataclass(frozen=True)
+class Distill:
+    """How a student learns from its teacher: ``weight`` of the teacher's term in the loss, and the
+    ``temperature`` that softens both distributions in it."""
+
+    weight: float = 0.5
+    temperature: float = 2.0
+
+
+def distill_loss(logits: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor, criterion: nn.Module,
+                 distill: Distill) -> torch.Tensor:
+    """``(1 - w) * criterion(logits, y) + w * T^2 * KL(teacher_T || student_T)`` (Hinton et al.),
+    where ``teacher`` holds the teacher's log-probabilities (logits up to a constant) and ``_T``
+    is the softmax at temperature ``T``; the ``T^2`` keeps the soft term's gradients on the scale
+    of the hard one's."""
+    w, t = distill.weight, distill.temperature
+    hard = criterion(logits, y)
+    if w == 0:
+        return hard
+    soft = F.kl_div(F.log_softmax(logits.float() / t, dim=1), F.log_softmax(teacher.float() / t, dim=1),
+                    log_target=True, reduction="batchmean") * (t * t)
+    return soft if w == 1 else (1 - w) * hard + w * soft
+
+
 class EpochMetrics:
-    """Loss, accuracy, macro F1 and the image count of one pass over a split."""
+    """Loss, accuracy, macro F1 and the image count of one pass over a split; with a teacher's
+    answers, also how often the model's top-1 agrees with the teacher's (``teacher_agreement``)."""
 
     def __init__(self, num_classes: int, device: torch.device):
         self.loss = torchmetrics.MeanMetric().to(device)
         self.acc = torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro").to(device)
         self.f1 = torchmetrics.classification.MulticlassF1Score(num_classes, average="macro").to(device)
         self.images = torchmetrics.SumMetric().to(device)
+        self.agreement = torchmetrics.MeanMetric().to(device)
+        self.with_teacher = False
 
-    def update(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, teacher: Optional[torch.Tensor] = None) -> None:
         self.loss.update(loss.detach().float(), weight=y.numel())
         preds = logits.detach().argmax(dim=1)
         self.acc.update(preds, y)
         self.f1.update(preds, y)
         self.images.update(torch.tensor(float(y.numel()), device=y.device))
+        if teacher is not None:
+            self.with_teacher = True
+            self.agreement.update((preds == teacher.argmax(dim=1)).float())
 
     def compute(self, prefix: str) -> dict[str, float]:
-        return {
+        out = {
             f"{prefix}_loss": self.loss.compute().item(),
             f"{prefix}_accuracy": self.acc.compute().item(),
             f"{prefix}_f1": self.f1.compute().item(),
             f"{prefix}_images": int(self.images.compute().item()),
         }
+        if self.with_teacher:
+            out[f"{prefix}_teacher_agreement"] = self.agreement.compute().item()
+        return out
 
 
 def autocast_for(device: torch.device, amp: bool):
@@ -90,7 +124,8 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> tor
 class EpochSetup:
     """What a training epoch runs with besides the model, its data and its optimizer: the device,
     the class count and loss; ``frozen`` modules stay in eval mode; inputs channels-last; AMP;
-    at most ``max_steps`` steps; an ``ema`` (see :func:`make_ema`) updated after every step."""
+    at most ``max_steps`` steps; an ``ema`` (see :func:`make_ema`) updated after every step;
+    ``distill``: batches of ``(x, y, teacher)`` train on :func:`distill_loss`."""
 
     device: torch.device
     num_classes: int
@@ -100,6 +135,12 @@ class EpochSetup:
     amp: bool = False
     max_steps: Optional[int] = None
     ema: Optional[AveragedModel] = None
+    distill: Optional[Distill] = None
+
+
+def _teacher(batch: Sequence, device: torch.device) -> Optional[torch.Tensor]:
+    """A batch's teacher log-probabilities (its third element), on ``device``; ``None`` without."""
+    return batch[2].to(device, non_blocking=True) if len(batch) > 2 else None
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
@@ -119,15 +160,19 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         if batch is None:
             continue
         x, y = to_device(batch[0], device, channels_last), batch[1].to(device, non_blocking=True)
+        teacher = _teacher(batch, device)
         with autocast_for(device, amp):
             logits = model(x)
-            loss = criterion(logits, y)
+            if setup.distill is not None and teacher is not None:
+                loss = distill_loss(logits, y, teacher, criterion, setup.distill)
+            else:
+                loss = criterion(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if ema is not None:
             ema.update_parameters(getattr(model, "module", model))  # the weights inside DDP
-        metrics.update(loss, logits, y)
+        metrics.update(loss, logits, y, teacher)
         if progress is not None:
             progress.update(y.numel())
     if progress is not None:
@@ -157,7 +202,7 @@ def evaluate(model: nn.Module, loader: Iterable, setup: EpochSetup, collect: boo
         with autocast_for(device, amp):
             logits = model(x)
         logits = logits.float()
-        metrics.update(criterion(logits, y), logits, y)
+        metrics.update(criterion(logits, y), logits, y, _teacher(batch, device))
         if collect:
             probs.append(logits.softmax(dim=1).cpu())
             targets.append(y.cpu())

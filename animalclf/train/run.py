@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 from animalclf import tracking
 from animalclf.config import TrainConfig, check_runs_dir
 from animalclf.data import folds as cv
+from animalclf.data.bucket import check_training_options
 from animalclf.data.source import source_of
 from animalclf.data.split import Split
 from animalclf.errors import UserError
@@ -26,12 +27,13 @@ from animalclf.evaluate.out_of_fold import export_ensemble, out_of_fold
 from animalclf.models.build import build_model
 from animalclf.models.checkpoint import META_FILE, load_train_state, ray_checkpoints, read_meta
 from animalclf.runtime import localray
+from animalclf.train import distill
 from animalclf.train.publish import Best, CVEvidence, TrainOutcome, cv_figures, publish, start_tracker
 from animalclf.train.worker import make_trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prepare", "check_resumable", "fit", "publish_cv", "run_training"]
+__all__ = ["prepare", "check_resumable", "fit", "publish_cv", "with_teacher", "run_training"]
 
 
 def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
@@ -41,6 +43,8 @@ def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
     if cfg.weights not in ("imagenet", "none") and not Path(cfg.weights).is_file():
         raise UserError(f"--weights {cfg.weights!r} is not a file: pass imagenet, none, or a state-dict file path.")
     source = source_of(cfg)
+    if source.kind == "bucket":
+        check_training_options(cfg.augment, bool(cfg.teacher))
     split = source.split(cfg.val_ratio, cfg.seed, cfg.groups)
     if cfg.cv > 1:
         if source.kind != "folder":
@@ -60,7 +64,7 @@ def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
 # What a checkpoint's weights and optimizer state are shaped by (resuming under other values fails
 # deep inside the worker, e.g. an optimizer group of another size) and what its model computes (a
 # resumed run would mix two models' epochs), so the driver refuses first.
-RESUME_KEYS = ("arch", "unfreeze", "cv", "rotation_pool", "autocontrast")
+RESUME_KEYS = ("arch", "unfreeze", "cv", "rotation_pool", "autocontrast", "teacher")
 
 
 def check_resumable(cfg: TrainConfig, split: Split, name: str) -> None:
@@ -106,15 +110,20 @@ def _latest_checkpoint_meta(storage: str, name: str) -> Optional[dict[str, Any]]
 
 
 def fit(cfg: TrainConfig, split: Split, tracker: Optional["tracking.Tracker"], *, name: Optional[str] = None,
-        callbacks: Sequence[Any] = ()):
-    """Run the TorchTrainer; mark the MLflow run FAILED if training fails. Returns Ray's Result."""
+        callbacks: Sequence[Any] = (), targets: Any = None):
+    """Run the TorchTrainer; mark the MLflow run FAILED if training fails. Returns Ray's Result.
+    ``targets``: the teacher's answers when ``cfg.teacher`` is set (:mod:`animalclf.train.distill`)."""
     import mlflow
 
     localray.init_ray()
     log.info("Run %s: training %s (unfreeze %d) on %d workers: %d train / %d val images, %d classes", name or cfg.name,
              cfg.arch, cfg.unfreeze, cfg.num_workers, len(split.train), len(split.val), len(split.classes))
+    if cfg.teacher:
+        log.info("Distilling from %s: loss = %.2f x labels + %.2f x teacher at temperature %g; augmentation %s",
+                 cfg.teacher, 1 - cfg.kd_weight, cfg.kd_weight, cfg.kd_temperature, cfg.augment)
     trainer = make_trainer(cfg, split, tracker.run_id if tracker else None, name=name or cfg.name, callbacks=callbacks,
-                           tracking_uri=tracking.shareable_uri(mlflow.get_tracking_uri()) if tracker else None)
+                           tracking_uri=tracking.shareable_uri(mlflow.get_tracking_uri()) if tracker else None,
+                           targets=targets)
     previous = signal.getsignal(signal.SIGINT)
     try:
         return trainer.fit()
@@ -138,13 +147,13 @@ def _history(result) -> list[dict[str, Any]]:
 
 
 def publish_cv(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, history: Sequence[dict[str, Any]],
-               parent: Optional["tracking.Tracker"], key: str) -> TrainOutcome:
+               parent: Optional["tracking.Tracker"], key: str, targets: Any = None) -> TrainOutcome:
     """After CV, publish ``cfg.final`` in a child run of ``parent``. ``checkpoint_dir`` is the CV
     run's checkpoint of the epoch with the best fold mean (all K fold models): ``refit`` trains
     ``cfg`` on every image for that many epochs; ``ensemble`` serves those K models as one. Either
     way the report and the promotion gate use the fold models' out-of-fold predictions
     (:mod:`animalclf.evaluate.out_of_fold`), and the registered version carries the CV figures as
-    ``animalclf.cv_*`` tags."""
+    ``animalclf.cv_*`` tags. ``targets``: the teacher's answers, for a refit that distils."""
     epoch = int(read_meta(checkpoint_dir)["epoch"])
     scores = next(h for h in history if int(h["epoch"]) == epoch)
     figures = cv_figures(scores)
@@ -169,7 +178,7 @@ def publish_cv(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, histo
             export_ensemble(checkpoint_dir, cfg.cv, tmp)
             out = publish(final_cfg, everything, Best(tmp, history), tracker, key, CVEvidence(evidence, tags))
     else:
-        result = fit(final_cfg, everything, tracker)
+        result = fit(final_cfg, everything, tracker, targets=targets)
         with result.checkpoint.as_directory() as d:  # the last epoch: the count CV chose
             out = publish(final_cfg, everything, Best(d, _history(result)), tracker, key, CVEvidence(evidence, tags))
     if tracker:
@@ -179,11 +188,11 @@ def publish_cv(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, histo
     return out
 
 
-def _run_cv(cfg: TrainConfig, split: Split) -> TrainOutcome:
+def _run_cv(cfg: TrainConfig, split: Split, targets: Any = None) -> TrainOutcome:
     """``--cv K``: the K fold models in lockstep (one run, fold means per epoch), then ``--final``
     from the checkpoint of the best fold-mean epoch."""
     tracker = start_tracker(cfg, split, cfg.name, tags={"animalclf.kind": "cv"})
-    result = fit(cfg, split, tracker)
+    result = fit(cfg, split, tracker, targets=targets)
     history = _history(result)
     best = result.get_best_checkpoint(cfg.metric, cfg.mode) or result.checkpoint  # ties: what Ray kept
     if best is None:
@@ -193,7 +202,7 @@ def _run_cv(cfg: TrainConfig, split: Split) -> TrainOutcome:
         if tracker:
             tracker.log_metrics({"cv_epoch": epoch}, step=0)
         if cfg.final != "none":
-            out = publish_cv(cfg, split, d, history, tracker, key=tracker.run_id if tracker else cfg.name)
+            out = publish_cv(cfg, split, d, history, tracker, key=tracker.run_id if tracker else cfg.name, targets=targets)
         else:
             scores = next(h for h in history if int(h["epoch"]) == epoch)
             out = TrainOutcome(checkpoint="", metrics={**scores, **cv_figures(scores)}, run_id=tracker.run_id if tracker else None,
@@ -203,16 +212,29 @@ def _run_cv(cfg: TrainConfig, split: Split) -> TrainOutcome:
     return out
 
 
-def run_training(cfg: TrainConfig, *, split: Optional[Split] = None) -> TrainOutcome:
+def with_teacher(cfg: TrainConfig, split: Split, name: str) -> tuple[TrainConfig, Any]:
+    """``cfg`` with its teacher pinned (a resumed run ``name`` keeps its own) and the teacher's
+    answers for every image of ``split`` (``None`` without ``--teacher``)."""
+    if not cfg.teacher:
+        return cfg, None
+    saved = _latest_checkpoint_meta(cfg.resolved_storage(), name)
+    cfg = distill.resolve_teacher(cfg, (saved or {}).get("config"))
+    return cfg, distill.targets_for(cfg, split)
+
+
+def run_training(cfg: TrainConfig, *, split: Optional[Split] = None, targets: Any = None) -> TrainOutcome:
     """Validate, train on Ray, evaluate the best checkpoint, track and register it (``cfg.cv``:
-    cross-validate, then publish ``cfg.final``)."""
+    cross-validate, then publish ``cfg.final``). ``targets``: the teacher's answers when the caller
+    has them (one per CV fold, for fold-matched teachers), else computed here for ``--teacher``."""
     if split is None:
         split, _ = prepare(cfg)
+    if targets is None:
+        cfg, targets = with_teacher(cfg, split, cfg.name)
     check_resumable(cfg, split, cfg.name)  # before any MLflow run exists
     if cfg.cv > 1:
-        return _run_cv(cfg, split)
+        return _run_cv(cfg, split, targets)
     tracker = start_tracker(cfg, split, cfg.name)
-    result = fit(cfg, split, tracker)
+    result = fit(cfg, split, tracker, targets=targets)
     best = result.get_best_checkpoint(cfg.metric, cfg.mode) or result.checkpoint
     if best is None:
         raise RuntimeError("Training finished without a checkpoint")

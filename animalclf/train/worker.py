@@ -28,7 +28,7 @@ from animalclf.models.checkpoint import fold_dir, save_checkpoint, unwrap
 from animalclf.models.predict import FlipAverage
 from animalclf.runtime.logs import fmt_seconds, setup_logging
 from animalclf.runtime.progress import ProgressLog
-from animalclf.train.engine import EpochSetup, evaluate, lr_factor, set_lr, train_one_epoch
+from animalclf.train.engine import Distill, EpochSetup, evaluate, lr_factor, set_lr, train_one_epoch
 from animalclf.train.monitoring import TrainingMetrics
 from animalclf.train.probe import init_head
 from animalclf.train.state import Progress, build_for_training, emas, resume
@@ -104,6 +104,7 @@ class _Fold:
     train_loader: Any = None
     val_loader: Any = None
     probed: Optional[dict[str, float]] = None  # what the linear probe's fit reports as training
+    targets: Optional[dict[str, list[float]]] = None  # the teacher's answers (animalclf.train.distill), or None
 
 
 def _progress(w: _Worker, what: str, images: int, max_steps: Optional[int] = None) -> ProgressLog:
@@ -143,9 +144,10 @@ def _fold_epoch(w: _Worker, f: _Fold, epoch: int, lr: float, criterion: nn.Modul
     else:
         f.train_loader.set_epoch(epoch)
         set_lr(f.optimizer, lr)
+        distill = Distill(cfg.kd_weight, cfg.kd_temperature) if f.targets is not None else None
         tm = train_one_epoch(f.model, f.train_loader, f.optimizer,
                              EpochSetup(w.device, w.n_classes, criterion, f.frozen, cfg.channels_last, w.amp,
-                                        cfg.max_steps_per_epoch, f.ema),
+                                        cfg.max_steps_per_epoch, f.ema, distill),
                              progress=_progress(w, f"{where} training", len(f.split.train), cfg.max_steps_per_epoch))
     scored = f.ema.module if f.ema is not None else unwrap(f.model)  # what is checkpointed and served
     if tm["train_images"] == 0:
@@ -192,13 +194,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     splits = cv.fold_splits(w.split, cfg.cv, cfg.seed) if cfg.cv > 1 else [w.split]  # CV: K models in lockstep
     folds = [_Fold(s, *build_for_training(cfg, w.n_classes, w.device)) for s in splits]
+    for f, targets in zip(folds, _fold_targets(config.get("teacher"), len(folds))):
+        f.targets = targets
     progress, states = resume([f.model for f in folds], [f.optimizer for f in folds], w.rank)
     if cfg.head_init == "probe" and progress.epoch == 0:
         _probe_heads(w, folds)
     source, pre = source_of(cfg), preprocess_of(cfg)
     for f in folds:
         f.model = ray.train.torch.prepare_model(f.model)
-        f.train_loader, f.val_loader = source.train_loader(f.split, pre, w.shard), source.val_loader(f.split, pre, w.shard)
+        f.train_loader = source.train_loader(f.split, pre, w.shard, augment=cfg.augment, targets=f.targets)
+        f.val_loader = source.val_loader(f.split, pre, w.shard, targets=f.targets)
     for f, ema in zip(folds, emas(cfg, [f.model for f in folds], states)):
         f.ema = ema
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -233,6 +238,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
 
 
+def _fold_targets(value: Any, folds: int) -> list[Optional[dict[str, list[float]]]]:
+    """Each fold's teacher answers: one mapping for every fold (one teacher), a list with one per
+    fold (a teacher per fold: bench/distill.py's fold-matched teachers), or none."""
+    targets = _fetch(value)
+    if isinstance(targets, list):
+        if len(targets) != folds:
+            raise ValueError(f"{len(targets)} teachers' answers for {folds} folds")
+        return targets
+    return [targets] * folds
+
+
 def _fetch(value: Any) -> Any:
     """A value the driver put in Ray's object store (the sample list), or the value itself."""
     import ray
@@ -241,8 +257,10 @@ def _fetch(value: Any) -> Any:
 
 
 def make_trainer(cfg: TrainConfig, split: Split, run_id: Optional[str], *, name: Optional[str] = None,
-                 callbacks: Sequence[Any] = (), tracking_uri: Optional[str] = None):
-    """A ``TorchTrainer`` for ``cfg``: scaling, storage, best-k checkpoints, failure budget."""
+                 callbacks: Sequence[Any] = (), tracking_uri: Optional[str] = None, targets: Any = None):
+    """A ``TorchTrainer`` for ``cfg``: scaling, storage, best-k checkpoints, failure budget.
+    ``targets``: the teacher's answers (:mod:`animalclf.train.distill`; a list: one per CV fold),
+    or an object ref to them, sent to the workers by reference like the sample list."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -255,7 +273,8 @@ def make_trainer(cfg: TrainConfig, split: Split, run_id: Optional[str], *, name:
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "split": ray.put(asdict(split)), "run_id": run_id, "tracking_uri": tracking_uri,
-                           "run_name": name or cfg.name},
+                           "run_name": name or cfg.name,
+                           "teacher": targets if targets is None or isinstance(targets, ray.ObjectRef) else ray.put(targets)},
         **inputs,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker, **cfg.worker_resources}),

@@ -23,6 +23,7 @@ from animalclf.data.split import Split
 from animalclf.errors import UserError
 from animalclf.evaluate.evidence import Decision
 from animalclf.runtime import localray
+from animalclf.train import distill
 from animalclf.train.publish import Best, publish, report_dir_of
 from animalclf.train.run import prepare, publish_cv
 from animalclf.tune.results import mark_children, trial_rows, write_search_plots
@@ -174,15 +175,20 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
     if cfg.lr == 0 and "lr" not in space:
         raise UserError("--lr 0 (the linear probe alone) leaves nothing to train in a search: search lr "
                         "(--space lr=LOW:HIGH) or train the probe with ray_jobs/train.py.")
+    if {"kd_weight", "kd_temperature"} & set(space) and not cfg.teacher:
+        raise UserError("The search space has kd_weight/kd_temperature, which only act with a teacher: add --teacher "
+                        "(the current @champion) or --teacher REF, or drop them from --space.")
     if cfg.cv > 1 and cfg.final == "none":
         raise UserError("A --cv search publishes its best config (--final refit or ensemble): drop --final none.")
     split, uri = prepare(cfg)
     cfg = cfg.replace(storage_path=cfg.resolved_storage())  # trials run in their own working dirs
+    path = Path(cfg.resolved_storage()) / opts.name
+    cfg = _keep_teacher(cfg, path, opts.resume)
+    targets = distill.targets_for(cfg, split)  # once for every trial
     localray.init_ray()
     concurrency = plan_concurrency(cfg, opts.max_concurrent, ray.cluster_resources(), opts.check_resources,
                                    autoscaling=_autoscaling_config())
     storage = cfg.resolved_storage()
-    path = Path(storage) / opts.name
     if opts.resume and not tune.Tuner.can_restore(str(path)):
         raise UserError(f"Nothing to resume at {path}: run without --resume first (same --name and --storage-path).")
 
@@ -202,7 +208,8 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
     key = parent.run_id if parent else opts.name  # what publish names the report after
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=cfg.to_dict(), split=asdict(split), parent_run_id=parent.run_id if parent else None,
-                             tracking_uri=tracking.shareable_uri(uri) if uri else None, experiment_name=opts.name),
+                             tracking_uri=tracking.shareable_uri(uri) if uri else None, experiment_name=opts.name,
+                             targets=None if targets is None else ray.put(targets)),
         {"CPU": 0.01},  # the trial's driver only waits on its TorchTrainer; a 0 request is refused
     )
     if opts.resume:
@@ -230,7 +237,25 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
             path.mkdir(parents=True, exist_ok=True)
             _parent_file(path).write_text(json.dumps({"run_id": parent.run_id}))
     results = tuner.fit()
-    return _finish(cfg, space, opts, split, _Searched(results, parent, str(path), search_dir(key)))
+    return _finish(cfg, space, opts, split, _Searched(results, parent, str(path), search_dir(key), targets))
+
+
+def _teacher_file(path: Path) -> Path:
+    return path / "animalclf_teacher.json"
+
+
+def _keep_teacher(cfg: TrainConfig, path: Path, resume: bool) -> TrainConfig:
+    """``cfg`` with its teacher pinned; a resumed search keeps the one it started with (kept in
+    Tune's folder beside the search)."""
+    if not cfg.teacher:
+        return cfg
+    saved = _teacher_file(path)
+    before = json.loads(saved.read_text()) if resume and saved.is_file() else None
+    cfg = distill.resolve_teacher(cfg, before)
+    if not resume or before is None:
+        path.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps({"teacher": cfg.teacher}))
+    return cfg
 
 
 def _reporter(space: Mapping[str, ParamSpec], cfg: TrainConfig):
@@ -250,6 +275,7 @@ class _Searched:
     parent: Optional["tracking.Tracker"]
     path: str
     search_dir: Path
+    targets: Any = None  # the teacher's answers, for a CV search's refit
 
 
 def _finish(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptions, split: Split,
@@ -282,7 +308,7 @@ def _finish(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptions,
     with best_ckpt.as_directory() as d:
         if cfg.cv > 1:  # trials scored fold means; the model is the best config refit, or its fold models
             out = publish_cv(best_cfg.replace(name=f"{opts.name}-{best['trial_id']}"), split, d, best["history"], parent,
-                             key=parent.run_id if parent else opts.name)
+                             key=parent.run_id if parent else opts.name, targets=searched.targets)
         else:
             out = publish(best_cfg, split, Best(d, best["history"]), parent, parent.run_id if parent else opts.name)
     folder = searched.search_dir

@@ -17,7 +17,7 @@ __all__ = ["ParamSpec", "SEARCHABLE", "default_space", "parse_space"]
 
 # name -> kind; what a trial can vary of TrainConfig
 SEARCHABLE = {"lr": "loguniform", "weight_decay": "loguniform", "unfreeze": "int", "batch_size": "choice",
-              "label_smoothing": "uniform", "dropout": "uniform"}
+              "label_smoothing": "uniform", "dropout": "uniform", "kd_weight": "uniform", "kd_temperature": "uniform"}
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ __all__ = ["run_trial", "child_run", "trial_run_id"]
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], split: dict[str, Any], parent_run_id: Optional[str],
-           tracking_uri: Optional[str], experiment_name: str) -> None:
-    """One trial: the same training as ``ray_jobs/train.py``, reporting to Tune every epoch."""
+              tracking_uri: Optional[str], experiment_name: str, targets: Any = None) -> None:
+    """One trial: the same training as ``ray_jobs/train.py``, reporting to Tune every epoch;
+    ``targets``: the teacher's answers (an object ref), computed once by the search's driver."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -31,7 +32,7 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], split: dict[str, 
     if parent_run_id:  # tracked: the URI given, or this process's own (when the URI carries a password)
         tracking.configure(uri=tracking_uri)  # credentials from this process's env (a job's env, or inherited)
         tracker = child_run(cfg, the_split, trial_id, parent_run_id)
-    fit(cfg, the_split, tracker, name=f"{experiment_name}-{trial_id}", callbacks=[TuneReportCallback()])
+    fit(cfg, the_split, tracker, name=f"{experiment_name}-{trial_id}", callbacks=[TuneReportCallback()], targets=targets)
     if tracker:
         tracker.end("FINISHED")
 

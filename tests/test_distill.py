@@ -1,0 +1,118 @@
+"""Distillation on a real local Ray and a real sqlite MLflow store: a student follows its teacher's
+answers (even wrong ones) as far as --kd-weight says, the teacher's answers reach a CV run's folds
+and a search's trials, an alias is pinned once, and a resumed run keeps its teacher."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from animalclf.config import TrainConfig
+from animalclf.errors import UserError
+from animalclf.models.checkpoint import load_model, ray_checkpoints, read_meta, save_checkpoint
+from animalclf.train import distill
+from animalclf.train.run import run_training
+
+PERMUTATION = [1, 2, 0]  # the liar's score for class i is the honest probe's score for class PERMUTATION[i]
+
+
+def tiny_cfg(data, **kw) -> TrainConfig:
+    base = dict(data=str(data), arch="efficientnet_lite0", image_size=32, batch_size=8, epochs=3, patience=0, unfreeze=0,
+                lr=2e-2, experiment="kd-test", model_name="kd-tiny", val_ratio=0.25)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def liar(ray_session, tmp_path_factory, tiny_folder) -> Path:
+    """A teacher checkpoint that is sure of the wrong class for every colour: the linear probe of
+    the tiny folder with its head's rows rolled, so a Green image scores what the probe gives
+    Green as Blue, and so on. A student that follows it misses every label."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ANIMALCLF_HOME", str(tmp_path_factory.mktemp("liar-home")))
+        out = run_training(tiny_cfg(tiny_folder, head_init="probe", lr=0.0, epochs=1, name="liar", track=False))
+    model, meta = load_model(out.checkpoint)
+    assert out.report["accuracy"] > 0.9  # an honest probe before the lie
+    sd = model.state_dict()
+    idx = torch.tensor(PERMUTATION)
+    sd["classifier.1.weight"], sd["classifier.1.bias"] = sd["classifier.1.weight"][idx], sd["classifier.1.bias"][idx]
+    model.load_state_dict(sd)
+    where = tmp_path_factory.mktemp("liar") / "teacher"
+    save_checkpoint(where, model, meta)
+    return where
+
+
+@pytest.mark.slow
+def test_a_student_follows_its_teacher_as_far_as_kd_weight_says(ray_session, project, tiny_folder, liar):
+    teacher_only = run_training(tiny_cfg(tiny_folder, teacher=str(liar), kd_weight=1.0, epochs=6, name="kd1", track=False))
+    labels_only = run_training(tiny_cfg(tiny_folder, teacher=str(liar), kd_weight=0.0, epochs=6, name="kd0", track=False))
+    last1, last0 = teacher_only.report["history"][-1], labels_only.report["history"][-1]
+    # the teacher's answers are wrong on every image: following it is agreeing with it and missing the labels
+    assert last1["val_teacher_agreement"] >= 0.8 and last1["val_accuracy"] <= 0.2, last1
+    assert last0["val_teacher_agreement"] <= 0.2 and last0["val_accuracy"] >= 0.8, last0
+    assert "train_teacher_agreement" in last1
+    # the checkpoint records the teacher (absolute) and the mix, so a resume and a reader see them
+    saved = read_meta(teacher_only.checkpoint)["config"]
+    assert saved["teacher"] == str(liar.resolve()) and saved["kd_weight"] == 1.0
+
+
+@pytest.mark.slow
+def test_cv_folds_learn_from_the_teacher_and_the_refit_too(ray_session, project, tiny_folder, liar):
+    out = run_training(tiny_cfg(tiny_folder, teacher=str(liar), kd_weight=1.0, cv=2, epochs=6, name="kd-cv", track=False,
+                                final="refit"))
+    last = out.report["history"][-1]
+    assert last["val_teacher_agreement"] >= 0.8, last  # the refit's own history: it distilled too
+    assert out.metrics["cv_val_accuracy"] <= 0.2
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_teacher_after_the_champion_moved(ray_session, project, tiny_folder, liar):
+    """--teacher alone pins @champion (v1) when the run starts; the champion then moves to v2; the
+    rerun that resumes the run learns from v1 still, and says so."""
+    first = run_training(tiny_cfg(tiny_folder, head_init="probe", lr=0.0, epochs=1, name="kd-teacher"))
+    assert first.model_version == "1"
+    client = MlflowClient()  # the project's store, which the run configured
+    student = tiny_cfg(tiny_folder, teacher="champion", kd_weight=0.5, epochs=1, name="kd-student", min_improvement=0.5)
+    run_training(student)
+    client.set_registered_model_alias("kd-tiny", "champion", "2")  # the champion moves (v2: the student)
+    resumed = run_training(student.replace(epochs=2))
+    ckpts = ray_checkpoints(Path(student.resolved_storage()) / "kd-student")
+    assert [read_meta(c)["config"]["teacher"] for c in ckpts] == ["models:/kd-tiny/1"] * len(ckpts)
+    assert len(resumed.report["history"]) == 2
+    params = client.get_run(resumed.run_id).data.params
+    assert params["teacher"] == "models:/kd-tiny/1"
+    # naming another teacher for the same run is refused before anything runs
+    with pytest.raises(UserError, match="teacher"):
+        run_training(student.replace(teacher="models:/kd-tiny/2", epochs=3))
+
+
+def test_teacher_refs_are_pinned_and_bad_ones_refused(store, tmp_path):
+    with pytest.raises(UserError, match="neither a models:/ or runs:/ URI nor a checkpoint directory"):
+        distill.pin_teacher(str(tmp_path / "nowhere"), "m")
+    with pytest.raises(UserError, match="Could not resolve"):
+        distill.pin_teacher("champion", "no-such-model")
+    (tmp_path / "ckpt").mkdir()
+    assert distill.pin_teacher(str(tmp_path / "ckpt"), "m") == str((tmp_path / "ckpt").resolve())
+    assert distill.pin_teacher("models:/m/3", "m") == "models:/m/3"
+    cfg = TrainConfig(data="x", teacher="champion")
+    assert distill.resolve_teacher(cfg, {"teacher": "models:/m/1"}).teacher == "models:/m/1"  # a resumed run's own
+
+
+def test_a_teacher_with_other_classes_is_refused(tmp_path, liar, tiny_folder):
+    model, meta = load_model(liar)
+    save_checkpoint(tmp_path / "other", model, {**meta, "classes": ["A", "B", "C"]})
+    samples = [(str(p), 0) for p in sorted((tiny_folder / "Red").iterdir())[:2]]
+    with pytest.raises(UserError, match="knows other classes"):
+        distill.teacher_targets(str(tmp_path / "other"), samples, ["Blue", "Green", "Red"])
+    targets = distill.teacher_targets(str(liar), samples, ["Blue", "Green", "Red"])
+    assert set(targets) == {p for p, _ in samples} and all(len(v) == 3 for v in targets.values())
+    assert all(abs(sum(torch.tensor(v).exp().tolist()) - 1) < 1e-4 for v in targets.values())  # log-probabilities
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(kd_weight=1.5), "--kd-weight"), (dict(kd_temperature=0), "--kd-temperature"),
+    (dict(augment="wild"), "--augment"), (dict(teacher="champion", lr=0.0, head_init="probe", unfreeze=0, epochs=1), "nothing to teach"),
+])
+def test_bad_distillation_flags_are_one_line_errors(change, match):
+    with pytest.raises(UserError, match=match):
+        TrainConfig(data="x", **change).validate()
