@@ -116,3 +116,25 @@ def test_a_teacher_with_other_classes_is_refused(tmp_path, liar, tiny_folder):
 def test_bad_distillation_flags_are_one_line_errors(change, match):
     with pytest.raises(UserError, match=match):
         TrainConfig(data="x", **change).validate()
+
+
+@pytest.mark.slow
+def test_a_cheaper_student_no_worse_than_its_teacher_becomes_champion(ray_session, project, tiny_folder):
+    """The demo's journey in small: a rotation-pooled Lite2 probe is champion, a Lite0 student at half
+    its size learns from it, and the gate promotes the student by the cheaper-model rule (no worse by
+    the margin on the validation images, at least 2x cheaper per photo, both timed the same way),
+    with the costs on its version; a budget below the student's cost keeps the next one out."""
+    teacher = run_training(tiny_cfg(tiny_folder, arch="efficientnet_lite2", image_size=64, head_init="probe", lr=0.0,
+                                    epochs=1, rotation_pool=True, autocontrast=True, name="pooled"))
+    assert teacher.decision.outcome == "first"
+    student = tiny_cfg(tiny_folder, teacher="champion", kd_weight=0.5, epochs=6, name="student", ni_margin=0.5,
+                       cheaper_by=2.0)
+    out = run_training(student)
+    assert out.report["accuracy"] == 1.0, out.report["accuracy"]  # colours: level with the teacher
+    d = out.decision
+    assert d.promote and d.outcome == "promoted-cheaper", d.reason
+    tags = MlflowClient().get_model_version("kd-tiny", out.model_version).tags
+    cand, champ = float(tags["animalclf.gate.candidate_ms_per_photo"]), float(tags["animalclf.gate.champion_ms_per_photo"])
+    assert champ >= 2 * cand and float(tags["animalclf.gate.ni_p_value"]) < 0.05
+    over = run_training(student.replace(name="student-2", teacher=None, max_ms_per_photo=cand / 100))
+    assert over.decision.outcome == "over-budget" and not over.decision.promote

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from animalclf.evaluate.evidence import Evaluation, bootstrap_ci, compare, mcnemar_p
+from animalclf.evaluate.evidence import Costs, Evaluation, bootstrap_ci, compare, mcnemar_p, noninferiority_p
 
 
 def evaluation(correct, classes: int = 3) -> Evaluation:
@@ -113,3 +113,49 @@ def test_from_probabilities_takes_the_argmax():
     probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.4, 0.6]])
     e = Evaluation.from_probabilities(["a", "b", "c"], [1, 0, 0], probs)
     assert e.predicted.tolist() == [1, 0, 1] and e.accuracy == pytest.approx(2 / 3)
+
+
+# ---------------------------------------------------------------- the cheaper-model rule (non-inferiority)
+
+def test_noninferiority_p_matches_hand_values_and_needs_images():
+    # no disagreement: Z = sqrt(n m / (1 - m)) (the restricted MLE of the champion-only cell is m)
+    for n, m in ((60, 0.01), (269, 0.01), (60, 0.05), (1000, 0.02)):
+        z = math.sqrt(n * m / (1 - m))
+        assert noninferiority_p(0, 0, n, m) == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=1e-9)
+    assert noninferiority_p(0, 0, 60, 0.01) > 0.2  # 60 photos cannot show "within one point" at all
+    assert noninferiority_p(0, 0, 269, 0.01) < 0.05 < noninferiority_p(0, 0, 260, 0.01)
+    # more candidate-only wins, or a wider margin, make "no worse" easier to show; champion-only wins harder
+    assert noninferiority_p(5, 0, 60, 0.01) < noninferiority_p(0, 0, 60, 0.01) < noninferiority_p(0, 3, 60, 0.01)
+    assert noninferiority_p(2, 2, 500, 0.05) < noninferiority_p(2, 2, 500, 0.01)
+    assert noninferiority_p(0, 0, 60, 0.0) == 1.0  # margin 0, nothing to tell apart
+    with pytest.raises(ValueError):
+        noninferiority_p(40, 30, 60, 0.01)
+
+
+def test_noninferiority_test_holds_its_size_at_the_margin():
+    """Pairs drawn exactly at H0's boundary (the candidate 3 points worse) are declared non-inferior
+    at a 3-point margin about 5% of the time, not more: the test is calibrated."""
+    rng = np.random.default_rng(0)
+    n, margin, p_c = 400, 0.03, 0.06
+    draws = rng.multinomial(n, [p_c - margin, p_c, 1 - 2 * p_c + margin], size=4000)
+    rejected = np.mean([noninferiority_p(int(b), int(c), n, margin) < 0.05 for b, c, _ in draws])
+    assert 0.03 <= rejected <= 0.07, rejected
+    # and it has power where the two are truly equal
+    equal = rng.multinomial(n, [0.04, 0.04, 0.92], size=500)
+    assert np.mean([noninferiority_p(int(b), int(c), n, margin) < 0.05 for b, c, _ in equal]) > 0.6
+
+
+def test_a_cheaper_candidate_no_worse_by_the_margin_is_promoted():
+    cand, champ = pair(600, 560, 6, 8)  # 2 images behind of 600 (-0.33 points), within a 2-point margin
+    kept = compare(cand, champ, margin=0.02, costs=Costs(20.0, 200.0), cheaper_by=3)
+    assert kept.promote and kept.outcome == "promoted-cheaper" and kept.extra["ni_p_value"] < 0.05
+    assert kept.extra["speedup"] == pytest.approx(10.0) and "10.00x cheaper" in kept.reason
+    # the same evidence but only 2x cheaper, or no cost measured, or the rule off: kept
+    assert compare(cand, champ, margin=0.02, costs=Costs(100.0, 200.0), cheaper_by=3).outcome == "kept"
+    assert "not 3x cheaper" in compare(cand, champ, margin=0.02, costs=Costs(100.0, 200.0), cheaper_by=3).reason
+    assert not compare(cand, champ, margin=0.02).promote
+    assert not compare(cand, champ, margin=0.0, costs=Costs(20.0, 200.0)).promote
+    # 10x cheaper but clearly worse: not shown non-inferior
+    worse, champ2 = pair(600, 540, 2, 30)
+    d = compare(worse, champ2, margin=0.02, costs=Costs(20.0, 200.0))
+    assert not d.promote and "non-inferiority by 0.0200 not shown" in d.reason

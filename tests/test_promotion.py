@@ -311,3 +311,49 @@ def test_two_processes_racing_on_a_remote_server(server, tmp_path):
     assert registry.current_champion("remote-race", client=client) == better
     assert out[better]["outcome"] == "promoted"
     assert out[worse] == {"outcome": "kept", "champion_version": better}
+
+
+# ---------------------------------------------------------------- cost: the cheaper-model rule and the budget
+
+def test_a_cheaper_candidate_no_worse_is_promoted_and_its_costs_tagged(store, tmp_path):
+    """Level with the champion on 60 images, 10x cheaper: at a 5-point margin non-inferiority is shown
+    (p=0.038) and the cheaper-model rule promotes it; the decision, margin, p-value and both costs
+    are on its version. At one point (the default) 60 images cannot show it, so it is kept."""
+    v1, v2, v3 = (register(store, tmp_path, "clf") for _ in range(3))
+    store.set_registered_model_alias("clf", registry.ALIAS, v1)
+    masks = {v1: first(55), v2: first(55), v3: first(55)}
+    asked: list = []
+
+    def costs(champion):
+        asked.append(champion)
+        return promotion.Costs(15.0, 150.0)
+
+    d = promotion.promote("clf", Candidate(v2, evaluation(masks[v2]), CLASSES), evaluator(masks),
+                          GateRules(timing=FAST, margin=0.01), client=store, costs_of=costs)
+    assert not d.promote and "non-inferiority by 0.0100 not shown" in d.reason and asked == [v1]
+    d = promotion.promote("clf", Candidate(v3, evaluation(masks[v3]), CLASSES), evaluator(masks),
+                          GateRules(timing=FAST, margin=0.05), client=store, costs_of=costs)
+    assert d.promote and d.outcome == "promoted-cheaper"
+    assert registry.current_champion("clf", client=store) == v3
+    tags = gate_tags(store, "clf", v3)
+    assert tags["decision"] == "promoted-cheaper" and float(tags["ni_margin"]) == 0.05
+    assert float(tags["ni_p_value"]) == pytest.approx(0.0378, abs=1e-3) and float(tags["p_value"]) == 1.0
+    assert float(tags["candidate_ms_per_photo"]) == 15.0 and float(tags["champion_ms_per_photo"]) == 150.0
+    assert float(tags["speedup"]) == 10.0 and float(tags["cheaper_by"]) == 3.0
+
+
+def test_a_candidate_over_the_cost_budget_never_becomes_champion(store, tmp_path):
+    v1, v2 = register(store, tmp_path, "clf"), register(store, tmp_path, "clf")
+    over = GateRules(timing=FAST, max_ms_per_photo=50)
+    d = promotion.promote("clf", Candidate(v1, evaluation(first(30)), CLASSES), evaluator({}), over, client=store,
+                          costs_of=lambda champion: promotion.Costs(80.0))
+    assert not d.promote and d.outcome == "over-budget" and "80.0 ms per photo > --max-ms-per-photo 50" in d.reason
+    assert registry.current_champion("clf", client=store) is None  # not even the first version
+    store.set_registered_model_alias("clf", registry.ALIAS, v1)
+    d = promotion.promote("clf", Candidate(v2, evaluation(first(60)), CLASSES), evaluator({v1: first(30)}), over,
+                          client=store, costs_of=lambda champion: promotion.Costs(80.0, 90.0))
+    assert not d.promote and d.outcome == "over-budget"  # much better, but over the budget
+    assert gate_tags(store, "clf", v2)["max_ms_per_photo"] == "50"
+    d = promotion.promote("clf", Candidate(v2, evaluation(first(60)), CLASSES), evaluator({v1: first(30)}), over,
+                          client=store, costs_of=lambda champion: promotion.Costs(40.0, 90.0))
+    assert d.promote and d.outcome == "promoted"

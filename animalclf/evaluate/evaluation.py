@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -21,7 +21,9 @@ from animalclf.data.split import Sample, Split
 from animalclf.data.transforms import eval_transform
 from animalclf.errors import UserError
 from animalclf.evaluate import promotion, registry
-from animalclf.evaluate.evidence import EVIDENCE_FILE, Decision, Evaluation
+from animalclf.data.source import source_of
+from animalclf.evaluate.cost import measure
+from animalclf.evaluate.evidence import EVIDENCE_FILE, Costs, Decision, Evaluation
 from animalclf.evaluate.promotion import Candidate, GateRules
 from animalclf.evaluate.report import build_report
 from animalclf.models.build import Preprocess
@@ -36,6 +38,7 @@ __all__ = ["predict_samples", "evaluate_model", "evaluate_checkpoint", "gate_eva
            "export_checkpoint", "promote_candidate", "GATE_EVIDENCE_TAG"]
 
 GATE_EVIDENCE_TAG = "animalclf.gate_evidence"  # "out-of-fold" on a version published after CV
+COST_PHOTOS = 10  # validation photos each model answers, one at a time, per timing round
 
 
 def predict_samples(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], classes: Sequence[str],
@@ -156,16 +159,30 @@ def _exchange(a: Path, b: Path) -> bool:
 def promote_candidate(cfg: TrainConfig, version: str, model: nn.Module, meta: dict[str, Any], split: Split, *,
                       candidate: Evaluation | None = None) -> Decision:
     """Put registered ``version`` through the evidence gate against the current champion, both
-    evaluated on ``split.val`` (the champion loaded from the registry without unpickling).
+    evaluated on ``split.val`` (the champion loaded from the registry without unpickling), and
+    both timed per photo on the first :data:`COST_PHOTOS` of them (:mod:`animalclf.evaluate.cost`).
     ``candidate``: the candidate's predictions on ``split.val`` when they are not the model's own
     (after CV: the out-of-fold predictions, see :mod:`animalclf.evaluate.out_of_fold`)."""
     def champion_eval(champion_version: str) -> Evaluation:
         return champion_evaluation(cfg.model_name, champion_version, split.val, split.classes)
 
+    def costs_of(champion_version: Optional[str]) -> Costs:
+        photos = [source_of(cfg).read(path) for path, _ in split.val[:COST_PHOTOS]]
+        mine = Predictor(model, meta, version=str(version))
+        if champion_version is None:
+            return Costs(measure([mine], photos)[0])
+        theirs = Predictor.from_mlflow(registry.version_ref(cfg.model_name, champion_version))
+        cand_ms, champ_ms = measure([mine, theirs], photos)
+        log.info("Cost per photo (Predictor, 1 thread, decode + preprocess included, %d photos): v%s %.1f ms, "
+                 "champion v%s %.1f ms", len(photos), version, cand_ms, champion_version, champ_ms)
+        return Costs(cand_ms, champ_ms)
+
     if candidate is None:
         candidate = gate_evaluation(model, meta, split.val, split.classes)
+    rules = GateRules(min_improvement=cfg.min_improvement, margin=cfg.ni_margin, cheaper_by=cfg.cheaper_by,
+                      max_ms_per_photo=cfg.max_ms_per_photo, force=cfg.force_promote)
     decision = promotion.promote(cfg.model_name, Candidate(str(version), candidate, split.classes), champion_eval,
-                                 GateRules(min_improvement=cfg.min_improvement, force=cfg.force_promote))
+                                 rules, costs_of=costs_of if split.val else None)
     log.info("Promotion of %s v%s: %s (%s)", cfg.model_name, version, "@champion" if decision.promote else "not promoted",
              decision.reason)
     return decision

@@ -10,7 +10,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from animalclf.evaluate.evidence import DEFAULT_CONFIDENCE, DEFAULT_MIN_IMPROVEMENT, Decision, Evaluation, compare
+from animalclf.evaluate.evidence import (
+    DEFAULT_CHEAPER_BY,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_MIN_IMPROVEMENT,
+    Costs,
+    Decision,
+    Evaluation,
+    compare,
+)
 from animalclf.evaluate.registry import (
     _MAX_TAG,
     ALIAS,
@@ -35,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Candidate", "GateRules", "promote"]
+__all__ = ["Candidate", "Costs", "CostsOf", "GateRules", "promote"]
 
 
 @dataclass(frozen=True)
@@ -51,11 +59,16 @@ class Candidate:
 
 @dataclass(frozen=True)
 class GateRules:
-    """How the gate decides: the improvement and confidence it needs, ``force`` (promote without
-    comparing, also when the champion cannot be read), and the compare-and-set's rounds and lease."""
+    """How the gate decides: the improvement and confidence it needs; the cheaper-model rule (no
+    worse by ``margin``, 0 = off, and ``cheaper_by`` times cheaper per photo); the cost budget
+    ``max_ms_per_photo`` no candidate may exceed; ``force`` (promote without comparing, also when
+    the champion cannot be read); and the compare-and-set's rounds and lease."""
 
     min_improvement: float = DEFAULT_MIN_IMPROVEMENT
     confidence: float = DEFAULT_CONFIDENCE
+    margin: float = 0.0
+    cheaper_by: float = DEFAULT_CHEAPER_BY
+    max_ms_per_photo: Optional[float] = None
     force: bool = False
     max_rounds: int = 5
     timing: Lease = field(default_factory=Lease)
@@ -67,7 +80,9 @@ def _record(client: "MlflowClient", model_name: str, version: str, d: Decision) 
     tags = {"decision": d.outcome, "reason": d.reason[:_MAX_TAG], "champion_version": d.champion_version,
             "delta": d.delta, "p_value": d.p_value, "n": d.n or None, "candidate_acc": d.candidate_acc,
             "champion_acc": d.champion_acc, "ci": None if d.ci_low is None else f"[{d.ci_low:.4f}, {d.ci_high:.4f}]",
-            "min_improvement": d.extra.get("min_improvement"), "confidence": d.extra.get("confidence")}
+            **{k: d.extra.get(k) for k in ("min_improvement", "confidence", "ni_margin", "ni_p_value", "cheaper_by",
+                                            "candidate_ms_per_photo", "champion_ms_per_photo", "speedup",
+                                            "max_ms_per_photo")}}
     try:
         for k, v in tags.items():
             if v is not None:
@@ -83,25 +98,41 @@ def _set_alias(client: "MlflowClient", model_name: str, version: str) -> None:
         client.set_registered_model_alias(model_name, ALIAS, version)
 
 
+CostsOf = Callable[[Optional[str]], Costs]
+"""``costs(champion_version)``: the candidate's ms per photo and, for a version, the champion's,
+measured side by side (:mod:`animalclf.evaluate.cost`); ``None``: the candidate's alone."""
+
+
 def _gate(model_name: str, candidate: Candidate, champ: Optional[str], evaluate_champion: Callable[[str], Evaluation],
-          rules: GateRules) -> Decision:
+          rules: GateRules, costs_of: Optional[CostsOf] = None) -> Decision:
     cand, candidate_eval = str(candidate.version), candidate.evaluation
     base = dict(candidate_acc=candidate_eval.accuracy, n=len(candidate_eval.ids), champion_version=champ,
                 extra={"min_improvement": rules.min_improvement, "confidence": rules.confidence})
-    if champ is None:
-        return Decision(True, "no champion yet", outcome="first", **base)
     if champ == cand:
         return Decision(True, "already the champion", outcome="already-champion", **base)
     if rules.force:
         return Decision(True, "--force-promote: not compared", outcome="forced", **base)
+    comparing = champ is not None and costs_of is not None and (rules.margin > 0 or rules.max_ms_per_photo is not None)
+    costs = costs_of(champ if comparing else None) if costs_of is not None and (
+        comparing or rules.max_ms_per_photo is not None) else None
+    if costs is not None and rules.max_ms_per_photo is not None and costs.candidate_ms > rules.max_ms_per_photo:
+        base["extra"].update(candidate_ms_per_photo=costs.candidate_ms, champion_ms_per_photo=costs.champion_ms,
+                             max_ms_per_photo=rules.max_ms_per_photo)
+        return Decision(False, f"over the cost budget: {costs.candidate_ms:.1f} ms per photo > --max-ms-per-photo "
+                               f"{rules.max_ms_per_photo:g}", outcome="over-budget", **base)
+    if champ is None:
+        return Decision(True, "no champion yet", outcome="first", **base)
     try:
         champion_eval = evaluate_champion(champ)
     except Exception as e:  # the champion's model is part of "the champion cannot be read"
         log.debug("Evaluating champion v%s failed", champ, exc_info=True)
         raise ChampionUnreadable(f"Cannot evaluate champion v{champ} of {model_name!r} ({_cause(e)}): fix its "
                                  f"artifacts or pass --force-promote to promote without comparing.") from None
-    d = compare(candidate_eval, champion_eval, min_improvement=rules.min_improvement, confidence=rules.confidence)
+    d = compare(candidate_eval, champion_eval, min_improvement=rules.min_improvement, confidence=rules.confidence,
+                margin=rules.margin, cheaper_by=rules.cheaper_by, costs=costs)
     d.champion_version = champ
+    if rules.max_ms_per_photo is not None:
+        d.extra["max_ms_per_photo"] = rules.max_ms_per_photo
     return d
 
 
@@ -118,11 +149,14 @@ def _check_classes(client: "MlflowClient", model_name: str, cand: str, champ: st
 
 
 def promote(model_name: str, candidate: Candidate, evaluate_champion: Callable[[str], Evaluation],
-            rules: GateRules = GateRules(), *, client: Optional["MlflowClient"] = None) -> Decision:
+            rules: GateRules = GateRules(), *, client: Optional["MlflowClient"] = None,
+            costs_of: Optional[CostsOf] = None) -> Decision:
     """Move ``@champion`` to ``candidate.version`` only if the evidence gate says so (compare-and-set).
 
     ``evaluate_champion(version)`` must return, for that version, what ``candidate.evaluation`` is for
-    the candidate: predictions on the same images. An ineligible candidate never promotes. Raises
+    the candidate: predictions on the same images. ``costs_of`` measures what both cost per photo
+    (the cheaper-model rule and the budget need it; without it both are off). An ineligible
+    candidate never promotes. Raises
     :class:`ChampionUnreadable` (unless ``rules.force``), :class:`ClassMismatch`, or
     :class:`RegistryError` when the registry cannot be written."""
     c, cand, fp = _client(client), str(candidate.version), classes_fingerprint(candidate.classes)
@@ -152,7 +186,7 @@ def promote(model_name: str, candidate: Candidate, evaluate_champion: Callable[[
         if champ is not None and champ != cand:
             _check_classes(c, model_name, cand, champ, fp, force)
         try:
-            d = _gate(model_name, candidate, champ, evaluate_champion, rules)
+            d = _gate(model_name, candidate, champ, evaluate_champion, rules, costs_of)
         except ChampionUnreadable as e:
             _record(c, model_name, cand, Decision(False, str(e), outcome="refused-unreadable", champion_version=champ))
             raise
