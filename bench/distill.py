@@ -45,6 +45,12 @@ STUDENTS = {
     "kd224": dict(augment="invariant", kd_weight=0.7, kd_temperature=2.0, image_size=224),
     "kd224-deep": dict(augment="invariant", kd_weight=0.7, kd_temperature=2.0, image_size=224, unfreeze=3, epochs=8),
     "kd-long": dict(augment="invariant", kd_weight=0.7, kd_temperature=2.0, epochs=10),
+    # Lite2 at its own 260 px without the rotation pool (a quarter of the teacher's forward passes):
+    # the head starts as the probe and then learns from the teacher on turned and darkened images
+    "lite2-kd": dict(arch="efficientnet_lite2", image_size=None, unfreeze=0, head_init="probe", epochs=4,
+                     augment="invariant", kd_weight=0.7, kd_temperature=2.0),
+    "lite2-kd-u1": dict(arch="efficientnet_lite2", image_size=None, unfreeze=1, head_init="probe", lr=3e-4, epochs=4,
+                        augment="invariant", kd_weight=0.7, kd_temperature=2.0, freeze_bn=True),
 }
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from animalclf.train.engine import EpochSetup, evaluate, lr_factor, make_ema, set_lr, train_one_epoch
+from animalclf.train.engine import Distill, EpochSetup, distill_loss, evaluate, lr_factor, make_ema, set_lr, train_one_epoch
 
 
 class FixedLogits(nn.Module):
@@ -100,3 +100,37 @@ def test_lr_factor_constant_and_cosine_with_warmup():
     opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.0)
     set_lr(opt, 0.25)
     assert opt.param_groups[0]["lr"] == 0.25
+
+
+def test_distill_loss_mixes_labels_and_the_teacher_and_pulls_toward_the_teacher():
+    torch.manual_seed(0)
+    ce = nn.CrossEntropyLoss()
+    logits = torch.randn(8, 3, requires_grad=True)
+    y = torch.zeros(8, dtype=torch.long)
+    teacher = torch.log_softmax(torch.tensor([[0.0, 4.0, 0.0]]).repeat(8, 1), 1)  # sure of class 1, the labels say 0
+    assert torch.allclose(distill_loss(logits, y, teacher, ce, Distill(0.0, 2.0)), ce(logits, y))
+    # the teacher's own answers cost nothing in the teacher-only loss
+    assert distill_loss(teacher.clone(), y, teacher, ce, Distill(1.0, 3.0)).item() == pytest.approx(0.0, abs=1e-6)
+    # a few steps on the teacher-only loss move the student's top-1 to the teacher's class
+    opt = torch.optim.SGD([logits], lr=1.0)
+    for _ in range(50):
+        opt.zero_grad()
+        distill_loss(logits, y, teacher, ce, Distill(1.0, 2.0)).backward()
+        opt.step()
+    assert (logits.argmax(1) == 1).all()
+
+
+def test_an_epoch_with_teacher_answers_reports_agreement():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x = torch.randn(16, 3, 2, 2)
+    y = torch.randint(0, 3, (16,))
+    teacher = torch.log_softmax(model(x).detach(), 1)  # the model agrees with it before training
+    loader = [(x[:8], y[:8], teacher[:8]), (x[8:], y[8:], teacher[8:])]
+    setup = EpochSetup(torch.device("cpu"), 3, channels_last=False, distill=Distill(1.0, 1.0))
+    out, _ = evaluate(model, loader, setup)
+    assert out["val_teacher_agreement"] == 1.0
+    train = train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.0), setup)
+    assert train["train_teacher_agreement"] == 1.0 and train["train_loss"] == pytest.approx(0.0, abs=1e-5)
+    plain, _ = evaluate(model, [(x, y)], setup)
+    assert "val_teacher_agreement" not in plain

@@ -51,3 +51,17 @@ def test_unreadable_files_are_dropped_from_their_batch_and_ranks_cover_every_sam
     loader.set_epoch(4)
     assert sampler.epoch == 4 and list(loader) == [1, 2]
     EpochLoader([3]).set_epoch(1)  # a sampler without epochs: nothing to reseed
+
+
+def test_teacher_targets_ride_as_the_third_element_of_each_batch(tmp_path):
+    import torch
+
+    root = make_image_folder(tmp_path / "d", per_class=2, size=16)
+    samples = [(str(p), i) for i, d in enumerate(sorted(root.iterdir())) for p in sorted(d.iterdir())]
+    targets = {path: [float(k), 0.0, -1.0] for k, (path, _) in enumerate(samples)}
+    loader = make_loader(ImageList(samples, eval_transform(preprocess_for("efficientnet_lite0", 32)), targets), 4)
+    batches = list(loader)
+    assert all(len(b) == 3 and b[2].shape == (len(b[1]), 3) for b in batches)
+    assert torch.cat([b[2][:, 0] for b in batches]).tolist() == [float(k) for k in range(len(samples))]
+    plain = next(iter(make_loader(ImageList(samples, eval_transform(preprocess_for("efficientnet_lite0", 32))), 4)))
+    assert len(plain) == 2

@@ -43,3 +43,25 @@ def test_autocontrast_makes_a_darkened_photo_look_like_the_original(shared_data)
 
     assert gap(stretched) < gap(plain) / 4, (gap(stretched), gap(plain))
     assert train_transform(stretched)(_darkened(photo)).shape == (3, 224, 224)
+
+
+def test_invariant_augmentation_turns_and_darkens_before_autocontrast():
+    import random
+
+    import torch
+
+    from animalclf.data.transforms import Brightness, QuarterTurn
+
+    im = Image.new("RGB", (40, 20), (120, 120, 120))
+    random.seed(0)
+    sizes = {QuarterTurn()(im).size for _ in range(40)}
+    assert sizes == {(40, 20), (20, 40)}  # upright and sideways both drawn
+    levels = {Brightness()(im).getpixel((0, 0))[0] for _ in range(40)}
+    assert min(levels) < 60 and max(levels) > 180  # from dusk to overexposed
+    pre = preprocess_for("efficientnet_lite0", 32, autocontrast=True)
+    random.seed(1)
+    torch.manual_seed(1)
+    x = train_transform(pre, "invariant")(Image.new("RGB", (64, 48), (90, 60, 30)))
+    assert x.shape == (3, 32, 32)
+    with pytest.raises(ValueError):
+        train_transform(pre, "wild")
