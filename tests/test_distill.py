@@ -138,3 +138,19 @@ def test_a_cheaper_student_no_worse_than_its_teacher_becomes_champion(ray_sessio
     assert champ >= 2 * cand and float(tags["animalclf.gate.ni_p_value"]) < 0.05
     over = run_training(student.replace(name="student-2", teacher=None, max_ms_per_photo=cand / 100))
     assert over.decision.outcome == "over-budget" and not over.decision.promote
+
+
+@pytest.mark.slow
+def test_a_search_of_students_shares_one_teacher_pass_and_refuses_kd_without_a_teacher(ray_session, project, tiny_folder,
+                                                                                     liar):
+    from animalclf.tune.search import TuneOptions, run_search
+    from animalclf.tune.space import parse_space
+
+    cfg = tiny_cfg(tiny_folder, teacher=str(liar), kd_weight=1.0, epochs=2, track=False, name="kd-tune")
+    space = parse_space(["lr=1e-2:3e-2", "kd_temperature=1:3"], arch=cfg.arch)
+    with pytest.raises(UserError, match="only act with a teacher"):
+        run_search(cfg.replace(teacher=None), space, TuneOptions(name="kd-none", num_samples=1))
+    out = run_search(cfg, space, TuneOptions(name="kd-tune", num_samples=2, max_concurrent=1, asha=False))
+    assert len(out.trials) == 2
+    assert all("val_teacher_agreement" in t["best"] for t in out.trials), out.trials
+    assert 1.0 <= out.best_config["kd_temperature"] <= 3.0
