@@ -55,3 +55,18 @@ def test_a_schedule_shorter_than_the_run_is_refused():
     with pytest.raises(UserError, match="schedule_epochs 2 is shorter than --epochs 4"):
         TrainConfig(data="d", epochs=4, schedule_epochs=2).validate()
     TrainConfig(data="d", epochs=4, schedule_epochs=6, schedule="cosine").validate()  # a refit: a longer schedule, stopped early
+
+
+def test_distillation_and_cost_flags():
+    p = add_train_args(argparse.ArgumentParser())
+    cfg = config_from_args(p.parse_args(["--data", "d", "--teacher", "--kd-weight", "0.7", "--augment", "invariant"]))
+    assert cfg.teacher == "champion" and cfg.kd_weight == 0.7 and cfg.augment == "invariant"
+    assert config_from_args(p.parse_args(["--data", "d", "--teacher", "models:/m/3"])).teacher == "models:/m/3"
+    assert config_from_args(p.parse_args(["--data", "d"])).teacher is None
+    cfg = config_from_args(p.parse_args(["--data", "d", "--non-inferiority-margin", "0.02", "--cheaper-by", "4",
+                                         "--max-ms-per-photo", "50"])).validate()
+    assert (cfg.ni_margin, cfg.cheaper_by, cfg.max_ms_per_photo) == (0.02, 4.0, 50.0)
+    for bad, match in ((dict(ni_margin=1.0), "--non-inferiority-margin"), (dict(cheaper_by=0.5), "--cheaper-by"),
+                       (dict(max_ms_per_photo=0), "--max-ms-per-photo")):
+        with pytest.raises(UserError, match=match):
+            TrainConfig(data="d", **bad).validate()

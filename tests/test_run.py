@@ -129,6 +129,8 @@ def test_a_run_with_another_setup_is_refused_before_it_starts(ray_session, proje
     (["--data", "{data}", "--arch", "resnet9"], {}, "Unknown arch"),
     (["--data", "{data}", "--unfreeze", "40"], {}, "out of range"),
     (["--data", "{data}", "--arch", "efficientnet_lite0"], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "unreachable"),
+    (["--data", "{data}", "--arch", "efficientnet_lite0", "--teacher", "{tmp}/nowhere"], {}, "nor a checkpoint directory"),
+    (["--data", "{data}", "--arch", "efficientnet_lite0", "--teacher"], {}, "Could not resolve models:/animalclf@champion"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, env, match, project, tmp_path, tiny_folder, monkeypatch, capsys):
     empty_class = tmp_path / "ec"
