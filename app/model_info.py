@@ -29,7 +29,34 @@ REPORT_ARTIFACT = "report/report.json"  # logged by animalclf.train.run.publish
 TRIALS_ARTIFACT = "search/trials.json"  # logged on the search's parent run by animalclf.tune.search
 SEARCH_ARTIFACTS = "search"  # there too: the Optuna study's figures as plotly JSON (<name>.json)
 _KEY_PARAMS = ("arch", "unfreeze", "lr", "weight_decay", "batch_size", "epochs", "label_smoothing", "dropout",
-               "image_size", "num_workers", "metric")
+               "image_size", "num_workers", "metric", "teacher", "kd_weight", "kd_temperature", "augment")
+GATE = "animalclf.gate."
+
+
+def gate_summary(tags: dict[str, str]) -> str | None:
+    """One line on how the promotion gate decided for a version (its ``animalclf.gate.*`` tags):
+    the outcome against which champion, the accuracies, the p-values, and both costs per photo when
+    they were measured; ``None`` when the version has no gate tags."""
+    g = {k[len(GATE):]: v for k, v in tags.items() if k.startswith(GATE)}
+    if "decision" not in g:
+        return None
+    parts = [f"**{g['decision']}**" + (f" against v{g['champion_version']}" if g.get("champion_version") else "")]
+    if g.get("candidate_acc") and g.get("champion_acc"):
+        parts.append(f"accuracy {float(g['candidate_acc']):.1%} vs {float(g['champion_acc']):.1%}"
+                     + (f" on {g['n']} images" if g.get("n") else ""))
+    if g.get("p_value"):
+        parts.append(f"better: McNemar p={float(g['p_value']):.2g}")
+    if g.get("ni_p_value"):
+        parts.append(f"no worse by {float(g['ni_margin']):.1%}: p={float(g['ni_p_value']):.2g}")
+    if g.get("candidate_ms_per_photo"):
+        cost = f"{float(g['candidate_ms_per_photo']):.1f} ms per photo"
+        if g.get("champion_ms_per_photo"):
+            cost += f" vs {float(g['champion_ms_per_photo']):.1f} ({float(g['speedup']):.1f}x cheaper"
+            cost += f", {float(g['cheaper_by']):g}x asked)" if g.get("cheaper_by") else ")"
+        if g.get("max_ms_per_photo"):
+            cost += f", budget {g['max_ms_per_photo']} ms"
+        parts.append(cost)
+    return "Promotion gate: " + "; ".join(parts)
 
 
 class StoreError(Exception):

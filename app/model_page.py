@@ -16,7 +16,7 @@ import streamlit as st
 from animalclf.config import TrainConfig
 from animalclf.evaluate.figures import report_figures, search_figures
 from animalclf.evaluate.registry import ALIAS
-from app.model_info import Registry, StoreError, VersionInfo, parse_model_version
+from app.model_info import Registry, StoreError, VersionInfo, gate_summary, parse_model_version
 
 __all__ = ["model_page"]
 
@@ -199,6 +199,9 @@ def _lineage(info: VersionInfo, uri: str) -> None:
         t = info.trial
         rows.append(("trial", f"{t['trial_id']}" + (f" (run {t['run_id']}, {t['status'] or 'status unknown'})" if t.get("run_id") else "")))
     rows += [(k[len("animalclf."):], v if len(v) <= 200 else v[:200] + "…") for k, v in info.tags.items()]
+    gate = gate_summary(info.tags)
+    if gate:
+        st.markdown(gate)
     st.table({"": [k for k, _ in rows], "value": [v for _, v in rows]})
     key = info.key_params()
     if key:

@@ -141,7 +141,10 @@ def model_store(project):
     _search_folder(project / "search", trials)
     client.log_artifacts(tune, str(project / "search"), "search")
     champion = register(tune)
-    client.set_model_version_tag("animalclf", champion, "animalclf.gate.decision", "promoted")
+    for k, v in {"decision": "promoted-cheaper", "champion_version": "1", "candidate_acc": "0.9", "champion_acc": "0.91",
+                 "n": "60", "p_value": "0.8", "ni_margin": "0.05", "ni_p_value": "0.03", "candidate_ms_per_photo": "16.1",
+                 "champion_ms_per_photo": "161", "speedup": "10", "cheaper_by": "3"}.items():
+        client.set_model_version_tag("animalclf", champion, f"animalclf.gate.{k}", v)
     client.set_registered_model_alias("animalclf", "champion", champion)
     register(run("bare", "train", {"arch": "efficientnet_b0"}))  # v3: its run logged no report
     return {"uri": uri, "train": train, "tune": tune, "children": children, "weak": weak, "strong": strong}
@@ -232,7 +235,10 @@ def test_model_page_shows_serving_version_search_lineage_and_comparison(monkeypa
     assert list(trials["trial"]) == ["t1", "t2 ★", "t3"] and list(trials["status"])[2] == "STOPPED_BY_ASHA"
     lineage = _table_text(at)
     assert model_store["tune"] in lineage and model_store["children"]["t2"] in lineage and "COMPLETED" in lineage
-    assert "'gate.decision'" in lineage and "'promoted'" in lineage, "the version's own tags (the promotion gate's)"
+    assert "'gate.decision'" in lineage and "'promoted-cheaper'" in lineage, "the version's own tags (the promotion gate's)"
+    gate = [m.value for m in at.markdown if m.value.startswith("Promotion gate:")]
+    assert gate == ["Promotion gate: **promoted-cheaper** against v1; accuracy 90.0% vs 91.0% on 60 images; better: McNemar "
+                    "p=0.8; no worse by 5.0%: p=0.03; 16.1 ms per photo vs 161.0 (10.0x cheaper, 3x asked)"], gate
     assert any("**lr** 0.002" in m.value and "**unfreeze** 3" in m.value for m in at.markdown), "the best trial's parameters"
     compared = at.table[1].value.set_index("")
     assert list(compared.columns) == ["v2 @champion", "v1"]

@@ -5,7 +5,7 @@ tests/test_app_ui.py's."""
 
 import pytest
 
-from app.model_info import Registry, StoreError, VersionInfo, parse_model_version
+from app.model_info import Registry, StoreError, VersionInfo, gate_summary, parse_model_version
 
 
 @pytest.mark.parametrize("ref,parsed", [
@@ -34,3 +34,19 @@ def test_no_local_store_is_a_message_and_looking_creates_none(project):
         Registry()
     assert str(project / "runs" / "mlflow.db") in str(e.value) and "\n" not in str(e.value)
     assert not (project / "runs" / "mlflow.db").exists()
+
+
+def test_gate_summary_says_what_the_gate_decided_and_what_each_costs():
+    assert gate_summary({"animalclf.run_id": "x"}) is None
+    assert gate_summary({"animalclf.gate.decision": "first"}) == "Promotion gate: **first**"
+    line = gate_summary({"animalclf.gate.decision": "over-budget", "animalclf.gate.candidate_ms_per_photo": "80",
+                         "animalclf.gate.max_ms_per_photo": "50"})
+    assert line == "Promotion gate: **over-budget**; 80.0 ms per photo, budget 50 ms"
+    kept = gate_summary({"animalclf.gate.decision": "kept", "animalclf.gate.champion_version": "1",
+                         "animalclf.gate.candidate_acc": "0.8667", "animalclf.gate.champion_acc": "0.95",
+                         "animalclf.gate.n": "60", "animalclf.gate.p_value": "1", "animalclf.gate.ni_margin": "0.01",
+                         "animalclf.gate.ni_p_value": "0.99", "animalclf.gate.candidate_ms_per_photo": "16",
+                         "animalclf.gate.champion_ms_per_photo": "160", "animalclf.gate.speedup": "10",
+                         "animalclf.gate.cheaper_by": "3"})
+    assert kept == ("Promotion gate: **kept** against v1; accuracy 86.7% vs 95.0% on 60 images; better: McNemar p=1; "
+                    "no worse by 1.0%: p=0.99; 16.0 ms per photo vs 160.0 (10.0x cheaper, 3x asked)")
