@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, load_average, ray_head  # noqa: E402
+from common import DEFAULT_DATA, load_average, make_model, ray_head  # noqa: E402
 
 TEACHER = dict(arch="efficientnet_lite2", autocontrast=True, rotation_pool=True)  # image size: the weights' 260
 # The demo's fine-tune (Lite0 160 px, unfreeze 2, lr 1e-3, batch 32, autocontrast) for 6 epochs, and
@@ -73,23 +73,16 @@ def fold_teachers(samples, feats, split, folds: int, seed: int):
 
 
 def cost_table(names) -> None:
-    from animalclf.config import TrainConfig
     from animalclf.evaluate.cost import measure
     from animalclf.models.predict import Predictor
-    from animalclf.train.worker import checkpoint_meta
-    from animalclf.models.build import build_model
-    from animalclf.models.checkpoint import save_checkpoint
 
-    classes = [f"c{i}" for i in range(15)]
     photos = [p.read_bytes() for p in sorted(DEFAULT_DATA.glob("*/*"))[::27][:10]]
-    models = {}
+    shapes = [("teacher", TEACHER), *[(n, {**BASE, **STUDENTS[n]}) for n in names]]
+    keep = ("arch", "autocontrast", "rotation_pool")  # with the size, what sets a model's cost per photo
     with tempfile.TemporaryDirectory() as tmp:
-        for name, fields in [("teacher", TEACHER), *[(n, {**BASE, **STUDENTS[n]}) for n in names]]:
-            cfg = TrainConfig(data="x", **{k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__})
-            model = build_model(cfg.arch, 15, 0, "imagenet", rotation_pool=cfg.rotation_pool)
-            d = Path(tmp) / name
-            save_checkpoint(d, model, checkpoint_meta(cfg, classes, {}, 0))
-            models[name] = Predictor.from_checkpoint(d)
+        models = {name: Predictor.from_checkpoint(make_model(str(Path(tmp) / name), image_size=fields.get("image_size"),
+                                                             **{k: v for k, v in fields.items() if k in keep}))
+                  for name, fields in shapes}
         ms = measure(list(models.values()), photos)
     print(f"\nms per photo (Predictor, 1 thread, decode + preprocess + forward, {len(photos)} photos, alternating "
           f"rounds); {load_average()}")

@@ -8,8 +8,8 @@ its defaults, one replica, the Python proxy) on one private Ray head, one after 
 ``/predict``. The probe is EfficientNet-Lite2 at 260 px with autocontrast and the rotation pool;
 the students Lite0 at 160 px with autocontrast (the demo's search's trials) and Lite2 at 260 px
 with autocontrast but no pool (the closest student measured, bench/RESULTS.md "Students"). Untrained heads of the
-same shapes: the same compute as trained ones. Target (issue 23): the student's requests per second
-at concurrency 8 at least 5x the probe's.
+same shapes: the same compute as trained ones. Target: a student serves at least 5x the probe's requests per second
+at concurrency 8, so that promoting it pays at the endpoint, not only in the model's own forward pass.
 """
 
 from __future__ import annotations

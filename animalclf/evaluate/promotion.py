@@ -112,10 +112,11 @@ def _gate(model_name: str, candidate: Candidate, champ: Optional[str], evaluate_
         return Decision(True, "already the champion", outcome="already-champion", **base)
     if rules.force:
         return Decision(True, "--force-promote: not compared", outcome="forced", **base)
-    comparing = champ is not None and costs_of is not None and (rules.margin > 0 or rules.max_ms_per_photo is not None)
-    costs = costs_of(champ if comparing else None) if costs_of is not None and (
-        comparing or rules.max_ms_per_photo is not None) else None
-    if costs is not None and rules.max_ms_per_photo is not None and costs.candidate_ms > rules.max_ms_per_photo:
+    budget = rules.max_ms_per_photo is not None
+    costs = None
+    if costs_of is not None and (budget or (champ is not None and rules.margin > 0)):
+        costs = costs_of(champ)  # the champion's cost too when there is one, timed side by side
+    if costs is not None and budget and costs.candidate_ms > rules.max_ms_per_photo:
         base["extra"].update(candidate_ms_per_photo=costs.candidate_ms, champion_ms_per_photo=costs.champion_ms,
                              max_ms_per_photo=rules.max_ms_per_photo)
         return Decision(False, f"over the cost budget: {costs.candidate_ms:.1f} ms per photo > --max-ms-per-photo "

@@ -33,7 +33,7 @@ from animalclf.train.worker import make_trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prepare", "check_resumable", "fit", "publish_cv", "with_teacher", "run_training"]
+__all__ = ["prepare", "check_resumable", "fit", "publish_cv", "pin_teacher", "run_training"]
 
 
 def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
@@ -212,14 +212,12 @@ def _run_cv(cfg: TrainConfig, split: Split, targets: Any = None) -> TrainOutcome
     return out
 
 
-def with_teacher(cfg: TrainConfig, split: Split, name: str) -> tuple[TrainConfig, Any]:
-    """``cfg`` with its teacher pinned (a resumed run ``name`` keeps its own) and the teacher's
-    answers for every image of ``split`` (``None`` without ``--teacher``)."""
+def pin_teacher(cfg: TrainConfig, name: str) -> TrainConfig:
+    """``cfg`` with its teacher pinned; a resumed run ``name`` keeps the one it started with."""
     if not cfg.teacher:
-        return cfg, None
+        return cfg
     saved = _latest_checkpoint_meta(cfg.resolved_storage(), name)
-    cfg = distill.resolve_teacher(cfg, (saved or {}).get("config"))
-    return cfg, distill.targets_for(cfg, split)
+    return distill.resolve_teacher(cfg, (saved or {}).get("config"))
 
 
 def run_training(cfg: TrainConfig, *, split: Optional[Split] = None, targets: Any = None) -> TrainOutcome:
@@ -229,8 +227,10 @@ def run_training(cfg: TrainConfig, *, split: Optional[Split] = None, targets: An
     if split is None:
         split, _ = prepare(cfg)
     if targets is None:
-        cfg, targets = with_teacher(cfg, split, cfg.name)
-    check_resumable(cfg, split, cfg.name)  # before any MLflow run exists
+        cfg = pin_teacher(cfg, cfg.name)
+    check_resumable(cfg, split, cfg.name)  # before any MLflow run exists, and before the teacher's pass
+    if targets is None:
+        targets = distill.targets_for(cfg, split)
     if cfg.cv > 1:
         return _run_cv(cfg, split, targets)
     tracker = start_tracker(cfg, split, cfg.name)

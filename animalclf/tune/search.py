@@ -182,15 +182,15 @@ def run_search(cfg: TrainConfig, space: Mapping[str, ParamSpec], opts: TuneOptio
         raise UserError("A --cv search publishes its best config (--final refit or ensemble): drop --final none.")
     split, uri = prepare(cfg)
     cfg = cfg.replace(storage_path=cfg.resolved_storage())  # trials run in their own working dirs
-    path = Path(cfg.resolved_storage()) / opts.name
-    cfg = _keep_teacher(cfg, path, opts.resume)
-    targets = distill.targets_for(cfg, split)  # once for every trial
     localray.init_ray()
     concurrency = plan_concurrency(cfg, opts.max_concurrent, ray.cluster_resources(), opts.check_resources,
                                    autoscaling=_autoscaling_config())
     storage = cfg.resolved_storage()
+    path = Path(storage) / opts.name
     if opts.resume and not tune.Tuner.can_restore(str(path)):
         raise UserError(f"Nothing to resume at {path}: run without --resume first (same --name and --storage-path).")
+    cfg = _keep_teacher(cfg, path, opts.resume)  # after every check: it writes the pinned teacher beside Tune's state
+    targets = distill.targets_for(cfg, split)  # once for every trial
 
     parent = None
     if cfg.track:
