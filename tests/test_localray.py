@@ -106,14 +106,13 @@ def test_dead_recorded_head_starts_a_private_one_and_dead_address_is_one_line(tm
         assert "Traceback" not in r.stderr
         print(f"dead recorded head -> private head, smoke run: {time.monotonic() - t0:.1f} s")
 
+        # The line comes from our own probe of the port, before ray.init (whose retries would
+        # run past the timeout): the behaviour is the line, not a wall-clock figure on a busy CI.
         dead = f"127.0.0.1:{free_port()}"
-        t0 = time.monotonic()
-        r = train(tiny_folder, {**env, "RAY_ADDRESS": dead}, timeout=60)
-        took = time.monotonic() - t0
+        r = train(tiny_folder, {**env, "RAY_ADDRESS": dead}, timeout=90)
         assert r.returncode == 2, r.stderr[-2000:]
         assert user_lines(r.stderr) == [user_lines(r.stderr)[0]] and dead in user_lines(r.stderr)[0]
-        assert "unset it" in r.stderr and "Traceback" not in r.stderr
-        assert took < 30, took
+        assert "does not answer" in r.stderr and "unset it" in r.stderr and "Traceback" not in r.stderr
     finally:
         kill_head(str(ray_tmp), recorded)
 
