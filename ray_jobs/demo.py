@@ -49,7 +49,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=160,
                    help="crop size of the search's fine-tunes, for the demo's CPU budget; the probe uses its "
                         "weights' own 260 (default: 160)")
-    p.add_argument("--trials", type=int, default=3, help="tuning trials (default: 3)")
+    p.add_argument("--trials", type=int, default=3, help="tuning trials; 0 skips the search and serves the probe (default: 3)")
     p.add_argument("--tune-epochs", type=int, default=4, help="max epochs per trial (default: 4)")
     p.add_argument("--serve-port", type=int, default=8000)
     p.add_argument("--ui-port", type=int, default=8501)
@@ -138,13 +138,17 @@ def _run(args: argparse.Namespace, setup: Setup) -> int:
     # and brightness changes the probe is invariant to. The gate promotes a student that is better,
     # or no worse by one point and 3x cheaper per photo; else the probe stays (bench/RESULTS.md,
     # "Students").
-    log.info("== 2/4 Tune students of the probe (Ray Tune + Optuna + ASHA, distillation), gate on accuracy and cost ==")
-    space = parse_space(["lr=3e-4:3e-3", "unfreeze=0:4"], arch=arch)
-    students = base.replace(name=f"demo-tune-{stamp}", teacher="champion", kd_weight=0.7, kd_temperature=2.0,
-                            augment="invariant")
-    tuned = run_search(students, space,
-                       TuneOptions(name=f"demo-tune-{stamp}", num_samples=args.trials, grace_period=1,
-                                   reduction_factor=2, seed=0, points=[{"lr": 1e-3, "unfreeze": 2}]))
+    tuned = None
+    if args.trials:
+        log.info("== 2/4 Tune students of the probe (Ray Tune + Optuna + ASHA, distillation), gate on accuracy and cost ==")
+        space = parse_space(["lr=3e-4:3e-3", "unfreeze=0:4"], arch=arch)
+        students = base.replace(name=f"demo-tune-{stamp}", teacher="champion", kd_weight=0.7, kd_temperature=2.0,
+                                augment="invariant")
+        tuned = run_search(students, space,
+                           TuneOptions(name=f"demo-tune-{stamp}", num_samples=args.trials, grace_period=1,
+                                       reduction_factor=2, seed=0, points=[{"lr": 1e-3, "unfreeze": 2}]))
+    else:
+        log.info("== 2/4 Search skipped (--trials 0): the probe is the champion ==")
 
     log.info("== 3/4 Serve models:/animalclf@champion (Ray Serve) ==")
     from serve import deploy
@@ -212,12 +216,13 @@ def summary(trained, tuned, setup: Setup, served: Served) -> str:
         f"Linear probe on {PROBE_ARCH}: validation accuracy {trained.report['accuracy']:.3f}, macro F1 {trained.report['macro_avg']['f1']:.3f}",
         f"  report: {trained.report_dir}",
         f"  MLflow run: {tracking.run_link(trained.run_id, uri, with_command=False)}",
-        f"Students ({arch}, distilled from the probe): best {tuned.best_config} -> val accuracy "
-        f"{tuned.best_metrics['val_accuracy']:.3f}; {tuned.epochs_run}/{tuned.epochs_budget} trial-epochs run (ASHA); "
-        f"report: {tuned.report_dir}",
-        f"  MLflow search run: {tracking.run_link(tuned.parent_run_id, uri, with_command=False)}",
-        f"Champion: models:/animalclf@champion = version {tuned.champion_version} ({'new' if tuned.promoted else 'kept'})"
-        + gate_line(tuned.decision),
+        *([f"Students ({arch}, distilled from the probe): best {tuned.best_config} -> val accuracy "
+           f"{tuned.best_metrics['val_accuracy']:.3f}; {tuned.epochs_run}/{tuned.epochs_budget} trial-epochs run (ASHA); "
+           f"report: {tuned.report_dir}",
+           f"  MLflow search run: {tracking.run_link(tuned.parent_run_id, uri, with_command=False)}",
+           f"Champion: models:/animalclf@champion = version {tuned.champion_version} "
+           f"({'new' if tuned.promoted else 'kept'})" + gate_line(tuned.decision)] if tuned is not None else
+          [f"Champion: models:/animalclf@champion = version {trained.model_version} (the probe; no search: --trials 0)"]),
         f"MLflow UI: {tracking.ui_base(uri)}" + (f"   (serve it with: {command})" if command else ""),
         f"API:  {url}   (GET /healthz, /metadata, /docs; POST /predict, /predict/batch; "
         f"Open Inference Protocol: POST /v2/models/animalclf/infer)",

@@ -310,7 +310,7 @@ def test_model_page_reads_what_a_real_search_logged(monkeypatch, ray_session, pr
     cfg = TrainConfig(data=str(tiny_folder), arch="efficientnet_lite0", image_size=64, batch_size=8, epochs=2, patience=0,
                       model_name="tiny-ui", experiment="ui-test", unfreeze=0)
     out = run_search(cfg, parse_space(["lr=1e-3:1e-2", "unfreeze="], arch=cfg.arch),
-                     TuneOptions(name="ui", num_samples=2, max_concurrent=1, asha=False, points=[{"lr": 5e-3}, {"lr": 2e-3}]))
+                     TuneOptions(name="ui", num_samples=2, max_concurrent=2, asha=False, points=[{"lr": 5e-3}, {"lr": 2e-3}]))
     report = json.loads((Path(out.report_dir) / "report.json").read_text())
     best_trial = next(t["trial_id"] for t in out.trials if t["config"] == out.best_config)
     _Metadata.meta = _meta(f"tiny-ui/{out.model_version}")

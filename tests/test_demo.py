@@ -32,13 +32,14 @@ def test_demo_without_data_says_where_to_get_it(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("phase, how", [("search", "ctrl-c"), ("serving", "sigint"), ("fine-tune", "sigterm")])
+@pytest.mark.parametrize("phase, how", [("fine-tune", "ctrl-c"), ("fine-tune", "sigterm"), ("serving", "sigint")])
 def test_demo_stops_in_every_phase_and_leaves_nothing(phase, how, tmp_path, tiny_folder):
     """Started as its own process group from an empty HOME with tiny settings; a terminal's Ctrl-C
     (SIGINT to the group), SIGINT to the demo alone, or SIGTERM ends it within 30 s with exit code
     130, and no process of its Ray head, Serve or Streamlit is left (the head's temp dir and the
     demo's process tree). While serving, every socket it listens on is on loopback or refuses a
-    client without the Ray token."""
+    client without the Ray token. Stopped mid fine-tune, nothing is registered. (The serving case
+    skips the search, ``--trials 0``; `make demo` in CI runs the whole of it.)"""
     home = tempfile.mkdtemp(dir=tmp_path, prefix="home-")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "DAGSHUB_"))}
     env.update(HOME=home, ANIMALCLF_HOME=str(tmp_path / "project"))
@@ -46,7 +47,8 @@ def test_demo_stops_in_every_phase_and_leaves_nothing(phase, how, tmp_path, tiny
     log = tmp_path / "demo.log"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "ray_jobs" / "demo.py"), "--data", str(tiny_folder), "--image-size", "64",
-         "--trials", "1", "--tune-epochs", "1", "--serve-port", str(serve_port), "--ui-port", str(ui_port)],
+         "--trials", "0" if phase == "serving" else "1", "--tune-epochs", "1", "--serve-port", str(serve_port),
+         "--ui-port", str(ui_port)],
         env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
@@ -80,13 +82,12 @@ def test_demo_stops_in_every_phase_and_leaves_nothing(phase, how, tmp_path, tiny
         left = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         named = [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or ())]
         assert not left and not named, [(p.pid, " ".join(p.cmdline())[:100]) for p in left + named]
-        if phase == "search":  # stopped mid-search: the search registered and promoted nothing
+        if phase == "fine-tune":  # stopped mid-run: nothing registered, no champion
             from mlflow import MlflowClient
 
             store = f"sqlite:///{tmp_path / 'project' / 'runs' / 'mlflow.db'}"
             client = MlflowClient(tracking_uri=store, registry_uri=store)
-            assert [str(v.version) for v in client.search_model_versions("name='animalclf'")] == ["1"]
-            assert str(client.get_model_version_by_alias("animalclf", "champion").version) == "1"
+            assert client.search_model_versions("name='animalclf'") == []
         print(f"{phase}/{how}: stopped in {took:.1f} s, nothing left")
     finally:
         if proc.poll() is None:
