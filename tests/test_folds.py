@@ -154,7 +154,7 @@ def test_cv_search_under_asha_scores_fold_means_and_publishes_the_best_as_an_ens
 
     cfg = tiny_cfg(tiny_folder, name="cv-tune", model_name="tiny-cv-tuned", final="ensemble")
     space = parse_space(["lr=1e-3:1e-2", "unfreeze=0:1"], arch=cfg.arch)
-    opts = TuneOptions(name="cv-tune", num_samples=2, max_concurrent=1, grace_period=1, reduction_factor=2,
+    opts = TuneOptions(name="cv-tune", num_samples=2, max_concurrent=2, grace_period=1, reduction_factor=2,
                        points=[{"lr": 5e-3, "unfreeze": 0}, {"lr": 9e-3, "unfreeze": 1}])
     out = run_search(cfg, space, opts)
     assert len(out.trials) == 2
