@@ -20,10 +20,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The multi-node tests start their own autoscaling Ray: a pytest process of their own.
+# The multi-node tests start their own autoscaling Ray: a pytest process of their own, run alongside
+# the others (the suite leaves about a third of the CPUs idle: docs/testing.md); its output follows.
+MULTINODE_LOG ?= .pytest_cache/multinode.log
 test: install
-	$(PY) -m pytest -q -m "not multinode" $(PYTEST_ARGS)
-	$(PY) -m pytest -q -m multinode $(PYTEST_ARGS)
+	@mkdir -p $(dir $(MULTINODE_LOG))
+	@$(PY) -m pytest -q -m multinode $(PYTEST_ARGS) > $(MULTINODE_LOG) 2>&1 & mn=$$!; \
+	$(PY) -m pytest -q -m "not multinode" $(PYTEST_ARGS); rc=$$?; \
+	wait $$mn; mrc=$$?; echo "== the multi-node tests (tests/test_multinode.py, their own pytest process) =="; \
+	cat $(MULTINODE_LOG); test $$rc = 0 && test $$mrc = 0
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -467,9 +467,16 @@ def test_browser_model_page_draws_charts(model_store, metadata_server, tmp_path)
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 10", timeout=60_000)
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot g.hm image, .js-plotly-plot path.js-line').length > 0",
                                timeout=30_000)
-        drawn = page.evaluate(_DRAWN)
+        deadline = time.monotonic() + 30  # plotly draws chart by chart: sample until all ten are drawn
+        while True:
+            drawn = page.evaluate(_DRAWN)
+            if (len(drawn) == 10 and all(c["width"] > 200 and c["svg"] > 0 for c in drawn)
+                    and drawn[7]["bars"] == 2 and drawn[3]["lines"] == 4) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         titles = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map("
                                "d => (d.querySelector('.gtitle') || {}).textContent)")
+        page.get_by_text("vs v1").first.wait_for(timeout=30_000)  # the headline's deltas against the peer version
         body = page.inner_text("body")
     strong = model_store["strong"]
     assert len(drawn) == 10 and all(c["width"] > 200 and c["svg"] > 0 for c in drawn), drawn
