@@ -80,6 +80,8 @@ def main(args: argparse.Namespace) -> int:
     data = args.data or str(ROOT.parent / "shared" / "data" / "animals15")
     if not Path(data).is_dir():
         raise UserError(f"No dataset at {data!r}. {DATASET_HELP}")
+    if args.trials < 0:
+        raise UserError(f"--trials {args.trials}: pass 0 to skip the search, or a number of trials.")
     for port in (args.serve_port, args.ui_port):
         if not port_free(port):
             raise UserError(f"Port {port} on 127.0.0.1 is in use: stop what runs there or pass --serve-port/--ui-port.")

@@ -30,6 +30,13 @@ def test_demo_without_data_says_where_to_get_it(tmp_path):
     assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
 
 
+def test_demo_with_negative_trials_is_one_line_before_any_work(tmp_path, tiny_folder):
+    r = subprocess.run([sys.executable, str(ROOT / "ray_jobs" / "demo.py"), "--data", str(tiny_folder), "--trials", "-1"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --trials -1"), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("phase, how", [("fine-tune", "ctrl-c"), ("fine-tune", "sigterm"), ("serving", "sigint")])
