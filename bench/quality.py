@@ -123,7 +123,7 @@ def cv_once(args, recipe: str, seed: int, variant: str = "-") -> dict:
 def overhead(args) -> None:
     """Lockstep (one TorchTrainer, K models) against K separate TorchTrainer runs on the same folds."""
     from animalclf.config import TrainConfig
-    from animalclf.data.folder import folds as cv
+    from animalclf.data.folds import fold_splits
     from animalclf.data.source import source_of
     from animalclf.train.run import run_training
 
@@ -134,7 +134,7 @@ def overhead(args) -> None:
     run_training(base.replace(cv=args.folds, name="lockstep"))
     lockstep = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for i, fold in enumerate(cv.fold_splits(split, args.folds, base.seed)):
+    for i, fold in enumerate(fold_splits(split, args.folds, base.seed)):
         run_training(base.replace(name=f"separate-{i}"), split=fold)
     separate = time.perf_counter() - t0
     print(f"\n{args.folds} folds x {base.epochs} epochs at 64 px: lockstep {lockstep:.1f}s vs {args.folds} separate runs "
@@ -148,7 +148,7 @@ def final_compare(args, recipe: str, seed: int) -> None:
     epoch averaged (``animalclf.evaluate.out_of_fold.export_ensemble``). Both scored on the held-out outer fold."""
     from ray.train import Result
 
-    from animalclf.data.folder import folds as cv
+    from animalclf.data.folds import fold_splits
     from animalclf.data.source import source_of
     from animalclf.data.split import Split
     from animalclf.evaluate.evaluation import evaluate_checkpoint
@@ -163,9 +163,9 @@ def final_compare(args, recipe: str, seed: int) -> None:
     refit_f1 = [outer[f"val_f1_fold{i}"] for i in range(args.folds)]
     t_outer = time.perf_counter() - t0
     ens_acc, ens_f1 = [], []
-    for i, fold in enumerate(cv.fold_splits(split, args.folds, cfg.seed)):
+    for i, fold in enumerate(fold_splits(split, args.folds, cfg.seed)):
         inner = cfg.replace(name=f"fc-inner-{recipe}-{seed}-{i}")
-        run_training(inner, split=Split(list(split.classes), list(fold.train), []))
+        run_training(inner, split=Split(list(split.classes), list(fold.train), [], split.groups))  # inner folds grouped too
         best = Result.from_path(f"{inner.resolved_storage()}/{inner.name}").get_best_checkpoint(cfg.metric, cfg.mode)
         with best.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
             export_ensemble(d, args.folds, tmp)
