@@ -52,8 +52,6 @@ STUDENTS = {
     # the same recipe without the teacher (kd_weight 0): what the turned and darkened images alone give
     "lite2-inv": dict(arch="efficientnet_lite2", image_size=None, unfreeze=0, head_init="probe", epochs=4,
                       augment="invariant"),
-    "lite2-kd-224": dict(arch="efficientnet_lite2", image_size=224, unfreeze=0, head_init="probe", epochs=4,
-                         augment="invariant", kd_weight=0.7, kd_temperature=2.0),  # the same at a 224 px crop
     "lite2-kd-u1": dict(arch="efficientnet_lite2", image_size=None, unfreeze=1, head_init="probe", lr=3e-4, epochs=4,
                         augment="invariant", kd_weight=0.7, kd_temperature=2.0, freeze_bn=True),
 }

@@ -27,20 +27,18 @@ from serve_throughput import run_level
 from animalclf.runtime.localray import free_port
 
 # key: (label, model fields, serve.deploy.start overrides); the first key given is the baseline
+PROBE = dict(arch="efficientnet_lite2", image_size=None, autocontrast=True, rotation_pool=True)
+LITE2 = dict(arch="efficientnet_lite2", image_size=None, autocontrast=True)
+LITE2_224 = {**LITE2, "image_size": 224}
+TWO = {"num_threads": 2}
 MODELS = {
-    "probe": ("probe (Lite2 260 px, autocontrast, rotation pool)",
-              dict(arch="efficientnet_lite2", image_size=None, autocontrast=True, rotation_pool=True), {}),
+    "probe": ("probe (Lite2 260 px, autocontrast, rotation pool)", PROBE, {}),
     "lite0": ("student (Lite0 160 px, autocontrast)", dict(arch="efficientnet_lite0", image_size=160, autocontrast=True), {}),
-    "lite2": ("student (Lite2 260 px, autocontrast, no pool)",
-              dict(arch="efficientnet_lite2", image_size=None, autocontrast=True), {}),
-    "lite2-224": ("student (Lite2 224 px, autocontrast, no pool)",
-                  dict(arch="efficientnet_lite2", image_size=224, autocontrast=True), {}),
-    "probe-t2": ("probe, 2 forward workers (num_threads=2)",
-                 dict(arch="efficientnet_lite2", image_size=None, autocontrast=True, rotation_pool=True), {"num_threads": 2}),
-    "lite2-t2": ("student (Lite2 260 px, no pool), 2 forward workers (num_threads=2)",
-                 dict(arch="efficientnet_lite2", image_size=None, autocontrast=True), {"num_threads": 2}),
-    "lite2-224-t2": ("student (Lite2 224 px, no pool), 2 forward workers (num_threads=2)",
-                     dict(arch="efficientnet_lite2", image_size=224, autocontrast=True), {"num_threads": 2}),
+    "lite2": ("student (Lite2 260 px, autocontrast, no pool)", LITE2, {}),
+    "lite2-224": ("student (Lite2 224 px, autocontrast, no pool)", LITE2_224, {}),
+    "probe-t2": ("probe, 2 forward workers (num_threads=2)", PROBE, TWO),
+    "lite2-t2": ("student (Lite2 260 px, no pool), 2 forward workers (num_threads=2)", LITE2, TWO),
+    "lite2-224-t2": ("student (Lite2 224 px, no pool), 2 forward workers (num_threads=2)", LITE2_224, TWO),
 }
 
 
