@@ -153,3 +153,24 @@ def test_cli_exit_code_in_a_real_process(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: Data folder")
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("stopped, status", [(False, "FAILED"), (True, "KILLED")])
+def test_a_run_whose_training_fails_ends_failed_unless_its_caller_stopped_it(stopped, status, ray_session, store,
+                                                                              monkeypatch):
+    # A Tune trial that ASHA stopped fails while Tune tears it down, possibly after the search closed
+    # its run KILLED: that failure must not turn it into FAILED (animalclf.tune.trial.stop_flag).
+    import animalclf.train.run as run
+    from animalclf.data.split import Split
+    from animalclf.tracking import Tracker
+
+    class Breaks:
+        def fit(self):
+            raise RuntimeError("the trial's controller is gone")
+
+    monkeypatch.setattr(run, "make_trainer", lambda *a, **k: Breaks())
+    tracker = Tracker.start("stops", "trial")
+    split = Split(["a", "b"], [("/d/a0.jpg", 0), ("/d/b0.jpg", 1)], [("/d/a1.jpg", 0)])
+    with pytest.raises(RuntimeError, match="controller is gone"):
+        run.fit(TrainConfig(data="x", experiment="stops"), split, tracker, stopped=lambda: stopped)
+    assert store.get_run(tracker.run_id).info.status == status

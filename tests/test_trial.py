@@ -5,7 +5,7 @@ under Tune is tests/test_search.py's (Ray)."""
 from animalclf.config import TrainConfig
 from animalclf.data.split import Split
 from animalclf.tracking import Tracker
-from animalclf.tune.trial import child_run, trial_run_id
+from animalclf.tune.trial import child_run, stop_flag, trial_run_id
 
 SPLIT = Split(["a", "b"], [("/d/a0.jpg", 0), ("/d/b0.jpg", 1), ("/d/b1.jpg", 1)], [("/d/a1.jpg", 0)])
 
@@ -32,3 +32,20 @@ def test_a_trial_gets_one_child_run_and_a_resumed_trial_continues_it(store):
     parent.set_tags({"animalclf.best_trial": "t2"})
     assert trial_run_id(parent.run_id) == second.run_id and trial_run_id(parent.run_id, "t1") == first.run_id
     assert trial_run_id(other_search.run_id, "t2") is None
+
+
+def test_a_trial_is_stopped_once_its_tune_session_says_so(monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    import ray.train._internal.session as tune_session
+
+    assert stop_flag()() is False  # outside Tune: never
+    event = threading.Event()
+    monkeypatch.setattr(tune_session, "_session", SimpleNamespace(stop_event=event))  # Tune's session, its one field read
+    stopped = stop_flag()
+    assert stopped() is False
+    event.set()  # what FunctionTrainable.cleanup does when ASHA stops the trial
+    assert stopped() is True
+    monkeypatch.setattr(tune_session, "_session", SimpleNamespace(stop_event=threading.Event()))  # a reset session
+    assert stopped() is True  # the flag taken at the trial's start still answers for that trial

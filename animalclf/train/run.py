@@ -13,7 +13,7 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from animalclf import tracking
 from animalclf.config import TrainConfig, check_runs_dir
@@ -27,13 +27,14 @@ from animalclf.evaluate.out_of_fold import export_ensemble, out_of_fold
 from animalclf.models.build import build_model
 from animalclf.models.checkpoint import META_FILE, load_train_state, ray_checkpoints, read_meta
 from animalclf.runtime import localray
+from animalclf.runtime.isolate import isolated
 from animalclf.train import distill
 from animalclf.train.publish import Best, CVEvidence, TrainOutcome, cv_figures, publish, start_tracker
 from animalclf.train.worker import make_trainer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prepare", "check_resumable", "fit", "publish_cv", "pin_teacher", "run_training"]
+__all__ = ["prepare", "check_resumable", "fit", "failure_status", "publish_cv", "pin_teacher", "run_training"]
 
 
 def prepare(cfg: TrainConfig) -> tuple[Split, Optional[str]]:
@@ -109,10 +110,17 @@ def _latest_checkpoint_meta(storage: str, name: str) -> Optional[dict[str, Any]]
     return None
 
 
+def failure_status(error: BaseException, stopped: Optional[Callable[[], bool]] = None) -> str:
+    """The MLflow status of a run that ``error`` ended: KILLED for an interrupt or when ``stopped()``
+    says the caller stopped it (Tune's ASHA: its trial fails as it is torn down), else FAILED."""
+    return "KILLED" if isinstance(error, KeyboardInterrupt) or (stopped is not None and stopped()) else "FAILED"
+
+
 def fit(cfg: TrainConfig, split: Split, tracker: Optional["tracking.Tracker"], *, name: Optional[str] = None,
-        callbacks: Sequence[Any] = (), targets: Any = None):
-    """Run the TorchTrainer; mark the MLflow run FAILED if training fails. Returns Ray's Result.
-    ``targets``: the teacher's answers when ``cfg.teacher`` is set (:mod:`animalclf.train.distill`)."""
+        callbacks: Sequence[Any] = (), targets: Any = None, stopped: Optional[Callable[[], bool]] = None):
+    """Run the TorchTrainer; mark the MLflow run FAILED if training fails (KILLED if interrupted, or
+    if ``stopped()`` is then true). Returns Ray's Result. ``targets``: the teacher's answers when
+    ``cfg.teacher`` is set (:mod:`animalclf.train.distill`)."""
     import mlflow
 
     localray.init_ray()
@@ -133,7 +141,7 @@ def fit(cfg: TrainConfig, split: Split, tracker: Optional["tracking.Tracker"], *
         raise KeyboardInterrupt("SIGINT during training") from None
     except BaseException as e:
         if tracker:
-            tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            tracker.end(failure_status(e, stopped))
         raise
     finally:
         if threading.current_thread() is threading.main_thread():
@@ -160,7 +168,8 @@ def publish_cv(cfg: TrainConfig, split: Split, checkpoint_dir: str | Path, histo
     log.info("%d-fold CV chose %d epoch(s): val accuracy %.4f ± %.4f, macro F1 %.4f ± %.4f; final model: %s",
              cfg.cv, epoch, scores["val_accuracy"], scores.get("val_accuracy_std", 0.0), scores["val_f1"],
              scores.get("val_f1_std", 0.0), cfg.final)
-    evidence = out_of_fold(checkpoint_dir, split, cfg.cv, cfg.seed)
+    with isolated() as run:  # every image once more: in a process that ends with it, not the driver (--cv: a folder)
+        evidence = run(out_of_fold, checkpoint_dir, split, cfg.cv, cfg.seed)
     everything = cv.refit_split(split)
     tags = {"animalclf.final": cfg.final, "animalclf.cv_folds": cfg.cv, "animalclf.cv_epoch": epoch,
             GATE_EVIDENCE_TAG: "out-of-fold", **{f"animalclf.{k}": f"{v:.4f}" for k, v in figures.items()}}

@@ -4,7 +4,7 @@ own MLflow child run under the search's parent run."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from animalclf import tracking
 from animalclf.config import TrainConfig
@@ -12,7 +12,7 @@ from animalclf.data.split import Split
 from animalclf.train.publish import start_tracker
 from animalclf.train.run import fit
 
-__all__ = ["run_trial", "child_run", "trial_run_id"]
+__all__ = ["run_trial", "child_run", "trial_run_id", "stop_flag"]
 
 
 def run_trial(config: dict[str, Any], *, base: dict[str, Any], split: dict[str, Any], parent_run_id: Optional[str],
@@ -32,9 +32,20 @@ def run_trial(config: dict[str, Any], *, base: dict[str, Any], split: dict[str, 
     if parent_run_id:  # tracked: the URI given, or this process's own (when the URI carries a password)
         tracking.configure(uri=tracking_uri)  # credentials from this process's env (a job's env, or inherited)
         tracker = child_run(cfg, the_split, trial_id, parent_run_id)
-    fit(cfg, the_split, tracker, name=f"{experiment_name}-{trial_id}", callbacks=[TuneReportCallback()], targets=targets)
+    fit(cfg, the_split, tracker, name=f"{experiment_name}-{trial_id}", callbacks=[TuneReportCallback()], targets=targets,
+        stopped=stop_flag())
     if tracker:
         tracker.end("FINISHED")
+
+
+def stop_flag() -> Callable[[], bool]:
+    """Whether Tune has stopped this trial (ASHA): its session's stop event, taken now because a
+    stopped trial's training fails while Tune tears it down, possibly after the search has closed
+    the trial's run KILLED, which that failure must not turn into FAILED. Outside Tune: never."""
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    return session.stop_event.is_set if session is not None else (lambda: False)
 
 
 def trial_run_id(parent_run_id: str, trial_id: Optional[str] = None) -> Optional[str]:
