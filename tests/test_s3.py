@@ -41,3 +41,13 @@ def test_region_alone_and_a_session_token_travel_with_the_keys(monkeypatch):
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")  # a key id alone is not used
     assert dict(s3_access.options_from_env()) == {"endpoint_override": "minio:9000", "scheme": "https",
                                                   "region": "us-west-2"}
+
+
+def test_client_env_is_this_process_aws_variables_as_they_are_now(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://first:1")
+    monkeypatch.setenv("NOT_AWS", "x")
+    assert s3_access.client_env()["AWS_ENDPOINT_URL"] == "http://first:1" and "NOT_AWS" not in s3_access.client_env()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://second:2")  # read again, never cached
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AK")
+    assert {k: s3_access.client_env()[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID")} == {
+        "AWS_ENDPOINT_URL": "http://second:2", "AWS_ACCESS_KEY_ID": "AK"}

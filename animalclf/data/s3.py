@@ -14,7 +14,7 @@ import os
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-__all__ = ["SCHEME", "is_remote", "strip", "options_from_env", "s3_filesystem", "read_bytes"]
+__all__ = ["SCHEME", "is_remote", "strip", "options_from_env", "client_env", "s3_filesystem", "read_bytes"]
 
 SCHEME = "s3://"
 
@@ -50,6 +50,11 @@ def options_from_env() -> tuple[tuple[str, Any], ...]:
         if env.get("AWS_SESSION_TOKEN"):
             kw["session_token"] = env["AWS_SESSION_TOKEN"]
     return tuple(sorted(kw.items()))
+
+
+def client_env() -> dict[str, str]:
+    """This process's ``AWS_*`` variables, read now: what another process needs to read the same buckets."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
 
 
 @functools.lru_cache(maxsize=4)
