@@ -1,6 +1,7 @@
 """The one evaluation every consumer uses: a model (or checkpoint, or registered version) on a list
 of samples, as a report and as per-image predictions for the promotion gate; and the export of a
-checkpoint's inference part. Runs in the calling process, without Ray.
+checkpoint's inference part. Runs in the calling process, without Ray; the gate's passes over
+the validation split go through a runner (:mod:`animalclf.runtime.isolate`) when one is given.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from animalclf.evaluate.report import build_report
 from animalclf.models.build import Preprocess
 from animalclf.models.checkpoint import META_FILE, MODEL_FILE, load_model
 from animalclf.models.predict import FlipAverage, Predictor
+from animalclf.runtime.isolate import Runner, here
 from animalclf.runtime.progress import ProgressLog
 from animalclf.train.engine import EpochSetup, evaluate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["predict_samples", "evaluate_model", "evaluate_checkpoint", "gate_evaluation", "champion_evaluation",
+__all__ = ["predict_samples", "evaluate_model", "evaluate_checkpoint", "gate_evaluation", "report_and_gate_evaluation",
+           "champion_evaluation",
            "export_checkpoint", "promote_candidate", "GATE_EVIDENCE_TAG"]
 
 GATE_EVIDENCE_TAG = "animalclf.gate_evidence"  # "out-of-fold" on a version published after CV
@@ -75,15 +78,26 @@ def evaluate_checkpoint(checkpoint_dir: str | Path, samples: Sequence[Sample], c
 
 def gate_evaluation(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample], classes: Sequence[str]) -> Evaluation:
     """Per-image predictions on ``samples``: what the promotion gate compares."""
-    probs, targets = predict_samples(model, meta, samples, classes)
+    return _as_evaluation(samples, *predict_samples(model, meta, samples, classes))
+
+
+def _as_evaluation(samples: Sequence[Sample], probs: torch.Tensor, targets: torch.Tensor) -> Evaluation:
     return Evaluation.from_probabilities([p for p, _ in samples], targets.numpy(), probs.numpy())
 
 
-def champion_evaluation(model_name: str, version: str, samples: Sequence[Sample], classes: Sequence[str]) -> Evaluation:
+def report_and_gate_evaluation(model: nn.Module, meta: dict[str, Any], samples: Sequence[Sample],
+                               classes: Sequence[str]) -> tuple[dict[str, Any], Evaluation]:
+    """:func:`evaluate_model`'s report and :func:`gate_evaluation`'s predictions from one pass."""
+    probs, targets = predict_samples(model, meta, samples, classes)
+    return build_report(probs, targets, classes), _as_evaluation(samples, probs, targets)
+
+
+def champion_evaluation(model_name: str, version: str, samples: Sequence[Sample], classes: Sequence[str],
+                        run: Runner = here) -> Evaluation:
     """The champion's side of the gate on ``samples``. A version published after CV trained on every
     image, so its own predictions are no evidence: its stored out-of-fold predictions are used when
     they cover ``samples`` (same images, same labels); otherwise (or for any other version) its own
-    predictions, the model loaded from the registry without unpickling."""
+    predictions, the model loaded from the registry without unpickling (here), its pass through ``run``."""
     stored = _stored_out_of_fold(model_name, version)
     if stored is not None:
         sub = stored.subset(samples)
@@ -94,7 +108,7 @@ def champion_evaluation(model_name: str, version: str, samples: Sequence[Sample]
                     "images (other data?): comparing its own predictions, on images it may have trained on.",
                     version, len(samples))
     champ = Predictor.from_mlflow(registry.version_ref(model_name, version))
-    return gate_evaluation(champ.model, champ.meta, samples, classes)
+    return run(gate_evaluation, champ.model, champ.meta, samples, classes)
 
 
 def _stored_out_of_fold(model_name: str, version: str) -> Evaluation | None:
@@ -157,14 +171,15 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def promote_candidate(cfg: TrainConfig, version: str, model: nn.Module, meta: dict[str, Any], split: Split, *,
-                      candidate: Evaluation | None = None) -> Decision:
+                      candidate: Evaluation | None = None, run: Runner = here) -> Decision:
     """Put registered ``version`` through the evidence gate against the current champion, both
     evaluated on ``split.val`` (the champion loaded from the registry without unpickling), and
     both timed per photo on the first :data:`COST_PHOTOS` of them (:mod:`animalclf.evaluate.cost`).
     ``candidate``: the candidate's predictions on ``split.val`` when they are not the model's own
-    (after CV: the out-of-fold predictions, see :mod:`animalclf.evaluate.out_of_fold`)."""
+    (after CV: the out-of-fold predictions, see :mod:`animalclf.evaluate.out_of_fold`). The passes
+    over ``split.val`` go through ``run`` (e.g. :func:`animalclf.runtime.isolate.isolated`'s)."""
     def champion_eval(champion_version: str) -> Evaluation:
-        return champion_evaluation(cfg.model_name, champion_version, split.val, split.classes)
+        return champion_evaluation(cfg.model_name, champion_version, split.val, split.classes, run)
 
     def costs_of(champion_version: Optional[str]) -> Costs:
         photos = [source_of(cfg).read(path) for path, _ in split.val[:COST_PHOTOS]]
@@ -178,7 +193,7 @@ def promote_candidate(cfg: TrainConfig, version: str, model: nn.Module, meta: di
         return Costs(cand_ms, champ_ms)
 
     if candidate is None:
-        candidate = gate_evaluation(model, meta, split.val, split.classes)
+        candidate = run(gate_evaluation, model, meta, split.val, split.classes)
     rules = GateRules(min_improvement=cfg.min_improvement, margin=cfg.ni_margin, cheaper_by=cfg.cheaper_by,
                       max_ms_per_photo=cfg.max_ms_per_photo, force=cfg.force_promote)
     decision = promotion.promote(cfg.model_name, Candidate(str(version), candidate, split.classes), champion_eval,

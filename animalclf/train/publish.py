@@ -12,13 +12,15 @@ from typing import Any, Optional, Sequence
 
 from animalclf import tracking
 from animalclf.config import TrainConfig, runs_dir
+from animalclf.data import s3
 from animalclf.data.split import Split
 from animalclf.evaluate import registry
-from animalclf.evaluate.evaluation import evaluate_model, export_checkpoint, promote_candidate
+from animalclf.evaluate.evaluation import export_checkpoint, promote_candidate, report_and_gate_evaluation
 from animalclf.evaluate.evidence import EVIDENCE_FILE, Decision
 from animalclf.evaluate.out_of_fold import OutOfFold
 from animalclf.evaluate.report import format_table, write_report
 from animalclf.models.checkpoint import load_model
+from animalclf.runtime.isolate import Runner, isolated
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +70,21 @@ def publish(cfg: TrainConfig, split: Split, best: Best, tracker: Optional["track
     it through the promotion gate (:func:`animalclf.evaluate.evaluation.promote_candidate`). With
     ``cv``, the report and the gate's candidate side are the out-of-fold predictions instead of the
     model's own, and its tags go on the registered version before the gate runs (so it is never
-    champion without them)."""
+    champion without them). The passes over the validation split run in a Ray actor of their own
+    (:func:`animalclf.runtime.isolate.isolated`), so that this driver's memory does not grow with it."""
+    with isolated(env=s3.client_env()) as run:  # the validation images may be in a bucket
+        return _publish(cfg, split, best, tracker, key, cv, run)
+
+
+def _publish(cfg: TrainConfig, split: Split, best: Best, tracker: Optional["tracking.Tracker"], key: str,
+             cv: Optional[CVEvidence], run: Runner) -> TrainOutcome:
     evidence, version_tags = (cv.out_of_fold, cv.version_tags) if cv else (None, None)
     checkpoint_dir, history = best.directory, best.history
     out_root = runs_dir()
     ckpt = export_checkpoint(checkpoint_dir, out_root / "models" / key)
     model, meta = load_model(ckpt)
-    report = evidence.report() if evidence else evaluate_model(model, meta, split.val, split.classes)
+    report, own = (evidence.report(), None) if evidence else \
+        run(report_and_gate_evaluation, model, meta, split.val, split.classes)
     report["history"] = [dict(h) for h in history]
     report_dir = report_dir_of(key)
     write_report(report_dir, report)
@@ -96,8 +106,8 @@ def publish(cfg: TrainConfig, split: Split, best: Best, tracker: Optional["track
     out = TrainOutcome(checkpoint=str(ckpt), metrics=meta["metrics"], run_id=tracker.run_id if tracker else None,
                        report_dir=str(report_dir), report=report, model_version=version)
     if version:
-        out.decision = promote_candidate(cfg, version, model, meta, split,
-                                         candidate=evidence.evaluation(split.val) if evidence else None)
+        out.decision = promote_candidate(cfg, version, model, meta, split, run=run,
+                                         candidate=evidence.evaluation(split.val) if evidence else own)
         tracker.set_tags({"animalclf.promoted": out.decision.promote, "animalclf.champion_version":
                           version if out.decision.promote else (out.decision.champion_version or "")})
     return out
