@@ -10,7 +10,9 @@ S3 server (moto, as the tests use); at each size one process (a private Ray head
 * ``batch``: the batch prediction job over every image (Ray Data, an actor pool of the Predictor);
 
 and prints the time per image of each phase and the peak RSS of the driver and of each kind of
-Ray worker process (sampled every 0.2 s). Goal: per-image time at 100x within 1.1x of 10x, and
+Ray worker process (sampled every 0.2 s), with its private part (``RssAnon``: RSS less the object
+store's shared pages and mapped files, which a process that reads many blocks touches without
+owning them). Goal: per-image time at 100x within 1.1x of 10x, and
 memory that does not grow with the number of images beyond the list of their names.
 
     python bench/cost_at_size.py --data ../shared/data/animals15 --sizes 1,10,100 [--s3]
@@ -52,13 +54,25 @@ def build(data: Path, k: int) -> Path:
     return root
 
 
+def rss_mib(pid: int) -> tuple[float, float]:
+    """``(RSS, private RSS)`` of process ``pid`` in MiB, from ``/proc/<pid>/status`` (``VmRSS``,
+    ``RssAnon``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in status.splitlines())
+           if k in ("VmRSS", "RssAnon")}
+    return kib["VmRSS"] / 1024, kib["RssAnon"] / 1024
+
+
 class PeakRSS:
-    """Peak RSS per Ray worker kind (``ray::<name>`` processes under the head whose temp dir is
-    ``temp_dir``: other Rays on the machine are left out), sampled every ``every`` s."""
+    """Peak RSS and peak private RSS (``RssAnon``) per Ray worker kind (``ray::<name>`` processes
+    under the head whose temp dir is ``temp_dir``: other Rays on the machine are left out) and of
+    this process (``driver``), sampled every ``every`` s."""
 
     def __init__(self, temp_dir: str, every: float = 0.2):
         self.temp_dir = str(temp_dir)
         self.peaks: dict[str, float] = {}
+        self.anon: dict[str, float] = {}
+        self.phase = "prepare"  # the driver's private peak is also kept per phase ("driver:<phase>")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
 
@@ -89,19 +103,24 @@ class PeakRSS:
                 continue
         return list(seen.values())
 
+    def _note(self, kind: str, pid: int) -> None:
+        rss, anon = rss_mib(pid)
+        self.peaks[kind] = max(self.peaks.get(kind, 0.0), rss)
+        self.anon[kind] = max(self.anon.get(kind, 0.0), anon)
+
     def _run(self, every: float) -> None:
         import psutil
 
         while not self._stop.is_set():
+            self._note("driver", os.getpid())
+            self._note(f"driver:{self.phase}", os.getpid())
             for proc in self._ours():
                 try:
                     cmd = " ".join(proc.cmdline())
                     if not cmd.startswith("ray::"):
                         continue
-                    kind = cmd.split()[0].split(".")[0][5:]
-                    mib = proc.memory_info().rss / 2**20
-                    self.peaks[kind] = max(self.peaks.get(kind, 0.0), mib)
-                except psutil.Error:
+                    self._note(cmd.split()[0].split(".")[0][5:], proc.pid)
+                except (psutil.Error, OSError, KeyError):
                     continue
             time.sleep(every)
 
@@ -120,21 +139,27 @@ def one_size(data: str, args: argparse.Namespace) -> dict:
                           batch_size=64, lr=1e-3, patience=0, track=False, groups=args.groups, name="cost",
                           cpus_per_worker=1 if data.startswith("s3://") else 2)  # a bucket: Ray Data reads on the other CPU
         out: dict = {"data": data}
-        t0 = time.perf_counter()
-        split, _ = prepare(cfg)
-        out["images"], out["photos"] = len(split.train) + len(split.val), split.group_count()
-        out["prepare_s"] = time.perf_counter() - t0
         with PeakRSS(head.temp_dir) as peaks:
+            t0 = time.perf_counter()
+            split, _ = prepare(cfg)
+            out["images"], out["photos"] = len(split.train) + len(split.val), split.group_count()
+            out["prepare_s"] = time.perf_counter() - t0
+            peaks.phase = "train"
             trained = run_training(cfg)
             epoch = trained.report["history"][-1]
             out["train_images"], out["train_s"] = epoch["train_images"], epoch["train_seconds"]
             out["val_images"], out["val_s"] = epoch.get("val_images", len(split.val)), epoch.get("val_seconds", float("nan"))
+            peaks.phase = "batch"
             t1 = time.perf_counter()
             res = predict_batch(BatchOptions(model=trained.checkpoint, data=data, out=str(Path(os.environ["ANIMALCLF_HOME"]) / "pred"),
                                              concurrency=2, num_cpus=1))
             out["batch_images"], out["batch_s"] = res.written, time.perf_counter() - t1
-        kinds = ("RayTrainWorker", "TrainController", "MapWorker", "execute")  # the workers that hold data
+        # the workers that hold data; _Pass: the driver's evaluation actor (animalclf.runtime.isolate)
+        kinds = ("RayTrainWorker", "TrainController", "MapWorker", "execute", "_Pass")
         out["worker_peak_mib"] = {k: round(v) for k, v in sorted(peaks.peaks.items()) if k.startswith(kinds)}
+        out["worker_anon_mib"] = {k: round(v) for k, v in sorted(peaks.anon.items()) if k.startswith(kinds)}
+        out["driver_anon_mib"] = round(peaks.anon.get("driver", float("nan")))
+        out["driver_anon_by_phase_mib"] = {k[7:]: round(v) for k, v in peaks.anon.items() if k.startswith("driver:")}
         out["driver_peak_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return out
     finally:
@@ -172,7 +197,8 @@ def main() -> None:
         print("RESULT " + json.dumps(one_size(args.one, args)), flush=True)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"command: python bench/cost_at_size.py --data {args.data} --sizes {args.sizes} --image-size {args.image_size} "
+    malloc = "".join(f"{k}={v} " for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))  # glibc settings in force
+    print(f"command: {malloc}python bench/cost_at_size.py --data {args.data} --sizes {args.sizes} --image-size {args.image_size} "
           f"--groups {args.groups}{' --s3' if args.s3 else ''}; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
           flush=True)
     where = [(k, "folder", str(build(Path(args.data), k))) for k in sizes]
@@ -207,13 +233,15 @@ def main() -> None:
         if server is not None:
             server.terminate()
     print("\n| data | images (photos) | prepare ms/img | train epoch ms/img | validation ms/img | batch job ms/img | "
-          "driver peak MiB | worker peaks MiB | load |")
+          "driver peak MiB (private) | worker peaks MiB (private) | load |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         ms = lambda s, n: 1000 * r[s] / max(1, r[n])  # noqa: E731
+        anon = r.get("worker_anon_mib", {})
+        workers = ", ".join(f"{k} {v} ({anon.get(k, '-')})" for k, v in r["worker_peak_mib"].items())
         print(f"| {r['size']}x {r['kind']} | {r['images']} ({r['photos']}) | {ms('prepare_s', 'images'):.2f} | "
               f"{ms('train_s', 'train_images'):.2f} | {ms('val_s', 'val_images'):.2f} | {ms('batch_s', 'batch_images'):.2f} | "
-              f"{r['driver_peak_mib']} | {', '.join(f'{k} {v}' for k, v in r['worker_peak_mib'].items())} | {r['load']:.1f} |")
+              f"{r['driver_peak_mib']} ({r.get('driver_anon_mib', '-')}) | {workers} | {r['load']:.1f} |")
     for kind in ("folder", "s3"):
         by = {r["size"]: r for r in rows if r["kind"] == kind}
         if 10 in by and 100 in by:
