@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from animalclf.runtime.localray import free_port
 from app.client import gallery_images
 from app.model_info import parse_model_version
 
@@ -27,12 +27,6 @@ SCRIPT = str(REPO / "app" / "streamlit_app.py")
 CHROMIUM = "/usr/bin/chromium"
 CLASSES = ["Bear", "Bird", "Cat", "Cow", "Deer", "Dog", "Dolphin", "Elephant", "Giraffe", "Horse",
            "Kangaroo", "Lion", "Panda", "Tiger", "Zebra"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def closed_endpoint() -> str:

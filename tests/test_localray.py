@@ -225,3 +225,43 @@ def test_no_auth_only_by_name(tmp_path, tiny_folder):
     r = train(tiny_folder, fresh_env(tmp_path, RAY_AUTH_MODE="off"), timeout=60)
     assert r.returncode == 2 and user_lines(r.stderr) and "RAY_AUTH_MODE='off'" in user_lines(r.stderr)[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "Local Ray head" not in r.stderr
+
+
+def test_free_port_avoids_ray_worker_ports_and_outgoing_connections(tmp_path):
+    """Ports for servers come from between Ray's worker ports and the kernel's ephemeral range,
+    where a Ray worker or an outgoing connection cannot take them before the server binds; a port
+    in use is never given; no port twice; without such a range, ``bind(0)``."""
+    import socket
+
+    from animalclf.runtime.localray import RAY_WORKER_PORTS, _ephemeral_low
+
+    low = _ephemeral_low()
+    assert low is not None  # Linux: the range file is there
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50 and all(RAY_WORKER_PORTS[1] < p < low for p in ports), ports
+
+    window = tmp_path / "range"  # a window of 102 ports above Ray's, half of them held by listeners
+    start = RAY_WORKER_PORTS[1] + 1
+    window.write_text(f"{start + 102}\t60999\n")
+    held = []
+    try:
+        for port in range(start, start + 102, 2):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # already in use here: held all the same
+                s.close()
+                continue
+            s.listen()
+            held.append(s)
+        busy = {s.getsockname()[1] for s in held}
+        got = [free_port(window) for _ in range(5)]
+        assert all(start <= p < start + 102 and p not in busy for p in got), (got, sorted(busy))
+    finally:
+        for s in held:
+            s.close()
+
+    missing = tmp_path / "none"  # no range (not Linux): the kernel's choice, still free
+    port = free_port(missing)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))

@@ -25,6 +25,7 @@ from animalclf.config import TrainConfig
 from animalclf.models.build import build_model
 from animalclf.data.decode import MAX_BYTES
 from animalclf.models.predict import Predictor
+from animalclf.runtime.localray import free_port
 from animalclf.train.worker import checkpoint_meta
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -42,11 +43,6 @@ def make_checkpoint(d: Path, image_size: int, seed: int) -> Path:
     model = build_model(cfg.arch, len(CLASSES), 0, "imagenet")
     return save_checkpoint(d, model, checkpoint_meta(cfg, CLASSES, {"val_accuracy": 0.5}, 1))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

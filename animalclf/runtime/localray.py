@@ -15,6 +15,7 @@ import atexit
 import ctypes
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -39,11 +40,48 @@ __all__ = ["LocalHead", "start_head", "init_ray", "connect_driver", "owns_head",
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+RAY_WORKER_PORTS = (10002, 19999)  # Ray's default --min-worker-port/--max-worker-port
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low(range_file: Path = EPHEMERAL_RANGE_FILE) -> Optional[int]:
+    """The lowest port the kernel gives outgoing connections and ``bind(0)``, or ``None`` (not Linux)."""
+    try:
+        return int(range_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _binds(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(range_file: Path = EPHEMERAL_RANGE_FILE) -> int:
+    """A TCP port free on 127.0.0.1 right now, for a server to bind a moment later.
+
+    Taken between Ray's worker ports and the kernel's ephemeral range, where neither a Ray worker
+    nor an outgoing connection (Serve and Ray open many) takes a port on its own; a port from
+    ``bind(0)`` is in the ephemeral range and can be taken by a connection before the server binds
+    it. Never the same port twice in one process. Without such a range: ``bind(0)``."""
+    low, high = RAY_WORKER_PORTS[1] + 1, _ephemeral_low(range_file)
+    if high is not None and high - low > 100:
+        rng = random.Random()
+        for _ in range(200):
+            port = rng.randrange(low, high)
+            if port not in _handed_out and _binds(port):
+                _handed_out.add(port)
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    _handed_out.add(port)
+    return port
 
 
 def answers(address: str, timeout: float = 2.0) -> bool:
