@@ -136,3 +136,24 @@ def test_export_replaces_whole_and_a_failed_export_keeps_the_old_one(tmp_path, s
     export_checkpoint(new_src, dst)
     assert swapped == [True] and load_model(dst)[1]["config"]["tta_flip"] is True
     assert sorted(p.name for p in dst.parent.iterdir()) == ["key"]
+
+
+@pytest.mark.slow
+def test_the_gates_timing_runs_in_the_isolated_process_and_measures_both_models(ray_session, tmp_path, samples):
+    """The promotion gate times candidate and champion in the pass's own process (not the driver,
+    whose other threads slow a small model's Python-bound steps more than a big one's): models
+    shipped there as (model, meta, version) give one positive figure each, in their order."""
+    import os
+
+    from animalclf.evaluate.evaluation import cost_per_photo
+    from animalclf.runtime.isolate import isolated
+
+    classes, items = samples
+    small = load_model(checkpoint(tmp_path, classes, tta_flip=False))
+    flipped = load_model(checkpoint(tmp_path, classes, tta_flip=True))
+    photos = [open(p, "rb").read() for p, _ in items[:6]]
+    with isolated() as run:
+        pid = run(os.getpid)
+        figures = run(cost_per_photo, [(*small, "2"), (*flipped, "1")], photos)
+        assert run(os.getpid) == pid != os.getpid()
+    assert len(figures) == 2 and all(ms > 0 for ms in figures), figures

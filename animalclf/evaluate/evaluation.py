@@ -37,7 +37,7 @@ from animalclf.train.engine import EpochSetup, evaluate
 log = logging.getLogger(__name__)
 
 __all__ = ["predict_samples", "evaluate_model", "evaluate_checkpoint", "gate_evaluation", "report_and_gate_evaluation",
-           "champion_evaluation",
+           "champion_evaluation", "cost_per_photo",
            "export_checkpoint", "promote_candidate", "GATE_EVIDENCE_TAG"]
 
 GATE_EVIDENCE_TAG = "animalclf.gate_evidence"  # "out-of-fold" on a version published after CV
@@ -170,6 +170,11 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def cost_per_photo(models: Sequence[tuple[nn.Module, dict[str, Any], str]], photos: Sequence[bytes]) -> list[float]:
+    """Each ``(model, meta, version)``'s ms per photo as a :class:`Predictor` (:func:`animalclf.evaluate.cost.measure`)."""
+    return measure([Predictor(m, meta, version=v) for m, meta, v in models], photos)
+
+
 def promote_candidate(cfg: TrainConfig, version: str, model: nn.Module, meta: dict[str, Any], split: Split, *,
                       candidate: Evaluation | None = None, run: Runner = here) -> Decision:
     """Put registered ``version`` through the evidence gate against the current champion, both
@@ -177,17 +182,19 @@ def promote_candidate(cfg: TrainConfig, version: str, model: nn.Module, meta: di
     both timed per photo on the first :data:`COST_PHOTOS` of them (:mod:`animalclf.evaluate.cost`).
     ``candidate``: the candidate's predictions on ``split.val`` when they are not the model's own
     (after CV: the out-of-fold predictions, see :mod:`animalclf.evaluate.out_of_fold`). The passes
-    over ``split.val`` go through ``run`` (e.g. :func:`animalclf.runtime.isolate.isolated`'s)."""
+    over ``split.val`` and the timing go through ``run`` (e.g. :func:`animalclf.runtime.isolate.isolated`'s:
+    a process that does nothing else, where the driver's own threads cannot slow one model's
+    Python-bound steps more than the other's)."""
     def champion_eval(champion_version: str) -> Evaluation:
         return champion_evaluation(cfg.model_name, champion_version, split.val, split.classes, run)
 
     def costs_of(champion_version: Optional[str]) -> Costs:
         photos = [source_of(cfg).read(path) for path, _ in split.val[:COST_PHOTOS]]
-        mine = Predictor(model, meta, version=str(version))
+        mine = (model, meta, str(version))
         if champion_version is None:
-            return Costs(measure([mine], photos)[0])
+            return Costs(run(cost_per_photo, [mine], photos)[0])
         theirs = Predictor.from_mlflow(registry.version_ref(cfg.model_name, champion_version))
-        cand_ms, champ_ms = measure([mine, theirs], photos)
+        cand_ms, champ_ms = run(cost_per_photo, [mine, (theirs.model, theirs.meta, champion_version)], photos)
         log.info("Cost per photo (Predictor, 1 thread, decode + preprocess included, %d photos): v%s %.1f ms, "
                  "champion v%s %.1f ms", len(photos), version, cand_ms, champion_version, champ_ms)
         return Costs(cand_ms, champ_ms)
