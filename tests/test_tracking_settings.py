@@ -127,3 +127,34 @@ def test_a_tracking_uri_with_a_password_travels_only_as_a_secret(project):
     assert not Path(env[SECRETS_FILE_VAR]).exists()
     plain = runtime_env_vars({"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
     assert plain == {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}  # nothing secret: no file at all
+
+
+def test_a_local_store_is_created_whole_even_when_its_creator_is_killed_midway(tmp_path):
+    """A process killed while MLflow builds a new sqlite store (seconds of migrations: Ctrl-C early
+    in ``make demo``) leaves no store, or a whole one, never one MLflow cannot open; the next
+    process creates it and it opens."""
+    import signal
+    import sqlite3
+    import time
+
+    from mlflow import MlflowClient
+
+    db = tmp_path / "runs" / "mlflow.db"
+    code = f"from pathlib import Path; from animalclf.tracking.settings import create_store_whole; create_store_whole(Path({str(db)!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 60
+    while not list(db.parent.glob(".mlflow.db.new-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    midway = bool(list(db.parent.glob(".mlflow.db.new-*"))) and proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    if midway:  # killed among the migrations (they take seconds): no store at all
+        assert not db.exists()
+    else:  # it finished first: whole
+        assert sqlite3.connect(db).execute("select count(*) from alembic_version").fetchone() == (1,)
+    from animalclf.tracking.settings import create_store_whole
+
+    create_store_whole(db)
+    store = f"sqlite:///{db}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    assert client.search_registered_models() == [] and client.search_experiments()

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "resolve_tracking", "configure", "worker_env", "check_tracking", "redact", "with_secrets", "SECRETS_FILE_VAR",
-    "shareable_uri", "uri_password",
+    "shareable_uri", "uri_password", "create_store_whole",
     "SECRET_VARS",
     "job_runtime_env", "runtime_env_vars", "forget_secrets", "TRACKING_VARS", "dagshub_login_token", "artifact_location",
 ]
@@ -197,6 +197,28 @@ def shareable_uri(uri: Optional[str] = None) -> Optional[str]:
     return uri
 
 
+def create_store_whole(db: Path) -> None:
+    """Create a new local sqlite store, if there is none, whole: MLflow builds one with some seventy
+    migrations over seconds, and a process stopped among them (Ctrl-C early in ``make demo``) left
+    a store that MLflow could no longer open. Built under a temporary name beside it, then linked
+    into place unless another process got there first."""
+    if db.exists():
+        return
+    from mlflow import MlflowClient
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db.with_name(f".{db.name}.new-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}", registry_uri=f"sqlite:///{tmp}").search_registered_models()
+        try:
+            os.link(tmp, db)  # never replaces a store another process finished meanwhile
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def configure(environ: Mapping[str, str] = os.environ, uri: Optional[str] = None) -> str:
     """Point this process's MLflow at :func:`resolve_tracking`'s store (or at ``uri``, the driver's
     choice, with credentials still from the environment); return the URI."""
@@ -208,7 +230,7 @@ def configure(environ: Mapping[str, str] = os.environ, uri: Optional[str] = None
     os.environ.update(env)
     uri = env["MLFLOW_TRACKING_URI"]
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        create_store_whole(Path(uri[len("sqlite:///"):]))
     if environ.get(REGISTRY_VAR) not in (None, "", uri):
         log.warning("%s is ignored: models are registered on the tracking server, where Serve and the UI look for "
                     "them.", REGISTRY_VAR)
