@@ -102,10 +102,11 @@ def like_replica(mmap_threshold_mib: Optional[int] = None) -> None:
         keep_freed_memory(mmap_threshold_mib)
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of process ``pid`` in MiB (``VmRSS``; NaN if it has none)."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of process ``pid`` in MiB: ``VmRSS``, or another ``/proc/<pid>/status``
+    field such as ``RssAnon`` (the private part); NaN if it has none."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

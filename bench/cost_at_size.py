@@ -32,6 +32,8 @@ import threading
 import time
 from pathlib import Path
 
+from common import rss_mib  # this folder is on sys.path when run as a script
+
 OUT = Path(__file__).resolve().parent / "out" / "cost"
 
 
@@ -52,15 +54,6 @@ def build(data: Path, k: int) -> Path:
             except OSError:
                 shutil.copyfile(p, target)
     return root
-
-
-def rss_mib(pid: int) -> tuple[float, float]:
-    """``(RSS, private RSS)`` of process ``pid`` in MiB, from ``/proc/<pid>/status`` (``VmRSS``,
-    ``RssAnon``)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in status.splitlines())
-           if k in ("VmRSS", "RssAnon")}
-    return kib["VmRSS"] / 1024, kib["RssAnon"] / 1024
 
 
 class PeakRSS:
@@ -104,7 +97,7 @@ class PeakRSS:
         return list(seen.values())
 
     def _note(self, kind: str, pid: int) -> None:
-        rss, anon = rss_mib(pid)
+        rss, anon = rss_mib(pid), rss_mib(pid, "RssAnon")
         self.peaks[kind] = max(self.peaks.get(kind, 0.0), rss)
         self.anon[kind] = max(self.anon.get(kind, 0.0), anon)
 

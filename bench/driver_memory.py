@@ -26,7 +26,8 @@ import sys
 import tempfile
 import time
 
-from cost_at_size import PeakRSS, rss_mib  # the same sampler (this folder is on sys.path when run as a script)
+from common import rss_mib
+from cost_at_size import PeakRSS  # the same sampler (this folder is on sys.path when run as a script)
 
 HERE = {"BENCH_EVAL_HERE": "1"}
 SIDES = (("library: the evaluation in its own Ray actor", {}), ("evaluation on the driver, glibc defaults", HERE),
@@ -53,7 +54,7 @@ def one(data: str) -> dict:
     real = (lambda: contextlib.nullcontext(isolate.here)) if os.environ.get("BENCH_EVAL_HERE") else publish.isolated
 
     def private_mib() -> int:
-        return round(rss_mib(os.getpid())[1])
+        return round(rss_mib(os.getpid(), "RssAnon"))
 
     @contextlib.contextmanager
     def measured():

@@ -71,9 +71,8 @@ def free_port(range_file: Path = EPHEMERAL_RANGE_FILE) -> int:
     it. Never the same port twice in one process. Without such a range: ``bind(0)``."""
     low, high = RAY_WORKER_PORTS[1] + 1, _ephemeral_low(range_file)
     if high is not None and high - low > 100:
-        rng = random.Random()
         for _ in range(200):
-            port = rng.randrange(low, high)
+            port = random.randrange(low, high)
             if port not in _handed_out and _binds(port):
                 _handed_out.add(port)
                 return port
