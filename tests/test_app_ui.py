@@ -471,6 +471,8 @@ def test_browser_model_page_draws_charts(model_store, metadata_server, tmp_path)
         titles = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')].map("
                                "d => (d.querySelector('.gtitle') || {}).textContent)")
         page.get_by_text("vs v1").first.wait_for(timeout=30_000)  # the headline's deltas against the peer version
+        # the lineage table's cells are markdown, drawn after the table itself (CI read an empty table once under load)
+        page.get_by_text(f"{model_store['tune']} (animalclf-tune)").first.wait_for(timeout=30_000)
         body = page.inner_text("body")
     strong = model_store["strong"]
     assert len(drawn) == 10 and all(c["width"] > 200 and c["svg"] > 0 for c in drawn), drawn
@@ -482,7 +484,10 @@ def test_browser_model_page_draws_charts(model_store, metadata_server, tmp_path)
     assert (pr["lines"], roc["lines"], learning["lines"], trial_curves["lines"]) == (15, 16, 4, 3), drawn
     assert parcoords["pc_axes"] == 3 and parcoords["pc_canvas"] > 0 and compare["bars"] == 2 * len(CLASSES), drawn
     assert f"{strong['accuracy']:.1%}" in body and f"{strong['macro_avg']['f1']:.3f}" in body, body[:2000]
-    assert "vs v1" in body and model_store["tune"] in body and "Traceback" not in body
+    lineage = body[body.find("Lineage"):][:1500]
+    assert "vs v1" in body, body[:2000]
+    assert model_store["tune"] in lineage, lineage
+    assert "Traceback" not in body, body
 
 
 @pytest.mark.browser
