@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?= $(wildcard ../shared/data/animals15)
 PYTEST_ARGS ?=
+DURATIONS ?= --durations=30  # the slowest tests, printed after the suite: where its time goes
 
 .PHONY: install test test-fast demo clean
 
@@ -26,7 +27,7 @@ MULTINODE_LOG ?= .pytest_cache/multinode.log
 test: install
 	@mkdir -p $(dir $(MULTINODE_LOG))
 	@$(PY) -m pytest -q -m multinode $(PYTEST_ARGS) > $(MULTINODE_LOG) 2>&1 & mn=$$!; \
-	$(PY) -m pytest -q -m "not multinode" $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest -q -m "not multinode" $(DURATIONS) $(PYTEST_ARGS); rc=$$?; \
 	wait $$mn; mrc=$$?; echo "== the multi-node tests (tests/test_multinode.py, their own pytest process) =="; \
 	cat $(MULTINODE_LOG); test $$rc = 0 && test $$mrc = 0
 
