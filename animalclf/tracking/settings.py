@@ -201,13 +201,19 @@ def create_store_whole(db: Path) -> None:
     """Create a new local sqlite store, if there is none, whole: MLflow builds one with some seventy
     migrations over seconds, and a process stopped among them (Ctrl-C early in ``make demo``) left
     a store that MLflow could no longer open. Built under a temporary name beside it, then linked
-    into place unless another process got there first."""
+    into place unless another process got there first. What a killed creator left under its
+    temporary name goes when its process is gone."""
     if db.exists():
         return
     from mlflow import MlflowClient
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    tmp = db.with_name(f".{db.name}.new-{os.getpid()}")
+    prefix = f".{db.name}.new-"
+    for old in db.parent.glob(prefix + "*"):
+        pid = old.name[len(prefix):]
+        if pid.isdigit() and not _alive(int(pid)):
+            old.unlink(missing_ok=True)
+    tmp = db.with_name(f"{prefix}{os.getpid()}")
     tmp.unlink(missing_ok=True)
     try:
         MlflowClient(tracking_uri=f"sqlite:///{tmp}", registry_uri=f"sqlite:///{tmp}").search_registered_models()
@@ -217,6 +223,16 @@ def create_store_whole(db: Path) -> None:
             pass
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def configure(environ: Mapping[str, str] = os.environ, uri: Optional[str] = None) -> str:
