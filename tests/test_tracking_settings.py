@@ -151,7 +151,8 @@ def test_a_local_store_is_created_whole_even_when_its_creator_is_killed_midway(t
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert not db.exists(), sqlite3.connect(db).execute("select * from alembic_version").fetchall()
-    assert len(list(db.parent.glob(".mlflow.db.new-*"))) == 1  # the killed creator's, left for the next one
+    left = sorted(p.name for p in db.parent.iterdir())  # the killed creator's store and journal, for the next one
+    assert left and all(n.startswith(f".mlflow.db.new-{proc.pid}") for n in left), left
     from animalclf.tracking.settings import create_store_whole
 
     create_store_whole(db)

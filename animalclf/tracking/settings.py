@@ -205,16 +205,19 @@ def create_store_whole(db: Path) -> None:
     temporary name goes when its process is gone."""
     if db.exists():
         return
+    import psutil
     from mlflow import MlflowClient
 
     db.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{db.name}.new-"
-    for old in db.parent.glob(prefix + "*"):
-        pid = old.name[len(prefix):]
-        if pid.isdigit() and not _alive(int(pid)):
+    for old in db.parent.glob(prefix + "*"):  # the store and sqlite's "-journal" beside it
+        pid = old.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             old.unlink(missing_ok=True)
     tmp = db.with_name(f"{prefix}{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+    leftovers = (tmp, tmp.with_name(tmp.name + "-journal"))
+    for f in leftovers:
+        f.unlink(missing_ok=True)
     try:
         MlflowClient(tracking_uri=f"sqlite:///{tmp}", registry_uri=f"sqlite:///{tmp}").search_registered_models()
         try:
@@ -222,17 +225,8 @@ def create_store_whole(db: Path) -> None:
         except FileExistsError:
             pass
     finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+        for f in leftovers:
+            f.unlink(missing_ok=True)
 
 
 def configure(environ: Mapping[str, str] = os.environ, uri: Optional[str] = None) -> str:
