@@ -6,12 +6,13 @@ the validation split go through a runner (:mod:`animalclf.runtime.isolate`) when
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -93,11 +94,12 @@ def report_and_gate_evaluation(model: nn.Module, meta: dict[str, Any], samples: 
 
 
 def champion_evaluation(model_name: str, version: str, samples: Sequence[Sample], classes: Sequence[str],
-                        run: Runner = here) -> Evaluation:
+                        run: Runner = here, *, load: Optional[Callable[[str], Predictor]] = None) -> Evaluation:
     """The champion's side of the gate on ``samples``. A version published after CV trained on every
     image, so its own predictions are no evidence: its stored out-of-fold predictions are used when
     they cover ``samples`` (same images, same labels); otherwise (or for any other version) its own
-    predictions, the model loaded from the registry without unpickling (here), its pass through ``run``."""
+    predictions, the model loaded from the registry without unpickling (here; ``load(version)`` when
+    the caller has it already), its pass through ``run``."""
     stored = _stored_out_of_fold(model_name, version)
     if stored is not None:
         sub = stored.subset(samples)
@@ -107,7 +109,7 @@ def champion_evaluation(model_name: str, version: str, samples: Sequence[Sample]
         log.warning("Champion v%s was published after CV, but its out-of-fold predictions do not cover these %d "
                     "images (other data?): comparing its own predictions, on images it may have trained on.",
                     version, len(samples))
-    champ = Predictor.from_mlflow(registry.version_ref(model_name, version))
+    champ = load(version) if load else Predictor.from_mlflow(registry.version_ref(model_name, version))
     return run(gate_evaluation, champ.model, champ.meta, samples, classes)
 
 
@@ -185,15 +187,19 @@ def promote_candidate(cfg: TrainConfig, version: str, model: nn.Module, meta: di
     over ``split.val`` and the timing go through ``run`` (e.g. :func:`animalclf.runtime.isolate.isolated`'s:
     a process that does nothing else, where the driver's own threads cannot slow one model's
     Python-bound steps more than the other's)."""
+    @functools.cache  # evaluated, then timed: loaded from the registry once
+    def champion(champion_version: str) -> Predictor:
+        return Predictor.from_mlflow(registry.version_ref(cfg.model_name, champion_version))
+
     def champion_eval(champion_version: str) -> Evaluation:
-        return champion_evaluation(cfg.model_name, champion_version, split.val, split.classes, run)
+        return champion_evaluation(cfg.model_name, champion_version, split.val, split.classes, run, load=champion)
 
     def costs_of(champion_version: Optional[str]) -> Costs:
         photos = [source_of(cfg).read(path) for path, _ in split.val[:COST_PHOTOS]]
         mine = (model, meta, str(version))
         if champion_version is None:
             return Costs(run(cost_per_photo, [mine], photos)[0])
-        theirs = Predictor.from_mlflow(registry.version_ref(cfg.model_name, champion_version))
+        theirs = champion(champion_version)
         cand_ms, champ_ms = run(cost_per_photo, [mine, (theirs.model, theirs.meta, champion_version)], photos)
         log.info("Cost per photo (Predictor, 1 thread, decode + preprocess included, %d photos): v%s %.1f ms, "
                  "champion v%s %.1f ms", len(photos), version, cand_ms, champion_version, champ_ms)
