@@ -1,9 +1,13 @@
 """The train job end to end on a real local Ray (2 gloo workers) and a real sqlite MLflow store."""
 
 import importlib.util
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +98,60 @@ def test_two_worker_training_is_tracked_registered_and_loadable(ray_session, pro
     assert version.run_id == out.run_id
     from_registry = Predictor.load(f"models:/tiny/{out.model_version}")
     assert from_registry.classes == ["Blue", "Green", "Red"]
+
+
+def _alive(class_name: str) -> set[str]:
+    from ray.util.state import list_actors
+
+    return {a.actor_id for a in list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("own_head", [True, False], ids=["own-head", "others-head"])
+def test_ctrl_c_mid_training_ends_the_run_killed_and_leaves_no_training_behind(own_head, ray_session, project, tiny_folder,
+                                                                                monkeypatch):
+    """SIGINT once Ray Train's workers run: KeyboardInterrupt, the MLflow run KILLED, its controller
+    and workers gone, the caller's SIGINT handler back. On a Ray this process started and stops (the
+    session's head, like the demo's) our handler kills the controller at once; on a Ray of others'
+    Ray Train's own handler aborts the run gracefully."""
+    from ray.util.state import get_actor
+
+    from animalclf.runtime import localray
+
+    if not own_head:
+        monkeypatch.setattr(localray, "_driven", [])
+    before = {"controllers": _alive("TrainController"), "workers": _alive("RayTrainWorker")}
+    seen = {}
+
+    def interrupt_once_training():
+        deadline = time.monotonic() + 180
+        while not _alive("RayTrainWorker") - before["workers"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        seen["handler"] = signal.getsignal(signal.SIGINT)
+        seen["controllers"] = _alive("TrainController") - before["controllers"]
+        seen["workers"] = _alive("RayTrainWorker") - before["workers"]
+        os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = TrainConfig(data=str(tiny_folder), arch="efficientnet_lite0", unfreeze=1, image_size=64, batch_size=4,
+                      epochs=50, lr=1e-3, name="ctrl-c", model_name="ctrl-c", experiment="ctrl-c", patience=0)
+    handler = signal.getsignal(signal.SIGINT)
+    watcher = threading.Thread(target=interrupt_once_training, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cfg)
+    watcher.join(5)
+    expected = "_kill_on_sigint.<locals>.on_sigint" if own_head else "_register_sigint_handler.<locals>.sigint_handler"
+    assert seen["handler"].__qualname__.endswith(expected), seen["handler"]
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert len(seen["controllers"]) == 1 and seen["workers"], seen
+    deadline = time.monotonic() + 60
+    while any(get_actor(a).state != "DEAD" for a in seen["controllers"] | seen["workers"]):
+        assert time.monotonic() < deadline, [get_actor(a) for a in seen["controllers"] | seen["workers"]]
+        time.sleep(0.5)
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("ctrl-c").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert not client.search_registered_models("name = 'ctrl-c'")
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from animalclf.runtime.processes import stop_processes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LocalHead", "start_head", "init_ray", "connect_driver", "owns_head", "stop_owned", "free_port",
+__all__ = ["LocalHead", "start_head", "init_ray", "connect_driver", "owns_head", "drives_own_head", "stop_owned", "free_port",
            "recorded_address_file", "lost_head"]
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -173,6 +173,7 @@ def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = N
             raise RuntimeError(f"ray start failed: {r.stderr[-2000:]}")
         if connect:
             connect_driver(head.address)
+            _driven.append(head)
     except BaseException:  # Ctrl-C while starting leaves nothing behind either
         head.stop()
         raise
@@ -183,6 +184,13 @@ def start_head(num_cpus: Optional[int] = None, dashboard_port: Optional[int] = N
 # ------------------------------------------------------------------ joining, or a private head
 
 _owned: list[LocalHead] = []
+_driven: list[LocalHead] = []  # heads :func:`start_head` connected this process to
+
+
+def drives_own_head() -> bool:
+    """Whether this process is the driver of a head it started and has not stopped yet: whatever runs
+    on that Ray ends when this process stops it (the demo's head, :func:`init_ray`'s private one)."""
+    return any(not h._stopped for h in _driven)
 
 
 def owns_head() -> bool:
