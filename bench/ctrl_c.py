@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from common import DEFAULT_DATA, ROOT, load_average
 
@@ -35,18 +37,19 @@ LAUNCH = {
 
 def stop_seconds(handler: str, data: str, after: float, image_size: int) -> float:
     """One demo, interrupted ``after`` s into its fine-tune: seconds from SIGINT to its exit (code 130)."""
-    base = tempfile.mkdtemp(prefix="ctrl-c-")
+    base = Path(tempfile.mkdtemp(prefix="ctrl-c-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "DAGSHUB_"))}
-    env.update(HOME=tempfile.mkdtemp(dir=base), ANIMALCLF_HOME=f"{base}/project")
-    log = open(f"{base}/demo.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCH[handler], str(ROOT / "ray_jobs" / "demo.py"), "--data", data, "--image-size",
-         str(image_size), "--trials", "1", "--tune-epochs", "1", "--serve-port", str(free_port()), "--ui-port",
-         str(free_port())], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    env.update(HOME=tempfile.mkdtemp(dir=base), ANIMALCLF_HOME=str(base / "project"))
+    log = base / "demo.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH[handler], str(ROOT / "ray_jobs" / "demo.py"), "--data", data, "--image-size",
+             str(image_size), "--trials", "1", "--tune-epochs", "1", "--serve-port", str(free_port()), "--ui-port",
+             str(free_port())], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 300
-    while "== 1/4" not in open(log.name).read():
+    while "== 1/4" not in log.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the demo did not reach its fine-tune: see {log.name}")
+            raise SystemExit(f"the demo did not reach its fine-tune: see {log}")
         time.sleep(0.2)
     time.sleep(after)
     t0 = time.monotonic()
@@ -54,7 +57,8 @@ def stop_seconds(handler: str, data: str, after: float, image_size: int) -> floa
     rc = proc.wait(120)
     took = time.monotonic() - t0
     if rc != 130:
-        raise SystemExit(f"{handler}: exit code {rc}, not 130: see {log.name}")
+        raise SystemExit(f"{handler}: exit code {rc}, not 130: see {log}")
+    shutil.rmtree(base, ignore_errors=True)  # kept only when something went wrong
     return took
 
 
